@@ -1,0 +1,3 @@
+//! The consumer role: matches events against webhook policies and delivers them.
+//!
+//! Empty until the delivery issue lands; nothing here runs yet.

@@ -1,0 +1,3 @@
+//! Execution, task and log records of deliveries in PostgreSQL.
+//!
+//! Empty until the history issue lands; nothing here runs yet.

@@ -1,0 +1,336 @@
+//! One supervised AMQP connection with a small pool of confirm-mode channels.
+//!
+//! Design constraints:
+//! - A caller never waits on a broker that is known to be down: after a failed connect, calls fail at once
+//!   with [`BrokerError::Backoff`] until the next attempt is due. The delay between attempts grows
+//!   exponentially with jitter (backon), so a fleet of regrelay processes does not hammer a broker that is
+//!   restarting. The ingest API turns that error into a fast `503`.
+//! - Reconnection is single-flight: one caller connects while the others wait for its result.
+//! - Every (re)connect re-declares the topology, so a broker that lost its definitions heals itself.
+//! - A channel that died (a channel-level error, or the connection under it) is never handed out again;
+//!   the whole connection is rebuilt, which also restores the topology.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
+use lapin::options::{ConfirmSelectOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
+use lapin::{Channel, Connection, ConnectionProperties};
+use tokio::time::Instant;
+
+use crate::telemetry::ProducerMetrics;
+use crate::topology::Topology;
+
+/// How to reach the broker and how hard to try.
+#[derive(Clone)]
+pub struct BrokerSettings {
+    /// AMQP URL, e.g. `amqp://guest:guest@127.0.0.1:5672/%2f`. Contains a password: never logged.
+    pub url: String,
+    /// Shown in the management UI's connection list, so operators can tell processes apart.
+    pub connection_name: String,
+    /// What this connection is for (`publish` or `consume`): the `role` label of the broker metrics.
+    /// Publishing and consuming use separate connections, because RabbitMQ blocks a publishing
+    /// connection under memory pressure and a consumer on it would stall too.
+    pub role: &'static str,
+    /// Confirm-mode channels used round-robin for publishing; more channels, more confirms in parallel.
+    pub publish_channels: usize,
+    /// Upper bound for one connect attempt (TCP, AMQP handshake and topology declaration).
+    pub connect_timeout: Duration,
+    /// First delay after a failed connect; doubles up to `reconnect_max_delay`.
+    pub reconnect_min_delay: Duration,
+    pub reconnect_max_delay: Duration,
+}
+
+impl std::fmt::Debug for BrokerSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BrokerSettings")
+            .field("url", &redact_url(&self.url))
+            .field("connection_name", &self.connection_name)
+            .field("publish_channels", &self.publish_channels)
+            .field("connect_timeout", &self.connect_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("cannot connect to the broker at {address}: {source}")]
+    Connect {
+        address: String,
+        #[source]
+        source: lapin::Error,
+    },
+    #[error("connecting to the broker at {address} took longer than {timeout:?}")]
+    ConnectTimeout { address: String, timeout: Duration },
+    #[error("the broker is unreachable (last error: {last_error}); next attempt in {retry_in:?}")]
+    Backoff {
+        retry_in: Duration,
+        last_error: String,
+    },
+    #[error("broker operation failed: {0}")]
+    Amqp(#[from] lapin::Error),
+}
+
+/// A live connection and its publishing channels.
+struct Live {
+    connection: Connection,
+    channels: Vec<Channel>,
+    /// Round-robin cursor over `channels`.
+    next: AtomicUsize,
+}
+
+impl Live {
+    fn healthy_channel(&self) -> Option<Channel> {
+        if !self.connection.status().connected() || self.channels.is_empty() {
+            return None;
+        }
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.channels.len();
+        let channel = &self.channels[i];
+        channel.status().connected().then(|| channel.clone())
+    }
+}
+
+/// When the next connect attempt may be made, after failures.
+struct ReconnectGate {
+    next_attempt: Option<Instant>,
+    delays: ExponentialBackoff,
+    last_error: String,
+}
+
+/// A shared handle on the broker: cheap to clone via `Arc`, used by every publisher in the process.
+pub struct Broker {
+    settings: BrokerSettings,
+    topology: Topology,
+    metrics: ProducerMetrics,
+    /// The current connection; `None` before the first connect and after a failure was noticed.
+    live: Mutex<Option<Arc<Live>>>,
+    /// Serialises reconnects and carries the backoff state between them.
+    gate: tokio::sync::Mutex<ReconnectGate>,
+}
+
+impl Broker {
+    /// Creates the handle. Does not connect: the first use does, so a process can start (and report
+    /// "not ready") while the broker is still down.
+    pub fn new(settings: BrokerSettings, topology: Topology, metrics: ProducerMetrics) -> Self {
+        let gate = ReconnectGate {
+            next_attempt: None,
+            delays: backoff(&settings),
+            last_error: String::new(),
+        };
+        Self {
+            settings,
+            topology,
+            metrics,
+            live: Mutex::new(None),
+            gate: tokio::sync::Mutex::new(gate),
+        }
+    }
+
+    pub fn topology(&self) -> &Topology {
+        &self.topology
+    }
+
+    pub fn metrics(&self) -> &ProducerMetrics {
+        &self.metrics
+    }
+
+    /// A confirm-mode channel for publishing, connecting first if needed.
+    pub async fn publish_channel(&self) -> Result<Channel, BrokerError> {
+        if let Some(channel) = self.current().and_then(|live| live.healthy_channel()) {
+            return Ok(channel);
+        }
+        let live = self.reconnect().await?;
+        live.healthy_channel().ok_or_else(|| BrokerError::Backoff {
+            retry_in: Duration::ZERO,
+            last_error: "channel closed right after connecting".into(),
+        })
+    }
+
+    /// A fresh channel on the shared connection, for a caller that needs its own (a consumer, a
+    /// passive check). The caller owns it and closes it.
+    pub async fn open_channel(&self) -> Result<Channel, BrokerError> {
+        let live = match self.current() {
+            Some(live) if live.connection.status().connected() => live,
+            _ => self.reconnect().await?,
+        };
+        Ok(live.connection.create_channel().await?)
+    }
+
+    /// Readiness: a real round trip to the broker that also proves the topology exists.
+    pub async fn check(&self) -> Result<(), BrokerError> {
+        let channel = self.publish_channel().await?;
+        let options = QueueDeclareOptions {
+            passive: true,
+            ..QueueDeclareOptions::default()
+        };
+        let probe = channel.queue_declare(
+            self.topology.events_queue().into(),
+            options,
+            FieldTable::default(),
+        );
+        match tokio::time::timeout(self.settings.connect_timeout, probe).await {
+            Ok(result) => result.map(|_| ()).map_err(BrokerError::from),
+            Err(_) => Err(BrokerError::ConnectTimeout {
+                address: redact_url(&self.settings.url),
+                timeout: self.settings.connect_timeout,
+            }),
+        }
+    }
+
+    /// Closes the connection (at shutdown). Later calls would reconnect.
+    pub async fn close(&self) {
+        let live = self
+            .live
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(live) = live {
+            let _ = live
+                .connection
+                .close(200, "regrelay shutting down".into())
+                .await;
+        }
+    }
+
+    fn current(&self) -> Option<Arc<Live>> {
+        self.live
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    async fn reconnect(&self) -> Result<Arc<Live>, BrokerError> {
+        let mut gate = self.gate.lock().await;
+        // Another caller may have reconnected while this one waited for the gate.
+        if let Some(live) = self.current() {
+            if live.healthy_channel().is_some() {
+                return Ok(live);
+            }
+        }
+        if let Some(at) = gate.next_attempt {
+            let now = Instant::now();
+            if now < at {
+                return Err(BrokerError::Backoff {
+                    retry_in: at - now,
+                    last_error: gate.last_error.clone(),
+                });
+            }
+        }
+        let stale = self
+            .live
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(stale) = stale {
+            self.metrics
+                .broker_connected
+                .with_label_values(&[self.settings.role])
+                .set(0);
+            tracing::warn!(message = "Broker connection lost; reconnecting.");
+            // Closing a connection that is already dead can hang on some failures; do it aside.
+            tokio::spawn(async move {
+                let _ = stale.connection.close(200, "reconnecting".into()).await;
+            });
+        }
+        let address = redact_url(&self.settings.url);
+        let attempt = tokio::time::timeout(self.settings.connect_timeout, self.connect());
+        let result = match attempt.await {
+            Ok(Ok(live)) => Ok(live),
+            Ok(Err(source)) => Err(BrokerError::Connect {
+                address: address.clone(),
+                source,
+            }),
+            Err(_) => Err(BrokerError::ConnectTimeout {
+                address: address.clone(),
+                timeout: self.settings.connect_timeout,
+            }),
+        };
+        match result {
+            Ok(live) => {
+                let live = Arc::new(live);
+                *self.live.lock().unwrap_or_else(PoisonError::into_inner) = Some(live.clone());
+                gate.next_attempt = None;
+                gate.delays = backoff(&self.settings);
+                self.metrics
+                    .broker_connects
+                    .with_label_values(&[self.settings.role, "success"])
+                    .inc();
+                self.metrics
+                    .broker_connected
+                    .with_label_values(&[self.settings.role])
+                    .set(1);
+                tracing::info!(message = "Connected to the broker.", %address, prefix = self.topology.prefix());
+                Ok(live)
+            }
+            Err(error) => {
+                let delay = gate
+                    .delays
+                    .next()
+                    .unwrap_or(self.settings.reconnect_max_delay);
+                gate.next_attempt = Some(Instant::now() + delay);
+                gate.last_error = error.to_string();
+                self.metrics
+                    .broker_connects
+                    .with_label_values(&[self.settings.role, "failure"])
+                    .inc();
+                tracing::warn!(message = "Cannot connect to the broker.", error = %error, retry_in = ?delay);
+                Err(error)
+            }
+        }
+    }
+
+    async fn connect(&self) -> Result<Live, lapin::Error> {
+        let properties = ConnectionProperties::default()
+            .with_connection_name(self.settings.connection_name.clone().into());
+        let connection = Connection::connect(&self.settings.url, properties).await?;
+        let mut channels = Vec::with_capacity(self.settings.publish_channels.max(1));
+        for _ in 0..self.settings.publish_channels.max(1) {
+            let channel = connection.create_channel().await?;
+            channel
+                .confirm_select(ConfirmSelectOptions::default())
+                .await?;
+            channels.push(channel);
+        }
+        self.topology.declare(&channels[0]).await?;
+        Ok(Live {
+            connection,
+            channels,
+            next: AtomicUsize::new(0),
+        })
+    }
+}
+
+fn backoff(settings: &BrokerSettings) -> ExponentialBackoff {
+    ExponentialBuilder::default()
+        .with_min_delay(settings.reconnect_min_delay)
+        .with_max_delay(settings.reconnect_max_delay)
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
+
+/// The URL without its credentials, for logs and errors.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            format!("{}://***@{}", &url[..scheme_end], &url[at + 1..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn credentials_are_redacted() {
+        assert_eq!(
+            redact_url("amqp://guest:secret@127.0.0.1:5672/%2f"),
+            "amqp://***@127.0.0.1:5672/%2f"
+        );
+        assert_eq!(redact_url("amqp://127.0.0.1:5672"), "amqp://127.0.0.1:5672");
+    }
+}

@@ -1,0 +1,23 @@
+//! Publishes registry events to RabbitMQ durably.
+//!
+//! Module map:
+//! - [`topology`]: the names of regrelay's exchanges and queues under a prefix, and their idempotent declaration.
+//! - [`message`]: the wire contract of one event message (body, properties, headers, schema version).
+//! - [`broker`]: one supervised AMQP connection with a small pool of confirm-mode channels, reconnecting with backoff.
+//! - [`publisher`]: [`EventPublisher`], which returns only once the broker has confirmed every message.
+//! - [`telemetry`]: the metrics this crate feeds.
+//!
+//! The producer is both the ingest API's back end and a library that a registry-side program can embed:
+//! build a [`Broker`], wrap it in an [`EventPublisher`] and call [`EventPublisher::publish`].
+
+pub mod broker;
+pub mod message;
+pub mod publisher;
+pub mod telemetry;
+pub mod topology;
+
+pub use broker::{Broker, BrokerError, BrokerSettings};
+pub use message::{DecodeError, EventMessage, EventSource, SCHEMA_VERSION};
+pub use publisher::{EventPublisher, PublishError};
+pub use telemetry::ProducerMetrics;
+pub use topology::{Topology, TopologyError};

@@ -1,0 +1,140 @@
+//! [`EventPublisher`]: publish event messages and return only once the broker confirmed all of them.
+//!
+//! Design constraints:
+//! - `Ok` means every message is on a durable queue: persistent, routed (`mandatory`) and confirmed.
+//! - Anything less is an error the caller sees; nothing is dropped silently. A failed batch may have
+//!   been partly enqueued (AMQP cannot take a confirmed message back): the caller answers "not accepted",
+//!   the sender resends, and downstream delivery is at-least-once anyway.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::future::join_all;
+use lapin::options::BasicPublishOptions;
+use lapin::Confirmation;
+
+use crate::broker::{Broker, BrokerError};
+use crate::message::EventMessage;
+use crate::telemetry::PublishFailure;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("broker unavailable: {0}")]
+    Unavailable(#[from] BrokerError),
+    #[error("the broker refused to store a message (nack)")]
+    Nacked,
+    #[error("the broker could not route a message: {code} {text}")]
+    Returned { code: u16, text: String },
+    #[error("no confirm from the broker within {0:?}")]
+    ConfirmTimeout(Duration),
+    #[error("the broker did not confirm a message (confirm mode is off on the channel)")]
+    NotConfirmed,
+    #[error("publish failed: {0}")]
+    Amqp(#[from] lapin::Error),
+}
+
+impl PublishError {
+    fn failure(&self) -> PublishFailure {
+        match self {
+            PublishError::Unavailable(_) => PublishFailure::Unavailable,
+            PublishError::Nacked | PublishError::NotConfirmed => PublishFailure::Nack,
+            PublishError::Returned { .. } => PublishFailure::Returned,
+            PublishError::ConfirmTimeout(_) => PublishFailure::ConfirmTimeout,
+            PublishError::Amqp(_) => PublishFailure::Amqp,
+        }
+    }
+}
+
+/// Publishes events onto the events exchange.
+#[derive(Clone)]
+pub struct EventPublisher {
+    broker: Arc<Broker>,
+    /// How long to wait for the broker's confirms before giving up on a batch.
+    confirm_timeout: Duration,
+}
+
+impl EventPublisher {
+    pub fn new(broker: Arc<Broker>, confirm_timeout: Duration) -> Self {
+        Self {
+            broker,
+            confirm_timeout,
+        }
+    }
+
+    pub fn broker(&self) -> &Arc<Broker> {
+        &self.broker
+    }
+
+    /// Publishes every message and waits for every confirm.
+    pub async fn publish(&self, messages: &[EventMessage]) -> Result<(), PublishError> {
+        let metrics = self.broker.metrics();
+        let result = self.publish_inner(messages).await;
+        match &result {
+            Ok(elapsed) => {
+                metrics
+                    .publish_confirm_seconds
+                    .observe(elapsed.as_secs_f64());
+                for message in messages {
+                    metrics
+                        .events_published
+                        .with_label_values(&[message.event_type().as_str()])
+                        .inc();
+                    tracing::debug!(
+                        message = "Event published.",
+                        event_id = %message.id,
+                        event_type = message.event_type().as_str(),
+                        project = message.event.project(),
+                    );
+                }
+            }
+            Err(error) => {
+                metrics
+                    .publish_failures
+                    .with_label_values(&[error.failure().as_str()])
+                    .inc();
+                tracing::warn!(message = "Publish failed.", error = %error, events = messages.len());
+            }
+        }
+        result.map(|_| ())
+    }
+
+    async fn publish_inner(&self, messages: &[EventMessage]) -> Result<Duration, PublishError> {
+        let channel = self.broker.publish_channel().await?;
+        let exchange = self.broker.topology().events_exchange();
+        let started = Instant::now();
+        let options = BasicPublishOptions {
+            mandatory: true,
+            ..BasicPublishOptions::default()
+        };
+        let mut confirms = Vec::with_capacity(messages.len());
+        for message in messages {
+            let confirm = channel
+                .basic_publish(
+                    exchange.as_str().into(),
+                    message.routing_key().into(),
+                    options,
+                    message.body(),
+                    message.properties(),
+                )
+                .await?;
+            confirms.push(confirm);
+        }
+        let results = tokio::time::timeout(self.confirm_timeout, join_all(confirms))
+            .await
+            .map_err(|_| PublishError::ConfirmTimeout(self.confirm_timeout))?;
+        for result in results {
+            match result? {
+                Confirmation::Ack(None) => {}
+                Confirmation::Ack(Some(returned)) => {
+                    return Err(PublishError::Returned {
+                        code: returned.reply_code,
+                        text: returned.reply_text.to_string(),
+                    })
+                }
+                Confirmation::Nack(_) => return Err(PublishError::Nacked),
+                Confirmation::NotRequested => return Err(PublishError::NotConfirmed),
+            }
+        }
+        Ok(started.elapsed())
+    }
+}

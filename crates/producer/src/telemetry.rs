@@ -1,0 +1,112 @@
+//! Metrics fed by the producer, registered once per process on the caller's registry.
+//!
+//! Label values come from fixed sets (event types, [`PublishFailure`] reasons, connect outcomes), never
+//! from URLs or error texts, so the series count stays bounded.
+
+use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGaugeVec, Opts, Registry};
+
+/// Handles on the producer's metrics. Cloning shares the series.
+#[derive(Clone)]
+pub struct ProducerMetrics {
+    /// `regrelay_events_published_total{event_type}`: events the broker confirmed.
+    pub events_published: IntCounterVec,
+    /// `regrelay_publish_failures_total{reason}`: publish calls that did not get every confirm.
+    pub publish_failures: IntCounterVec,
+    /// `regrelay_publish_confirm_duration_seconds`: from the first publish of a batch to its last confirm.
+    pub publish_confirm_seconds: Histogram,
+    /// `regrelay_broker_connects_total{role,outcome}`: connect attempts.
+    pub broker_connects: IntCounterVec,
+    /// `regrelay_broker_connected{role}`: 1 while the connection is up.
+    pub broker_connected: IntGaugeVec,
+}
+
+/// Why a publish failed; the `reason` label of `regrelay_publish_failures_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PublishFailure {
+    Unavailable,
+    Nack,
+    Returned,
+    ConfirmTimeout,
+    Amqp,
+}
+
+impl PublishFailure {
+    pub const ALL: [PublishFailure; 5] = [
+        PublishFailure::Unavailable,
+        PublishFailure::Nack,
+        PublishFailure::Returned,
+        PublishFailure::ConfirmTimeout,
+        PublishFailure::Amqp,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PublishFailure::Unavailable => "unavailable",
+            PublishFailure::Nack => "nack",
+            PublishFailure::Returned => "returned",
+            PublishFailure::ConfirmTimeout => "confirm_timeout",
+            PublishFailure::Amqp => "amqp",
+        }
+    }
+}
+
+impl ProducerMetrics {
+    pub fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let events_published = IntCounterVec::new(
+            Opts::new(
+                "regrelay_events_published_total",
+                "Events published to the events exchange and confirmed by the broker.",
+            ),
+            &["event_type"],
+        )?;
+        let publish_failures = IntCounterVec::new(
+            Opts::new(
+                "regrelay_publish_failures_total",
+                "Publish calls that failed before every message was confirmed, by reason.",
+            ),
+            &["reason"],
+        )?;
+        let publish_confirm_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "regrelay_publish_confirm_duration_seconds",
+                "Time from publishing a batch of messages to the broker's last confirm.",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ]),
+        )?;
+        let broker_connects = IntCounterVec::new(
+            Opts::new(
+                "regrelay_broker_connects_total",
+                "Attempts to connect to RabbitMQ, by connection role and outcome.",
+            ),
+            &["role", "outcome"],
+        )?;
+        let broker_connected = IntGaugeVec::new(
+            Opts::new(
+                "regrelay_broker_connected",
+                "1 while the connection to RabbitMQ is up, by connection role.",
+            ),
+            &["role"],
+        )?;
+        registry.register(Box::new(events_published.clone()))?;
+        registry.register(Box::new(publish_failures.clone()))?;
+        registry.register(Box::new(publish_confirm_seconds.clone()))?;
+        registry.register(Box::new(broker_connects.clone()))?;
+        registry.register(Box::new(broker_connected.clone()))?;
+        // Touch every known series so dashboards show zeros instead of gaps.
+        for failure in PublishFailure::ALL {
+            publish_failures.with_label_values(&[failure.as_str()]);
+        }
+        for event_type in regrelay_events::EventType::ALL {
+            events_published.with_label_values(&[event_type.as_str()]);
+        }
+        Ok(Self {
+            events_published,
+            publish_failures,
+            publish_confirm_seconds,
+            broker_connects,
+            broker_connected,
+        })
+    }
+}

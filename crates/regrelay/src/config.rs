@@ -1,0 +1,229 @@
+//! [`Config`]: regrelay's one typed configuration.
+//!
+//! Layers, lowest first: the embedded `config.default.toml` (which is also the reference), the file
+//! given with `--config` or `REGRELAY_CONFIG`, then `REGRELAY_*` environment variables. Validation
+//! runs once, after layering, so a bad value is reported with its key before anything starts.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Toml};
+use figment::Figment;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+
+/// The embedded defaults.
+pub const DEFAULTS: &str = include_str!("config.default.toml");
+
+#[derive(Debug, Deserialize)]
+pub struct Config {
+    /// Address of the HTTP API.
+    pub listen: SocketAddr,
+    /// RabbitMQ URL (holds a password).
+    pub amqp_url: SecretString,
+    /// Prefix of every exchange and queue name.
+    pub queue_prefix: String,
+    /// Confirm-mode publishing channels.
+    pub publish_channels: usize,
+    /// How long ingest waits for confirms.
+    #[serde(with = "humantime_serde")]
+    pub publish_confirm_timeout: Duration,
+    /// Upper bound of one broker connect attempt.
+    #[serde(with = "humantime_serde")]
+    pub broker_connect_timeout: Duration,
+    /// First delay after a failed broker connect.
+    #[serde(with = "humantime_serde")]
+    pub broker_reconnect_min_delay: Duration,
+    /// Largest delay between broker connect attempts.
+    #[serde(with = "humantime_serde")]
+    pub broker_reconnect_max_delay: Duration,
+    /// PostgreSQL URL (may hold a password). Read by the policy store and history, which come next.
+    #[allow(dead_code)]
+    pub database_url: SecretString,
+    /// Bearer token of the ingest endpoint; required.
+    pub ingest_token: Option<SecretString>,
+    /// Largest ingest body in bytes.
+    pub max_body_bytes: usize,
+    /// Longest an HTTP request may take.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Drain time after SIGTERM.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+    /// `text` or `json`.
+    pub log_format: LogFormat,
+    /// Default log filter when RUST_LOG is unset.
+    pub log_level: String,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration file {0} does not exist")]
+    MissingFile(String),
+    #[error("invalid configuration: {0}")]
+    Parse(#[from] Box<figment::Error>),
+    #[error("invalid configuration: {key}: {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+impl Config {
+    /// Loads the layered configuration; `file` is the `--config` argument, if any.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Toml::string(DEFAULTS));
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(ConfigError::MissingFile(path.display().to_string()));
+            }
+            figment = figment.merge(Toml::file(path));
+        }
+        // REGRELAY_CONFIG names the file itself; it is not a key.
+        figment = figment.merge(Env::prefixed("REGRELAY_").ignore(&["config"]));
+        let config: Config = figment.extract().map_err(Box::new)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key, message: &str| ConfigError::Invalid {
+            key,
+            message: message.to_owned(),
+        };
+        let amqp = self.amqp_url.expose_secret();
+        if !(amqp.starts_with("amqp://") || amqp.starts_with("amqps://")) {
+            return Err(invalid("amqp_url", "must start with amqp:// or amqps://"));
+        }
+        if let Err(error) = regrelay_producer::Topology::new(self.queue_prefix.clone()) {
+            return Err(invalid("queue_prefix", &error.to_string()));
+        }
+        if self.publish_channels == 0 || self.publish_channels > 64 {
+            return Err(invalid("publish_channels", "must be between 1 and 64"));
+        }
+        if self.max_body_bytes < 1024 {
+            return Err(invalid("max_body_bytes", "must be at least 1024"));
+        }
+        if self.broker_reconnect_min_delay > self.broker_reconnect_max_delay {
+            return Err(invalid(
+                "broker_reconnect_min_delay",
+                "must not exceed broker_reconnect_max_delay",
+            ));
+        }
+        for (key, value) in [
+            ("publish_confirm_timeout", self.publish_confirm_timeout),
+            ("broker_connect_timeout", self.broker_connect_timeout),
+            ("request_timeout", self.request_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(invalid(key, "must be longer than zero"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The ingest token, required by roles that serve the ingest endpoint.
+    pub fn require_ingest_token(&self) -> Result<SecretString, ConfigError> {
+        match &self.ingest_token {
+            Some(token) if !token.expose_secret().trim().is_empty() => Ok(token.clone()),
+            _ => Err(ConfigError::Invalid {
+                key: "ingest_token",
+                message: "is not set; set REGRELAY_INGEST_TOKEN (or ingest_token in the config file) to the bearer token producers will send".into(),
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::result_large_err)] // figment::Jail's closures return its large error type.
+mod tests {
+    use super::*;
+
+    // figment::Jail serialises environment changes between tests and restores them afterwards.
+    #[test]
+    fn defaults_load_and_env_overrides() {
+        figment::Jail::expect_with(|jail| {
+            let config = Config::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(config.listen.to_string(), "127.0.0.1:8080");
+            assert_eq!(config.queue_prefix, "regrelay");
+            assert_eq!(config.publish_confirm_timeout, Duration::from_secs(5));
+            assert!(config.require_ingest_token().is_err());
+
+            jail.set_env("REGRELAY_LISTEN", "0.0.0.0:9999");
+            jail.set_env("REGRELAY_QUEUE_PREFIX", "acme");
+            jail.set_env("REGRELAY_INGEST_TOKEN", "s3cret");
+            jail.set_env("REGRELAY_PUBLISH_CONFIRM_TIMEOUT", "250ms");
+            let config = Config::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(config.listen.to_string(), "0.0.0.0:9999");
+            assert_eq!(config.queue_prefix, "acme");
+            assert_eq!(config.publish_confirm_timeout, Duration::from_millis(250));
+            assert_eq!(
+                config
+                    .require_ingest_token()
+                    .map_err(|e| e.to_string())?
+                    .expose_secret(),
+                "s3cret"
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn file_layers_under_env() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "regrelay.toml",
+                "queue_prefix = \"fromfile\"\nmax_body_bytes = 4096\n",
+            )?;
+            let config =
+                Config::load(Some(Path::new("regrelay.toml"))).map_err(|e| e.to_string())?;
+            assert_eq!(config.queue_prefix, "fromfile");
+            assert_eq!(config.max_body_bytes, 4096);
+            jail.set_env("REGRELAY_QUEUE_PREFIX", "fromenv");
+            let config =
+                Config::load(Some(Path::new("regrelay.toml"))).map_err(|e| e.to_string())?;
+            assert_eq!(config.queue_prefix, "fromenv");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("REGRELAY_QUEUE_PREFIX", "has space");
+            let error = Config::load(None)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(error.contains("queue_prefix"), "{error}");
+            jail.set_env("REGRELAY_QUEUE_PREFIX", "ok");
+            jail.set_env("REGRELAY_REQUEST_TIMEOUT", "soon");
+            let error = Config::load(None)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            // figment names environment keys as written there (REQUEST_TIMEOUT).
+            assert!(error.to_lowercase().contains("request_timeout"), "{error}");
+            Ok(())
+        });
+        let missing = Config::load(Some(Path::new("/nonexistent/regrelay.toml")));
+        assert!(matches!(missing, Err(ConfigError::MissingFile(_))));
+    }
+
+    #[test]
+    fn debug_output_hides_secrets() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("REGRELAY_INGEST_TOKEN", "topsecret-token");
+            let config = Config::load(None).map_err(|e| e.to_string())?;
+            let shown = format!("{config:?}");
+            assert!(!shown.contains("topsecret-token"));
+            assert!(!shown.contains("guest:guest"));
+            Ok(())
+        });
+    }
+}

@@ -1,0 +1,78 @@
+//! The `regrelay` binary: runs the service's roles (`serve`) and the operator's commands.
+//!
+//! Module map:
+//! - `config`: the typed, layered configuration.
+//! - `shutdown`: the cancellation signal and task tracker handed to every role.
+//! - `serve`: wires the crates into running roles.
+//!
+//! `anyhow` lives here only: the libraries return precise errors, and `main` reports the whole cause
+//! chain before exiting non-zero.
+
+mod config;
+mod serve;
+mod shutdown;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// A durable webhook delivery service for container-registry events.
+#[derive(Parser)]
+#[command(name = "regrelay", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the service: the ingest API, health and metrics endpoints.
+    Serve {
+        /// TOML configuration file, layered over the defaults and under REGRELAY_* variables.
+        #[arg(long, env = "REGRELAY_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Print the built-in default configuration (the reference for every key).
+    DefaultConfig,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::DefaultConfig => {
+            print!("{}", config::DEFAULTS);
+            Ok(())
+        }
+        Command::Serve { config } => run_serve(config),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            // `{:#}` prints the cause chain on one line: "cannot start: invalid configuration: ...".
+            eprintln!("regrelay: error: {error:#}");
+            tracing::error!(message = "Exiting on error.", error = format!("{error:#}"));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_serve(config_path: Option<PathBuf>) -> anyhow::Result<()> {
+    let config = config::Config::load(config_path.as_deref())?;
+    init_logging(&config);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(serve::serve(config))
+}
+
+fn init_logging(config: &config::Config) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(format!("{},lapin=warn", config.log_level)));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match config.log_format {
+        config::LogFormat::Json => builder.json().init(),
+        config::LogFormat::Text => builder.init(),
+    }
+}

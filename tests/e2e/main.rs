@@ -1,0 +1,193 @@
+//! Black-box tests of the `regrelay` binary: start it as a user would (environment variables only),
+//! talk to it over HTTP, read what it published from the real RabbitMQ, stop it with SIGTERM.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use regrelay_testkit::{amqp_url, unused_port, TestBroker};
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_regrelay");
+const TOKEN: &str = "e2e-token";
+
+/// A running `regrelay serve`, killed when dropped.
+struct Service {
+    child: Child,
+    base: String,
+}
+
+impl Service {
+    fn start(prefix: &str, amqp: &str) -> Self {
+        let port = unused_port();
+        let child = Command::new(BIN)
+            .arg("serve")
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("REGRELAY_LISTEN", format!("127.0.0.1:{port}"))
+            .env("REGRELAY_AMQP_URL", amqp)
+            .env("REGRELAY_QUEUE_PREFIX", prefix)
+            .env("REGRELAY_INGEST_TOKEN", TOKEN)
+            .env("REGRELAY_LOG_FORMAT", "json")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn regrelay");
+        Self {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+        }
+    }
+
+    /// Waits until `/healthz` answers.
+    async fn wait_healthy(&mut self) {
+        let client = reqwest::Client::new();
+        for _ in 0..200 {
+            if let Ok(response) = client.get(format!("{}/healthz", self.base)).send().await {
+                if response.status() == 200 {
+                    return;
+                }
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("regrelay exited early with {status}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("regrelay did not become healthy");
+    }
+
+    fn terminate(&mut self) -> std::process::Output {
+        use nix::sys::signal::{kill, Signal};
+        use nix::unistd::Pid;
+        kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM).expect("send SIGTERM");
+        let child = std::mem::replace(
+            &mut self.child,
+            Command::new("true").spawn().expect("spawn true"),
+        );
+        child.wait_with_output().expect("wait for regrelay")
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn serve_accepts_an_event_and_stops_cleanly_on_sigterm() {
+    let broker = TestBroker::new("e2e").await;
+    let mut service = Service::start(broker.prefix(), &amqp_url());
+    service.wait_healthy().await;
+
+    let client = reqwest::Client::new();
+    let ready = client
+        .get(format!("{}/readyz", service.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 200);
+
+    let event = r#"{"type":"DELETE_ARTIFACT","occur_at":1680502598,"operator":"admin","event_data":{"resources":[{"digest":"sha256:2bb5","tag":"3.8","resource_url":"localhost/e2e/alpine:3.8"}],"repository":{"name":"alpine","namespace":"e2e","repo_full_name":"e2e/alpine","repo_type":"private"}},"x_extra":{"kept":true}}"#;
+    let response = client
+        .post(format!("{}/api/v1/events", service.base))
+        .bearer_auth(TOKEN)
+        .header("content-type", "application/json")
+        .header("x-request-id", "e2e-request-1")
+        .body(event)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    assert_eq!(response.headers()["x-request-id"], "e2e-request-1");
+    let body: Value = response.json().await.unwrap();
+    let id = body["event_ids"][0].as_str().unwrap().to_owned();
+
+    let messages = broker
+        .take(&broker.topology.events_queue(), 1, Duration::from_secs(5))
+        .await;
+    assert_eq!(messages.len(), 1);
+    assert_eq!(messages[0].delivery.data, event.as_bytes());
+    assert_eq!(
+        messages[0]
+            .delivery
+            .properties
+            .message_id()
+            .as_ref()
+            .unwrap()
+            .as_str(),
+        id
+    );
+
+    let metrics = client
+        .get(format!("{}/metrics", service.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("regrelay_events_published_total{event_type=\"DELETE_ARTIFACT\"} 1"));
+
+    let output = service.terminate();
+    assert!(output.status.success(), "exit status {:?}", output.status);
+    let logs = String::from_utf8_lossy(&output.stdout);
+    assert!(logs.contains("regrelay stopped."), "{logs}");
+    // The broker password and the ingest token never reach the logs.
+    assert!(
+        !logs.contains("guest:guest") && !logs.contains(TOKEN),
+        "{logs}"
+    );
+}
+
+#[tokio::test]
+async fn serve_refuses_to_start_without_an_ingest_token() {
+    let output = Command::new(BIN)
+        .arg("serve")
+        .env_clear()
+        .env("REGRELAY_LISTEN", format!("127.0.0.1:{}", unused_port()))
+        .output()
+        .expect("run regrelay");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("REGRELAY_INGEST_TOKEN"), "{stderr}");
+}
+
+#[tokio::test]
+async fn serve_reports_a_bad_configuration_value_by_key() {
+    let output = Command::new(BIN)
+        .args(["serve", "--config", "/nonexistent/regrelay.toml"])
+        .env_clear()
+        .output()
+        .expect("run regrelay");
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("/nonexistent/regrelay.toml"));
+
+    let output = Command::new(BIN)
+        .arg("serve")
+        .env_clear()
+        .env("REGRELAY_INGEST_TOKEN", TOKEN)
+        .env("REGRELAY_MAX_BODY_BYTES", "lots")
+        .output()
+        .expect("run regrelay");
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr)
+        .to_lowercase()
+        .contains("max_body_bytes"));
+}
+
+#[tokio::test]
+async fn serve_starts_while_the_broker_is_down_and_reports_not_ready() {
+    let dead = format!("amqp://guest:guest@127.0.0.1:{}/%2f", unused_port());
+    let mut service = Service::start(&regrelay_testkit::unique_prefix("e2e-down"), &dead);
+    service.wait_healthy().await;
+    let client = reqwest::Client::new();
+    let ready = client
+        .get(format!("{}/readyz", service.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 503);
+    let output = service.terminate();
+    assert!(output.status.success());
+}
