@@ -1,3 +1,30 @@
-//! Execution, task and log records of deliveries in PostgreSQL.
+//! regrelay's PostgreSQL store: the schema, projects, webhook policies and settings (SPEC §4); the
+//! delivery history (SPEC §5) comes next.
 //!
-//! Empty until the history issue lands; nothing here runs yet.
+//! - `store`: [`Database`] (a connection pool; building it does no I/O; the readiness check) and
+//!   [`StoreError`].
+//! - `migrate`: numbered SQL migrations (`migrations/NNNN_<name>.sql`), applied under an advisory lock.
+//! - `projects`: [`Project`], named by the events' namespace, with a stable numeric id.
+//! - [`policy`]: the policy model, its validation (Harbor's messages) and the TCR-style filters. No I/O.
+//! - [`policies`]: the `notification_policies` table: create, read, list (paged), replace, delete, and
+//!   the consumer's load of the enabled policies.
+//! - `settings`: the `settings` row (Harbor's `notification_enable`) and the generation counter.
+//!
+//! Design constraints:
+//! - All SQL lives in this crate, one module per table; callers speak in domain verbs.
+//! - Every write to policies or settings bumps the generation counter in the same transaction, so a
+//!   consumer that reads an unchanged generation knows its in-memory copy is current.
+//! - The database URL holds a password: no error, log line or `Debug` output shows it.
+//! - Credentials in targets are stored as given (plain text); at-rest encryption is a later concern.
+//! - Several processes may start at once against one database: migrations serialise on an advisory
+//!   lock, and inserts that may race (projects) are idempotent.
+
+mod migrate;
+pub mod policies;
+pub mod policy;
+mod projects;
+mod settings;
+mod store;
+
+pub use projects::Project;
+pub use store::{Database, StoreError};

@@ -5,8 +5,11 @@
 //! - [`TcpProxy`]: a TCP forwarder a test controls, to cut a live connection or refuse new ones, so a
 //!   broker outage is simulated without touching the shared RabbitMQ.
 //! - [`unused_port`]: a local port nothing listens on, for "unreachable" cases.
+//! - [`TestReceiver`]: a real HTTP receiver on 127.0.0.1 with scripted answers.
+//! - [`TestDatabase`]: a fresh database on the machine's real PostgreSQL, dropped when the test ends.
 //!
-//! The services are found at `REGRELAY_TEST_AMQP_URL` (default `amqp://guest:guest@127.0.0.1:5672/%2f`).
+//! The services are found at `REGRELAY_TEST_AMQP_URL` (default `amqp://guest:guest@127.0.0.1:5672/%2f`)
+//! and `REGRELAY_TEST_DATABASE_ADMIN_URL` (default `postgres://postgres@127.0.0.1:5432/postgres`).
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -18,7 +21,12 @@ use regrelay_producer::Topology;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
+pub mod database;
+pub mod receiver;
+
+pub use database::{admin_database_url, TestDatabase};
 pub use lapin::message::BasicGetMessage;
+pub use receiver::{ReceivedRequest, TestReceiver};
 
 /// The broker URL tests use.
 pub fn amqp_url() -> String {

@@ -1,0 +1,387 @@
+//! The `notification_policies` table: webhook policies, per project or system-wide.
+//!
+//! - [`PolicyQuery`], [`NameMatch`], [`PolicySort`]: what a list asks for (page, name, enabled, order).
+//! - `Database::{list_policies, create_policy, get_policy, update_policy, delete_policy}`: the API's
+//!   verbs, always within one scope (`Some(project_id)` or `None` for system-wide).
+//! - `Database::enabled_policies`: the consumer's load, every scope at once.
+//!
+//! Design constraints:
+//! - A scope is a wall: a policy is read, replaced or deleted only through its own project (or
+//!   through the system-wide scope), so an id from another project is "not found".
+//! - Names are unique per scope, enforced by a unique index (not a read-then-write), so two racing
+//!   creates cannot both succeed; the violation becomes [`StoreError::Conflict`].
+//! - Every write bumps the generation in its transaction (see `settings`); a write that changes
+//!   nothing (unknown id) rolls back and bumps nothing.
+//! - Targets and filters are JSONB (serde of [`Target`] and [`Filters`]), event types `text[]`.
+//!   Rows are decoded strictly: a row that does not decode is [`StoreError::Corrupt`], not skipped.
+
+use chrono::{DateTime, Utc};
+use regrelay_events::EventType;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::{Json, ToSql};
+use tokio_postgres::Row;
+
+use crate::policy::{Filters, Policy, PolicySpec, Target};
+use crate::projects::Project;
+use crate::settings::bump_generation;
+use crate::store::{Database, StoreError};
+
+/// How a list selects by name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NameMatch {
+    /// The whole name, case-sensitive.
+    Exact(String),
+    /// A case-insensitive substring (`%` and `_` are literal).
+    Fuzzy(String),
+}
+
+/// The order of a list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PolicySort {
+    /// Harbor's default: newest first; ties by id, newest first.
+    #[default]
+    NewestFirst,
+    CreationTimeAsc,
+    NameAsc,
+    NameDesc,
+}
+
+/// One page of a list, and what selects the policies in it.
+#[derive(Debug, Clone, Default)]
+pub struct PolicyQuery {
+    /// 1-based; 0 is read as 1.
+    pub page: u64,
+    /// 0: no paging, every matching policy.
+    pub page_size: u64,
+    pub name: Option<NameMatch>,
+    pub enabled: Option<bool>,
+    pub sort: PolicySort,
+}
+
+const SELECT_POLICY: &str = "
+    SELECT p.id, p.name, p.description, p.project_id, pr.name AS project_name, p.targets,
+           p.event_types, p.filters, p.creator, p.creation_time, p.update_time, p.enabled
+    FROM notification_policies p
+    LEFT JOIN projects pr ON pr.id = p.project_id";
+
+/// The unique index behind "already exists".
+const NAME_INDEX: &str = "notification_policies_scope_name_key";
+
+impl PolicySort {
+    fn order_by(self) -> &'static str {
+        match self {
+            PolicySort::NewestFirst => "p.creation_time DESC, p.id DESC",
+            PolicySort::CreationTimeAsc => "p.creation_time ASC, p.id ASC",
+            PolicySort::NameAsc => "p.name ASC, p.id ASC",
+            PolicySort::NameDesc => "p.name DESC, p.id DESC",
+        }
+    }
+}
+
+impl Database {
+    /// One page of a scope's policies and how many match in all. `None`: the system-wide ones only.
+    pub async fn list_policies(
+        &self,
+        project_id: Option<i64>,
+        query: &PolicyQuery,
+    ) -> Result<(Vec<Policy>, i64), StoreError> {
+        let fuzzy = match &query.name {
+            Some(NameMatch::Fuzzy(part)) => Some(format!("%{}%", escape_like(part))),
+            _ => None,
+        };
+        let mut params: Vec<&(dyn ToSql + Sync)> = vec![&project_id];
+        let mut conditions = vec!["p.project_id IS NOT DISTINCT FROM $1".to_owned()];
+        match (&query.name, &fuzzy) {
+            (Some(NameMatch::Fuzzy(_)), Some(pattern)) => {
+                params.push(pattern);
+                conditions.push(format!("p.name ILIKE ${} ESCAPE '\\'", params.len()));
+            }
+            (Some(NameMatch::Exact(name)), _) => {
+                params.push(name);
+                conditions.push(format!("p.name = ${}", params.len()));
+            }
+            _ => {}
+        }
+        if let Some(enabled) = &query.enabled {
+            params.push(enabled);
+            conditions.push(format!("p.enabled = ${}", params.len()));
+        }
+        let filter = conditions.join(" AND ");
+
+        let page = query.page.max(1);
+        let limit = i64::try_from(query.page_size).unwrap_or(i64::MAX);
+        let offset = i64::try_from((page - 1).saturating_mul(query.page_size)).unwrap_or(i64::MAX);
+        let mut sql = format!(
+            "{SELECT_POLICY} WHERE {filter} ORDER BY {}",
+            query.sort.order_by()
+        );
+        let mut page_params = params.clone();
+        if query.page_size > 0 {
+            page_params.push(&limit);
+            page_params.push(&offset);
+            sql.push_str(&format!(
+                " LIMIT ${} OFFSET ${}",
+                page_params.len() - 1,
+                page_params.len()
+            ));
+        }
+
+        let mut client = self.client().await?;
+        // One snapshot for the count and the page, so the total agrees with what was listed.
+        let tx = client
+            .build_transaction()
+            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await?;
+        let total: i64 = tx
+            .query_one(
+                &format!("SELECT count(*) FROM notification_policies p WHERE {filter}"),
+                &params,
+            )
+            .await?
+            .try_get(0)?;
+        let rows = tx.query(&sql, &page_params).await?;
+        tx.commit().await?;
+        let policies = rows.iter().map(policy_from_row).collect::<Result<_, _>>()?;
+        Ok((policies, total))
+    }
+
+    /// Validates and stores a new policy in a scope.
+    pub async fn create_policy(
+        &self,
+        project_id: Option<i64>,
+        spec: &PolicySpec,
+    ) -> Result<Policy, StoreError> {
+        spec.validate()?;
+        let event_types = event_type_names(&spec.event_types);
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let row = tx
+            .query_one(
+                "INSERT INTO notification_policies
+                     (project_id, name, description, targets, event_types, filters, creator, enabled)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+                 RETURNING id",
+                &[
+                    &project_id,
+                    &spec.name,
+                    &spec.description,
+                    &Json(&spec.targets),
+                    &event_types,
+                    &Json(&spec.filters),
+                    &spec.creator,
+                    &spec.enabled,
+                ],
+            )
+            .await
+            .map_err(|e| write_error(e, spec, project_id))?;
+        let id: i64 = row.try_get(0)?;
+        let policy = fetch(&tx, project_id, id)
+            .await?
+            .ok_or_else(|| StoreError::Corrupt(format!("policy {id} vanished after insert")))?;
+        bump_generation(&tx).await?;
+        tx.commit().await?;
+        Ok(policy)
+    }
+
+    /// The policy `id` if it belongs to the scope.
+    pub async fn get_policy(
+        &self,
+        project_id: Option<i64>,
+        id: i64,
+    ) -> Result<Option<Policy>, StoreError> {
+        let client = self.client().await?;
+        fetch(&client, project_id, id).await
+    }
+
+    /// Replaces a policy's fields (keeps its creator and creation time; sets the update time).
+    /// `None` when the policy is not in the scope.
+    pub async fn update_policy(
+        &self,
+        project_id: Option<i64>,
+        id: i64,
+        spec: &PolicySpec,
+    ) -> Result<Option<Policy>, StoreError> {
+        spec.validate()?;
+        let event_types = event_type_names(&spec.event_types);
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let updated = tx
+            .execute(
+                "UPDATE notification_policies
+                 SET name = $3, description = $4, targets = $5, event_types = $6, filters = $7,
+                     enabled = $8, update_time = now()
+                 WHERE id = $1 AND project_id IS NOT DISTINCT FROM $2",
+                &[
+                    &id,
+                    &project_id,
+                    &spec.name,
+                    &spec.description,
+                    &Json(&spec.targets),
+                    &event_types,
+                    &Json(&spec.filters),
+                    &spec.enabled,
+                ],
+            )
+            .await
+            .map_err(|e| write_error(e, spec, project_id))?;
+        if updated == 0 {
+            // Dropping the transaction rolls it back; nothing changed, nothing to announce.
+            return Ok(None);
+        }
+        let policy = fetch(&tx, project_id, id).await?;
+        bump_generation(&tx).await?;
+        tx.commit().await?;
+        Ok(policy)
+    }
+
+    /// Deletes a policy of the scope; `false` when it is not there. Its history goes with it (the
+    /// history tables reference policies `ON DELETE CASCADE`).
+    pub async fn delete_policy(
+        &self,
+        project_id: Option<i64>,
+        id: i64,
+    ) -> Result<bool, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let deleted = tx
+            .execute(
+                "DELETE FROM notification_policies
+                 WHERE id = $1 AND project_id IS NOT DISTINCT FROM $2",
+                &[&id, &project_id],
+            )
+            .await?;
+        if deleted == 0 {
+            return Ok(false);
+        }
+        bump_generation(&tx).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Every enabled policy of every scope, with its project, in id order (the consumer's load).
+    pub async fn enabled_policies(&self) -> Result<Vec<Policy>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                &format!("{SELECT_POLICY} WHERE p.enabled ORDER BY p.id"),
+                &[],
+            )
+            .await?;
+        rows.iter().map(policy_from_row).collect()
+    }
+}
+
+async fn fetch(
+    client: &impl deadpool_postgres::GenericClient,
+    project_id: Option<i64>,
+    id: i64,
+) -> Result<Option<Policy>, StoreError> {
+    client
+        .query_opt(
+            &format!("{SELECT_POLICY} WHERE p.id = $1 AND p.project_id IS NOT DISTINCT FROM $2"),
+            &[&id, &project_id],
+        )
+        .await?
+        .as_ref()
+        .map(policy_from_row)
+        .transpose()
+}
+
+fn event_type_names(types: &[EventType]) -> Vec<&'static str> {
+    types.iter().map(|t| t.as_str()).collect()
+}
+
+/// A unique-name violation is a conflict; a missing project is named; the rest is a database error.
+fn write_error(
+    error: tokio_postgres::Error,
+    spec: &PolicySpec,
+    project_id: Option<i64>,
+) -> StoreError {
+    if let Some(db_error) = error.as_db_error() {
+        if *db_error.code() == SqlState::UNIQUE_VIOLATION
+            && db_error.constraint() == Some(NAME_INDEX)
+        {
+            return StoreError::Conflict(format!(
+                "notification policy {} already exists",
+                spec.name
+            ));
+        }
+        if *db_error.code() == SqlState::FOREIGN_KEY_VIOLATION {
+            if let Some(id) = project_id {
+                return StoreError::UnknownProject(id);
+            }
+        }
+    }
+    StoreError::Db(error)
+}
+
+/// `%`, `_` and the escape character itself match literally.
+fn escape_like(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '\\' | '%' | '_') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn policy_from_row(row: &Row) -> Result<Policy, StoreError> {
+    let id: i64 = row.try_get("id")?;
+    let corrupt = |what: &str, detail: String| {
+        StoreError::Corrupt(format!("notification policy {id}: {what}: {detail}"))
+    };
+    let project_id: Option<i64> = row.try_get("project_id")?;
+    let project_name: Option<String> = row.try_get("project_name")?;
+    let project = match (project_id, project_name) {
+        (Some(id), Some(name)) => Some(Project { id, name }),
+        (None, _) => None,
+        (Some(project), None) => {
+            return Err(corrupt(
+                "project",
+                format!("project {project} does not exist"),
+            ))
+        }
+    };
+    let targets: serde_json::Value = row.try_get("targets")?;
+    let targets: Vec<Target> =
+        serde_json::from_value(targets).map_err(|e| corrupt("targets", e.to_string()))?;
+    let filters: serde_json::Value = row.try_get("filters")?;
+    let filters: Filters =
+        serde_json::from_value(filters).map_err(|e| corrupt("filters", e.to_string()))?;
+    let names: Vec<String> = row.try_get("event_types")?;
+    let event_types = names
+        .iter()
+        .map(|name| name.parse::<EventType>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| corrupt("event_types", e.to_string()))?;
+    let creation_time: DateTime<Utc> = row.try_get("creation_time")?;
+    let update_time: DateTime<Utc> = row.try_get("update_time")?;
+    Ok(Policy {
+        id,
+        name: row.try_get("name")?,
+        description: row.try_get("description")?,
+        project,
+        targets,
+        event_types,
+        filters,
+        creator: row.try_get("creator")?,
+        creation_time,
+        update_time,
+        enabled: row.try_get("enabled")?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn like_escaping() {
+        assert_eq!(escape_like("a%b_c\\d"), "a\\%b\\_c\\\\d");
+        assert_eq!(escape_like("plain"), "plain");
+    }
+}

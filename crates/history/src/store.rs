@@ -1,0 +1,283 @@
+//! [`Database`]: the pool every role shares, and [`StoreError`], the store's one error type.
+//!
+//! Design constraints:
+//! - [`Database::connect`] does no I/O, so a process starts while PostgreSQL is down; each call gets
+//!   a connection from the pool and fails fast (connect and wait timeouts) while it stays down.
+//! - The URL's password never appears in an error, a log line or `Debug`: parse errors are scrubbed,
+//!   and the pool is described by user, hosts and database name only.
+//! - Plain TCP (`NoTls`): `sslmode=require` is refused at connect rather than failing on every call.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
+use tokio_postgres::config::{Host, SslMode};
+use tokio_postgres::NoTls;
+
+use crate::policy::{PolicyError, REDACTED};
+
+/// How long opening one connection may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a caller waits for a free pooled connection before giving up.
+const WAIT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long checking a returned connection may take.
+const RECYCLE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why a store call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A unique name is taken, e.g. `notification policy <name> already exists`.
+    #[error("{0}")]
+    Conflict(String),
+    /// The policy does not pass validation; the message is the API's.
+    #[error(transparent)]
+    Invalid(#[from] PolicyError),
+    /// No connection could be had: the database is unreachable, refusing, or every connection is
+    /// busy. Callers may retry.
+    #[error("database unavailable: {0}")]
+    Pool(#[from] PoolError),
+    #[error("database error: {0}")]
+    Db(#[from] tokio_postgres::Error),
+    /// The URL or the pool settings are invalid (never contains the password).
+    #[error("invalid database configuration: {0}")]
+    Config(String),
+    /// A stored row cannot be decoded (or a required row is missing).
+    #[error("stored data cannot be decoded: {0}")]
+    Corrupt(String),
+    /// A migration's SQL failed; nothing of it was applied.
+    #[error("migration {version} ({name}) failed: {source}")]
+    Migration {
+        version: i32,
+        name: &'static str,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    /// A policy names a project id that does not exist.
+    #[error("project {0} not found")]
+    UnknownProject(i64),
+    #[error("invalid project name {name:?}: {reason}")]
+    InvalidProjectName { name: String, reason: &'static str },
+}
+
+impl StoreError {
+    /// Whether the database could not be reached (or the connection broke), as opposed to a
+    /// refused request or a bug: the caller may answer "try again".
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            StoreError::Pool(_) => true,
+            StoreError::Db(error) => {
+                error.is_closed()
+                    || std::error::Error::source(error).is_some_and(|s| s.is::<std::io::Error>())
+            }
+            _ => false,
+        }
+    }
+}
+
+/// The PostgreSQL store. Cheap to clone: clones share one pool.
+#[derive(Clone)]
+pub struct Database {
+    pool: Pool,
+    /// `postgres://user@host:port/dbname`, password left out: what `Debug` and logs show.
+    target: Arc<str>,
+}
+
+impl Database {
+    /// Builds the pool from a `postgres://` URL (or a `key=value` connection string). No I/O: the
+    /// first call opens the first connection.
+    pub fn connect(url: &str, max_connections: usize) -> Result<Database, StoreError> {
+        if max_connections == 0 {
+            return Err(StoreError::Config(
+                "max_connections must be at least 1".into(),
+            ));
+        }
+        let mut config: tokio_postgres::Config = url
+            .parse()
+            .map_err(|e| StoreError::Config(scrub(&format!("invalid database URL: {e}"), url)))?;
+        if config.get_ssl_mode() == SslMode::Require {
+            return Err(StoreError::Config(
+                "sslmode=require is not supported: regrelay connects to PostgreSQL without TLS"
+                    .into(),
+            ));
+        }
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(CONNECT_TIMEOUT);
+        }
+        if config.get_application_name().is_none() {
+            config.application_name("regrelay");
+        }
+        let target: Arc<str> = describe(&config).into();
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(max_connections)
+            .runtime(Runtime::Tokio1)
+            .create_timeout(Some(CONNECT_TIMEOUT))
+            .wait_timeout(Some(WAIT_TIMEOUT))
+            .recycle_timeout(Some(RECYCLE_TIMEOUT))
+            .build()
+            .map_err(|e| StoreError::Config(format!("cannot build the connection pool: {e}")))?;
+        Ok(Database { pool, target })
+    }
+
+    /// Readiness: one `SELECT 1` on a pooled connection.
+    pub async fn check(&self) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client.execute("SELECT 1", &[]).await?;
+        Ok(())
+    }
+
+    /// Where the store connects, without the password (for logs).
+    pub fn target(&self) -> &str {
+        &self.target
+    }
+
+    pub(crate) async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        Ok(self.pool.get().await?)
+    }
+}
+
+impl fmt::Debug for Database {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Database")
+            .field("target", &self.target)
+            .field("max_connections", &self.pool.status().max_size)
+            .finish()
+    }
+}
+
+/// `postgres://user@host:port[,host:port]/dbname`, never the password.
+fn describe(config: &tokio_postgres::Config) -> String {
+    let ports = config.get_ports();
+    let hosts: Vec<String> = config
+        .get_hosts()
+        .iter()
+        .enumerate()
+        .map(|(i, host)| {
+            let name = match host {
+                Host::Tcp(name) => name.clone(),
+                Host::Unix(path) => path.display().to_string(),
+            };
+            match ports.get(i).or(ports.first()) {
+                Some(port) => format!("{name}:{port}"),
+                None => name,
+            }
+        })
+        .collect();
+    let user = config
+        .get_user()
+        .map(|u| format!("{u}@"))
+        .unwrap_or_default();
+    let dbname = config.get_dbname().unwrap_or_default();
+    format!("postgres://{user}{}/{dbname}", hosts.join(","))
+}
+
+/// Replaces every form of the URL's password (as written, and percent-decoded) in `message`.
+fn scrub(message: &str, url: &str) -> String {
+    let mut out = message.to_owned();
+    for secret in passwords_in(url) {
+        if !secret.is_empty() {
+            out = out.replace(&secret, REDACTED);
+        }
+    }
+    out
+}
+
+/// The password of a `scheme://user:password@host` URL and of a `password=...` option, raw and
+/// percent-decoded. Best effort: used only to scrub messages.
+fn passwords_in(url: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    if let Some((_, rest)) = url.split_once("://") {
+        let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+        if let Some((userinfo, _)) = authority.rsplit_once('@') {
+            if let Some((_, password)) = userinfo.split_once(':') {
+                found.push(password.to_owned());
+            }
+        }
+    }
+    for (i, _) in url.match_indices("password=") {
+        let value = &url[i + "password=".len()..];
+        let end = value.find(['&', ' ', '#']).unwrap_or(value.len());
+        let value = value[..end].trim_matches('\'');
+        found.push(value.to_owned());
+    }
+    let decoded: Vec<String> = found.iter().map(|p| percent_decode(p)).collect();
+    found.extend(decoded);
+    // Longest first, so a password that contains another is replaced whole.
+    found.sort_by_key(|p| std::cmp::Reverse(p.len()));
+    found
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(byte)) => {
+                out.push(byte);
+                i += 3;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_and_debug_never_show_the_password() {
+        for url in [
+            "postgres://app:hunter2@db.example:5432/regrelay?port=notaport",
+            "postgres://app:hunter2@db.example:5432/regrelay?nonsense=1",
+            "postgres://app:hun%74er2@db.example/regrelay?sslmode=bogus",
+            "host=db password=hunter2 port=x",
+        ] {
+            let error = Database::connect(url, 4).unwrap_err();
+            let text = format!("{error} {error:?}");
+            assert!(!text.contains("hunter2"), "{text}");
+            assert!(matches!(error, StoreError::Config(_)), "{text}");
+        }
+        let db = Database::connect("postgres://app:hunter2@db.example:6543/regrelay", 4).unwrap();
+        let debug = format!("{db:?}");
+        assert!(!debug.contains("hunter2"), "{debug}");
+        assert_eq!(db.target(), "postgres://app@db.example:6543/regrelay");
+    }
+
+    #[test]
+    fn refuses_zero_connections_and_tls() {
+        assert!(matches!(
+            Database::connect("postgres://app@localhost/db", 0),
+            Err(StoreError::Config(_))
+        ));
+        let error =
+            Database::connect("postgres://app@localhost/db?sslmode=require", 2).unwrap_err();
+        assert!(error.to_string().contains("sslmode=require"), "{error}");
+    }
+
+    #[test]
+    fn password_extraction() {
+        assert_eq!(
+            passwords_in("postgres://u:p%40ss@h/db"),
+            vec!["p%40ss".to_owned(), "p@ss".to_owned()]
+        );
+        assert!(passwords_in("postgres://u@h/db").is_empty());
+        assert_eq!(percent_decode("a%2Fb%zz"), "a/b%zz");
+    }
+}
