@@ -1,3 +1,133 @@
-//! The consumer role: matches events against webhook policies and delivers them.
+//! The consumer role: matches events against webhook policies and delivers them, durably.
 //!
-//! Empty until the delivery issue lands; nothing here runs yet.
+//! Module map:
+//! - [`task`]: [`DeliveryTask`], the versioned message of one delivery (event × policy × target).
+//! - [`policy_cache`]: every consumer's in-memory copy of the policies and the global switch.
+//! - [`matching`]: stage 1, `<prefix>.events` → one task per (policy, target) → `<prefix>.deliveries`.
+//! - [`delivery`]: stage 2, one HTTP attempt per task, then ack, retry (broker-held) or dead-letter.
+//! - [`classify`]: the pure "retry?" decision (SPEC §3's status table).
+//! - [`retry`]: the pure "when?" decision ([`RetrySchedule`]).
+//! - [`render`]: the payload for a target (Default, CloudEvents, Slack).
+//! - [`signing`]: Standard Webhooks signatures.
+//! - [`ssrf`]: refuses private, loopback, link-local and multicast addresses, on the resolved address.
+//! - [`http_client`], [`attempt`]: the shared HTTP clients and one attempt.
+//! - [`limiter`]: per-target concurrency, so one slow receiver starves no one.
+//! - [`dead_letter`]: the dead-letter body and its publishing.
+//! - [`stage`]: the consume loop both stages share (prefetch, pause, clean stop).
+//! - [`context`]: the handles the stages share, and [`ConsumerSettings`].
+//! - [`telemetry`]: the consumer's metrics.
+//!
+//! [`Consumer::run`] runs both stages and the policy refresher until shutdown.
+
+pub mod attempt;
+pub mod classify;
+pub mod context;
+pub mod dead_letter;
+pub mod delivery;
+pub mod http_client;
+pub mod limiter;
+pub mod matching;
+pub mod policy_cache;
+pub mod render;
+pub mod retry;
+pub mod signing;
+pub mod ssrf;
+pub mod stage;
+pub mod task;
+pub mod telemetry;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use regrelay_history::Database;
+use regrelay_producer::{Broker, ConfirmedPublisher};
+use tokio_util::sync::CancellationToken;
+
+pub use context::{ConsumerSettings, DeliveryContext};
+pub use http_client::{HttpClients, HttpSettings};
+pub use policy_cache::PolicyCache;
+pub use retry::RetrySchedule;
+pub use task::{DeliveryTask, Trigger};
+pub use telemetry::ConsumerMetrics;
+
+/// Everything the consumer role needs, before it runs.
+pub struct Consumer {
+    pub consume_broker: Arc<Broker>,
+    pub publisher: ConfirmedPublisher,
+    pub db: Database,
+    pub clients: HttpClients,
+    pub schedule: RetrySchedule,
+    pub settings: ConsumerSettings,
+    pub metrics: ConsumerMetrics,
+}
+
+impl Consumer {
+    /// Runs until `shutdown`: loads the policies (waiting for the database if it is down), then runs
+    /// the matching stage, the delivery stage and the policy refresher. Returns once in-flight work
+    /// has settled.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let cache = match load_cache(&self.db, &self.metrics, &shutdown).await {
+            Some(cache) => Arc::new(cache),
+            None => return,
+        };
+        let topology = self.publisher.broker().topology().clone();
+        let ctx = Arc::new(DeliveryContext::new(
+            topology.clone(),
+            self.consume_broker,
+            self.publisher,
+            cache.clone(),
+            self.db,
+            self.clients,
+            self.schedule,
+            self.settings.clone(),
+            self.metrics,
+        ));
+        let refresher = tokio::spawn(
+            cache
+                .clone()
+                .refresh_until(self.settings.policy_refresh_interval, shutdown.clone()),
+        );
+        let matching = tokio::spawn(stage::consume_until(
+            ctx.clone(),
+            "matching",
+            topology.events_queue(),
+            self.settings.matching_prefetch,
+            None,
+            shutdown.clone(),
+            matching::handle_event,
+        ));
+        let delivery = tokio::spawn(stage::consume_until(
+            ctx.clone(),
+            "delivery",
+            topology.deliveries_queue(),
+            self.settings.delivery_prefetch,
+            Some(cache.enabled()),
+            shutdown.clone(),
+            delivery::handle_task,
+        ));
+        let _ = tokio::join!(refresher, matching, delivery);
+        tracing::info!(message = "Consumer stopped.");
+    }
+}
+
+async fn load_cache(
+    db: &Database,
+    metrics: &ConsumerMetrics,
+    shutdown: &CancellationToken,
+) -> Option<PolicyCache> {
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match PolicyCache::load(db.clone(), metrics.clone()).await {
+            Ok(cache) => return Some(cache),
+            Err(error) => {
+                metrics.policy_reloads.with_label_values(&["failure"]).inc();
+                tracing::warn!(message = "Cannot load policies; consumer waits for the database.", error = %error, retry_in = ?delay);
+            }
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return None,
+            () = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(10));
+    }
+}

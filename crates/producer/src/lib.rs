@@ -18,6 +18,6 @@ pub mod topology;
 
 pub use broker::{Broker, BrokerError, BrokerSettings};
 pub use message::{DecodeError, EventMessage, EventSource, SCHEMA_VERSION};
-pub use publisher::{EventPublisher, PublishError};
+pub use publisher::{ConfirmedPublisher, EventPublisher, OutgoingMessage, PublishError};
 pub use telemetry::ProducerMetrics;
 pub use topology::{Topology, TopologyError};

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use futures::future::join_all;
 use lapin::options::BasicPublishOptions;
-use lapin::Confirmation;
+use lapin::{BasicProperties, Confirmation};
 
 use crate::broker::{Broker, BrokerError};
 use crate::message::EventMessage;
@@ -34,7 +34,7 @@ pub enum PublishError {
 }
 
 impl PublishError {
-    fn failure(&self) -> PublishFailure {
+    pub fn failure(&self) -> PublishFailure {
         match self {
             PublishError::Unavailable(_) => PublishFailure::Unavailable,
             PublishError::Nacked | PublishError::NotConfirmed => PublishFailure::Nack,
@@ -45,15 +45,24 @@ impl PublishError {
     }
 }
 
-/// Publishes events onto the events exchange.
+/// One message to publish: where to, and what.
+pub struct OutgoingMessage<'a> {
+    pub exchange: &'a str,
+    pub routing_key: &'a str,
+    pub body: &'a [u8],
+    pub properties: BasicProperties,
+}
+
+/// Publishes messages on the broker's confirm-mode channels and waits for every confirm.
+/// The building block of [`EventPublisher`] and of the consumer's retry and dead-letter publishing.
 #[derive(Clone)]
-pub struct EventPublisher {
+pub struct ConfirmedPublisher {
     broker: Arc<Broker>,
     /// How long to wait for the broker's confirms before giving up on a batch.
     confirm_timeout: Duration,
 }
 
-impl EventPublisher {
+impl ConfirmedPublisher {
     pub fn new(broker: Arc<Broker>, confirm_timeout: Duration) -> Self {
         Self {
             broker,
@@ -65,42 +74,36 @@ impl EventPublisher {
         &self.broker
     }
 
-    /// Publishes every message and waits for every confirm.
-    pub async fn publish(&self, messages: &[EventMessage]) -> Result<(), PublishError> {
-        let metrics = self.broker.metrics();
+    /// Publishes every message (`mandatory`) and returns once all are confirmed, with the time the
+    /// confirms took. Counts failures in `regrelay_publish_failures_total`.
+    pub async fn publish(
+        &self,
+        messages: Vec<OutgoingMessage<'_>>,
+    ) -> Result<Duration, PublishError> {
         let result = self.publish_inner(messages).await;
         match &result {
-            Ok(elapsed) => {
-                metrics
-                    .publish_confirm_seconds
-                    .observe(elapsed.as_secs_f64());
-                for message in messages {
-                    metrics
-                        .events_published
-                        .with_label_values(&[message.event_type().as_str()])
-                        .inc();
-                    tracing::debug!(
-                        message = "Event published.",
-                        event_id = %message.id,
-                        event_type = message.event_type().as_str(),
-                        project = message.event.project(),
-                    );
-                }
-            }
+            Ok(elapsed) => self
+                .broker
+                .metrics()
+                .publish_confirm_seconds
+                .observe(elapsed.as_secs_f64()),
             Err(error) => {
-                metrics
+                self.broker
+                    .metrics()
                     .publish_failures
                     .with_label_values(&[error.failure().as_str()])
                     .inc();
-                tracing::warn!(message = "Publish failed.", error = %error, events = messages.len());
+                tracing::warn!(message = "Publish failed.", error = %error);
             }
         }
-        result.map(|_| ())
+        result
     }
 
-    async fn publish_inner(&self, messages: &[EventMessage]) -> Result<Duration, PublishError> {
+    async fn publish_inner(
+        &self,
+        messages: Vec<OutgoingMessage<'_>>,
+    ) -> Result<Duration, PublishError> {
         let channel = self.broker.publish_channel().await?;
-        let exchange = self.broker.topology().events_exchange();
         let started = Instant::now();
         let options = BasicPublishOptions {
             mandatory: true,
@@ -110,11 +113,11 @@ impl EventPublisher {
         for message in messages {
             let confirm = channel
                 .basic_publish(
-                    exchange.as_str().into(),
-                    message.routing_key().into(),
+                    message.exchange.into(),
+                    message.routing_key.into(),
                     options,
-                    message.body(),
-                    message.properties(),
+                    message.body,
+                    message.properties,
                 )
                 .await?;
             confirms.push(confirm);
@@ -136,5 +139,54 @@ impl EventPublisher {
             }
         }
         Ok(started.elapsed())
+    }
+}
+
+/// Publishes events onto the events exchange.
+#[derive(Clone)]
+pub struct EventPublisher {
+    inner: ConfirmedPublisher,
+}
+
+impl EventPublisher {
+    pub fn new(broker: Arc<Broker>, confirm_timeout: Duration) -> Self {
+        Self {
+            inner: ConfirmedPublisher::new(broker, confirm_timeout),
+        }
+    }
+
+    pub fn broker(&self) -> &Arc<Broker> {
+        self.inner.broker()
+    }
+
+    /// Publishes every message and waits for every confirm.
+    pub async fn publish(&self, messages: &[EventMessage]) -> Result<(), PublishError> {
+        let exchange = self.inner.broker().topology().events_exchange();
+        let keys: Vec<String> = messages.iter().map(EventMessage::routing_key).collect();
+        let outgoing = messages
+            .iter()
+            .zip(&keys)
+            .map(|(message, key)| OutgoingMessage {
+                exchange: &exchange,
+                routing_key: key,
+                body: message.body(),
+                properties: message.properties(),
+            })
+            .collect();
+        self.inner.publish(outgoing).await?;
+        let metrics = self.inner.broker().metrics();
+        for message in messages {
+            metrics
+                .events_published
+                .with_label_values(&[message.event_type().as_str()])
+                .inc();
+            tracing::debug!(
+                message = "Event published.",
+                event_id = %message.id,
+                event_type = message.event_type().as_str(),
+                project = message.event.project(),
+            );
+        }
+        Ok(())
     }
 }

@@ -8,6 +8,8 @@
 //! - Queues are quorum queues: replicated, durable, and they keep a message until a consumer acks it.
 //!   A classic mirrored queue would lose confirmed messages on some failovers; a quorum queue does not.
 
+use std::time::Duration;
+
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, ExchangeKind};
@@ -63,9 +65,32 @@ impl Topology {
         format!("{}.events", self.prefix)
     }
 
-    /// Every queue this topology declares (for operators' tooling and test clean-up).
+    /// The quorum queue of delivery tasks: one message per (event, policy, target), fanned out by the
+    /// consumers' matching stage and taken by their delivery stage.
+    pub fn deliveries_queue(&self) -> String {
+        format!("{}.deliveries", self.prefix)
+    }
+
+    /// Where deliveries that cannot be delivered end up, with the reason, for operators to inspect
+    /// and replay.
+    pub fn dead_letter_queue(&self) -> String {
+        format!("{}.dead-letter", self.prefix)
+    }
+
+    /// The delay queue of one retry bucket, e.g. `regrelay.retry.5s`.
+    pub fn retry_queue(&self, bucket: Duration) -> String {
+        format!("{}.retry.{}", self.prefix, bucket_name(bucket))
+    }
+
+    /// Every queue this topology may declare (for operators' tooling and test clean-up).
     pub fn queues(&self) -> Vec<String> {
-        vec![self.events_queue()]
+        let mut queues = vec![
+            self.events_queue(),
+            self.deliveries_queue(),
+            self.dead_letter_queue(),
+        ];
+        queues.extend(RETRY_BUCKETS.iter().map(|b| self.retry_queue(*b)));
+        queues
     }
 
     /// Every exchange this topology declares.
@@ -103,7 +128,108 @@ impl Topology {
                 FieldTable::default(),
             )
             .await?;
+        for queue in [self.deliveries_queue(), self.dead_letter_queue()] {
+            channel
+                .queue_declare(
+                    queue.as_str().into(),
+                    QueueDeclareOptions::durable(),
+                    quorum_arguments(),
+                )
+                .await?;
+        }
         Ok(())
+    }
+
+    /// Declares the delay queue of one retry bucket. Declared on first use rather than at start-up,
+    /// because most installations only ever use a few buckets.
+    ///
+    /// A message waits there for the bucket's TTL, then RabbitMQ dead-letters it back to the
+    /// deliveries queue (through the default exchange). At-least-once dead-lettering (RabbitMQ 3.10+,
+    /// quorum queues, which requires `reject-publish` overflow) means a broker crash while moving the
+    /// message cannot lose it. The arguments depend only on the bucket, never on configuration, so a
+    /// changed retry schedule never conflicts with queues that already exist.
+    pub async fn declare_retry_queue(
+        &self,
+        channel: &Channel,
+        bucket: Duration,
+    ) -> Result<(), lapin::Error> {
+        let mut args = quorum_arguments();
+        let ttl_ms = i64::try_from(bucket.as_millis()).unwrap_or(i64::MAX);
+        args.insert("x-message-ttl".into(), AMQPValue::LongLongInt(ttl_ms));
+        args.insert(
+            "x-dead-letter-exchange".into(),
+            AMQPValue::LongString("".into()),
+        );
+        args.insert(
+            "x-dead-letter-routing-key".into(),
+            AMQPValue::LongString(self.deliveries_queue().into()),
+        );
+        args.insert(
+            "x-dead-letter-strategy".into(),
+            AMQPValue::LongString("at-least-once".into()),
+        );
+        args.insert(
+            "x-overflow".into(),
+            AMQPValue::LongString("reject-publish".into()),
+        );
+        channel
+            .queue_declare(
+                self.retry_queue(bucket).into(),
+                QueueDeclareOptions::durable(),
+                args,
+            )
+            .await?;
+        Ok(())
+    }
+}
+
+/// The delays RabbitMQ can hold a retry for: one TTL queue per bucket. A computed delay is rounded
+/// *up* to a bucket ([`bucket_for`]), so a retry never comes earlier than its schedule or a
+/// receiver's `Retry-After`. The ladder is fixed (not configuration) so queue arguments never change.
+pub const RETRY_BUCKETS: &[Duration] = &[
+    Duration::from_millis(100),
+    Duration::from_millis(250),
+    Duration::from_millis(500),
+    Duration::from_secs(1),
+    Duration::from_secs(2),
+    Duration::from_secs(5),
+    Duration::from_secs(10),
+    Duration::from_secs(20),
+    Duration::from_secs(30),
+    Duration::from_secs(60),
+    Duration::from_secs(2 * 60),
+    Duration::from_secs(5 * 60),
+    Duration::from_secs(10 * 60),
+    Duration::from_secs(20 * 60),
+    Duration::from_secs(30 * 60),
+    Duration::from_secs(3600),
+    Duration::from_secs(2 * 3600),
+    Duration::from_secs(4 * 3600),
+    Duration::from_secs(8 * 3600),
+    Duration::from_secs(12 * 3600),
+    Duration::from_secs(24 * 3600),
+];
+
+/// The smallest bucket that is at least `delay`, or the largest bucket.
+pub fn bucket_for(delay: Duration) -> Duration {
+    RETRY_BUCKETS
+        .iter()
+        .copied()
+        .find(|bucket| *bucket >= delay)
+        .unwrap_or(RETRY_BUCKETS[RETRY_BUCKETS.len() - 1])
+}
+
+/// Stable text of a bucket for queue names: `100ms`, `1s`, `2m`, `1h`.
+pub fn bucket_name(bucket: Duration) -> String {
+    let ms = bucket.as_millis();
+    if ms.is_multiple_of(3_600_000) {
+        format!("{}h", ms / 3_600_000)
+    } else if ms.is_multiple_of(60_000) {
+        format!("{}m", ms / 60_000)
+    } else if ms.is_multiple_of(1000) {
+        format!("{}s", ms / 1000)
+    } else {
+        format!("{ms}ms")
     }
 }
 
@@ -148,6 +274,31 @@ mod tests {
             Err(TopologyError::PrefixTooLong(101))
         ));
         assert!(Topology::new("regrelay.test_1-a").is_ok());
+    }
+
+    #[test]
+    fn buckets_round_up_and_have_stable_names() {
+        assert_eq!(
+            bucket_for(Duration::from_millis(1)),
+            Duration::from_millis(100)
+        );
+        assert_eq!(
+            bucket_for(Duration::from_millis(1001)),
+            Duration::from_secs(2)
+        );
+        assert_eq!(bucket_for(Duration::from_secs(5)), Duration::from_secs(5));
+        assert_eq!(
+            bucket_for(Duration::from_secs(999_999)),
+            Duration::from_secs(86400)
+        );
+        let names: Vec<String> = RETRY_BUCKETS.iter().map(|b| bucket_name(*b)).collect();
+        assert_eq!(names[0], "100ms");
+        assert_eq!(names[3], "1s");
+        assert_eq!(names[9], "1m");
+        assert_eq!(names[15], "1h");
+        let t = Topology::new("p").unwrap();
+        assert_eq!(t.retry_queue(Duration::from_secs(30)), "p.retry.30s");
+        assert!(RETRY_BUCKETS.windows(2).all(|w| w[0] < w[1]));
     }
 
     #[test]

@@ -1,0 +1,296 @@
+//! "Retry?": the pure decision that turns the result of one HTTP attempt into a
+//! [`DeliveryOutcome`] (SPEC §3's status table).
+//!
+//! Design constraints:
+//! - No IO and no clock: [`classify`] sees only what the attempt produced, so the whole table is
+//!   tested without a network. "When?" is a separate decision ([`crate::retry::RetrySchedule`]);
+//!   the delivery stage combines the two.
+//! - The reasons are closed enums whose [`as_str`](RetryReason::as_str) values are metric labels,
+//!   so the label sets are fixed and can be pre-registered ([`RetryReason::ALL`],
+//!   [`DeadLetterReason::ALL`]); no label ever comes from a URL or an error text.
+//! - Redirects are not followed (the client has no redirect policy), so a 3xx reaches this table
+//!   and is final: following one would let a receiver point us at an address the SSRF guard never
+//!   saw, and Harbor does not follow them either.
+
+use std::time::Duration;
+
+/// What one HTTP attempt produced, as far as "retry?" is concerned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AttemptResult {
+    /// The receiver answered. `retry_after` is its `Retry-After` header, parsed, when it sent one.
+    Response {
+        status: u16,
+        retry_after: Option<Duration>,
+    },
+    /// No answer within the per-attempt timeout.
+    Timeout,
+    /// The connection could not be made (DNS failure, refused, reset, TLS handshake, ...).
+    Connect(String),
+    /// The SSRF guard refused the target's address; no connection was attempted.
+    Blocked(String),
+    /// Any other request error: an invalid URL or header, a body or protocol error mid-request.
+    Other(String),
+}
+
+/// What to do with a delivery after one attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryOutcome {
+    /// The receiver took it (2xx): ack, done.
+    Delivered,
+    /// A transient failure: try again later, if attempts remain. `retry_after` is the receiver's
+    /// wish, which the schedule honours within its bounds.
+    Retry {
+        reason: RetryReason,
+        retry_after: Option<Duration>,
+    },
+    /// Trying again cannot help: dead-letter now.
+    DeadLetter { reason: DeadLetterReason },
+}
+
+/// Why a delivery is retried. A metric label (`regrelay_delivery_retries_scheduled_total{reason}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RetryReason {
+    /// 408 Request Timeout.
+    Status408,
+    /// 429 Too Many Requests.
+    Status429,
+    /// Any 5xx.
+    Status5xx,
+    /// No answer within the per-attempt timeout.
+    Timeout,
+    /// The connection could not be made.
+    Connect,
+    /// Another request error (body or protocol error mid-request, ...).
+    RequestError,
+}
+
+/// Why a delivery is dead-lettered without further attempts. A metric label
+/// (`regrelay_dead_letters_total{reason}`); the delivery stage adds reasons of its own
+/// (`attempts_exhausted`, `unrenderable`, ...) that do not come from an attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DeadLetterReason {
+    /// A 3xx: redirects are not followed.
+    Redirect,
+    /// A 4xx other than 408 and 429: the receiver refuses this request and will keep refusing it.
+    ClientError,
+    /// The SSRF guard refused the target's address.
+    BlockedAddress,
+    /// 1xx or a code outside 100..=599: nothing we can interpret.
+    UnexpectedStatus,
+}
+
+impl RetryReason {
+    /// Every reason, for pre-registering metric series.
+    pub const ALL: [RetryReason; 6] = [
+        RetryReason::Status408,
+        RetryReason::Status429,
+        RetryReason::Status5xx,
+        RetryReason::Timeout,
+        RetryReason::Connect,
+        RetryReason::RequestError,
+    ];
+
+    /// The metric label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RetryReason::Status408 => "status_408",
+            RetryReason::Status429 => "status_429",
+            RetryReason::Status5xx => "status_5xx",
+            RetryReason::Timeout => "timeout",
+            RetryReason::Connect => "connect",
+            RetryReason::RequestError => "request_error",
+        }
+    }
+}
+
+impl DeadLetterReason {
+    /// Every reason, for pre-registering metric series.
+    pub const ALL: [DeadLetterReason; 4] = [
+        DeadLetterReason::Redirect,
+        DeadLetterReason::ClientError,
+        DeadLetterReason::BlockedAddress,
+        DeadLetterReason::UnexpectedStatus,
+    ];
+
+    /// The metric label value (also the dead letter's `reason`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeadLetterReason::Redirect => "redirect",
+            DeadLetterReason::ClientError => "client_error",
+            DeadLetterReason::BlockedAddress => "blocked_address",
+            DeadLetterReason::UnexpectedStatus => "unexpected_status",
+        }
+    }
+}
+
+/// Decides whether the attempt delivered, should be retried, or can never succeed.
+///
+/// `Retry-After` is carried for 429 (RFC 6585) and 503 (RFC 9110 §10.2.3), the two answers that
+/// define it as "come back later"; elsewhere it is ignored.
+pub fn classify(result: &AttemptResult) -> DeliveryOutcome {
+    match *result {
+        AttemptResult::Response {
+            status,
+            retry_after,
+        } => classify_status(status, retry_after),
+        AttemptResult::Timeout => retry(RetryReason::Timeout, None),
+        AttemptResult::Connect(_) => retry(RetryReason::Connect, None),
+        AttemptResult::Other(_) => retry(RetryReason::RequestError, None),
+        AttemptResult::Blocked(_) => dead_letter(DeadLetterReason::BlockedAddress),
+    }
+}
+
+fn classify_status(status: u16, retry_after: Option<Duration>) -> DeliveryOutcome {
+    match status {
+        200..=299 => DeliveryOutcome::Delivered,
+        300..=399 => dead_letter(DeadLetterReason::Redirect),
+        408 => retry(RetryReason::Status408, None),
+        429 => retry(RetryReason::Status429, retry_after),
+        400..=499 => dead_letter(DeadLetterReason::ClientError),
+        503 => retry(RetryReason::Status5xx, retry_after),
+        500..=599 => retry(RetryReason::Status5xx, None),
+        _ => dead_letter(DeadLetterReason::UnexpectedStatus),
+    }
+}
+
+fn retry(reason: RetryReason, retry_after: Option<Duration>) -> DeliveryOutcome {
+    DeliveryOutcome::Retry {
+        reason,
+        retry_after,
+    }
+}
+
+fn dead_letter(reason: DeadLetterReason) -> DeliveryOutcome {
+    DeliveryOutcome::DeadLetter { reason }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn response(status: u16) -> AttemptResult {
+        AttemptResult::Response {
+            status,
+            retry_after: None,
+        }
+    }
+
+    fn with_retry_after(status: u16, secs: u64) -> AttemptResult {
+        AttemptResult::Response {
+            status,
+            retry_after: Some(Duration::from_secs(secs)),
+        }
+    }
+
+    fn retried(reason: RetryReason) -> DeliveryOutcome {
+        DeliveryOutcome::Retry {
+            reason,
+            retry_after: None,
+        }
+    }
+
+    fn retried_after(reason: RetryReason, secs: u64) -> DeliveryOutcome {
+        DeliveryOutcome::Retry {
+            reason,
+            retry_after: Some(Duration::from_secs(secs)),
+        }
+    }
+
+    fn dead(reason: DeadLetterReason) -> DeliveryOutcome {
+        DeliveryOutcome::DeadLetter { reason }
+    }
+
+    #[test]
+    fn the_spec_table() {
+        use DeadLetterReason as D;
+        use RetryReason as R;
+        let table: Vec<(AttemptResult, DeliveryOutcome)> = vec![
+            // 2xx: delivered, whatever the exact code.
+            (response(200), DeliveryOutcome::Delivered),
+            (response(201), DeliveryOutcome::Delivered),
+            (response(202), DeliveryOutcome::Delivered),
+            (response(204), DeliveryOutcome::Delivered),
+            (response(299), DeliveryOutcome::Delivered),
+            (with_retry_after(200, 5), DeliveryOutcome::Delivered),
+            // 3xx: redirects are not followed.
+            (response(301), dead(D::Redirect)),
+            (response(302), dead(D::Redirect)),
+            (response(304), dead(D::Redirect)),
+            (response(307), dead(D::Redirect)),
+            (response(308), dead(D::Redirect)),
+            // 408 and 429 are the retryable 4xx; only 429 carries Retry-After.
+            (response(408), retried(R::Status408)),
+            (with_retry_after(408, 7), retried(R::Status408)),
+            (response(429), retried(R::Status429)),
+            (with_retry_after(429, 7), retried_after(R::Status429, 7)),
+            // Other 4xx: not retried.
+            (response(400), dead(D::ClientError)),
+            (response(401), dead(D::ClientError)),
+            (response(403), dead(D::ClientError)),
+            (response(404), dead(D::ClientError)),
+            (response(410), dead(D::ClientError)),
+            (response(413), dead(D::ClientError)),
+            (response(422), dead(D::ClientError)),
+            (response(499), dead(D::ClientError)),
+            // 5xx: retried; 503 may say when.
+            (response(500), retried(R::Status5xx)),
+            (response(502), retried(R::Status5xx)),
+            (response(503), retried(R::Status5xx)),
+            (with_retry_after(503, 30), retried_after(R::Status5xx, 30)),
+            (with_retry_after(500, 30), retried(R::Status5xx)),
+            (response(504), retried(R::Status5xx)),
+            (response(599), retried(R::Status5xx)),
+            // Codes that mean nothing to us.
+            (response(100), dead(D::UnexpectedStatus)),
+            (response(101), dead(D::UnexpectedStatus)),
+            (response(199), dead(D::UnexpectedStatus)),
+            (response(0), dead(D::UnexpectedStatus)),
+            (response(99), dead(D::UnexpectedStatus)),
+            (response(600), dead(D::UnexpectedStatus)),
+            (response(999), dead(D::UnexpectedStatus)),
+            // Transport failures.
+            (AttemptResult::Timeout, retried(R::Timeout)),
+            (
+                AttemptResult::Connect("connection refused".into()),
+                retried(R::Connect),
+            ),
+            (
+                AttemptResult::Other("body error".into()),
+                retried(R::RequestError),
+            ),
+            (
+                AttemptResult::Blocked("127.0.0.1".into()),
+                dead(D::BlockedAddress),
+            ),
+        ];
+        for (input, expected) in table {
+            assert_eq!(classify(&input), expected, "for {input:?}");
+        }
+    }
+
+    #[test]
+    fn label_values_are_fixed_and_distinct() {
+        let retry: Vec<&str> = RetryReason::ALL.iter().map(|r| r.as_str()).collect();
+        assert_eq!(
+            retry,
+            [
+                "status_408",
+                "status_429",
+                "status_5xx",
+                "timeout",
+                "connect",
+                "request_error"
+            ]
+        );
+        let dead: Vec<&str> = DeadLetterReason::ALL.iter().map(|r| r.as_str()).collect();
+        assert_eq!(
+            dead,
+            [
+                "redirect",
+                "client_error",
+                "blocked_address",
+                "unexpected_status"
+            ]
+        );
+    }
+}

@@ -1,0 +1,124 @@
+//! [`DeliveryContext`]: the handles both stages borrow, and [`ConsumerSettings`].
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use regrelay_history::Database;
+use regrelay_producer::{Broker, ConfirmedPublisher, Topology};
+
+use crate::http_client::HttpClients;
+use crate::limiter::TargetLimiter;
+use crate::policy_cache::PolicyCache;
+use crate::retry::RetrySchedule;
+use crate::telemetry::ConsumerMetrics;
+
+/// The consumer's tunables (from the `REGRELAY_*` configuration).
+#[derive(Debug, Clone)]
+pub struct ConsumerSettings {
+    /// Events the matching stage holds unacked at once (AMQP prefetch).
+    pub matching_prefetch: u16,
+    /// Delivery tasks the delivery stage holds unacked at once (AMQP prefetch): the bound on
+    /// concurrent deliveries per consumer process.
+    pub delivery_prefetch: u16,
+    /// Attempts one target may have in flight at once.
+    pub per_target_concurrency: usize,
+    /// Tasks that may wait for one busy target before further ones are deferred.
+    pub max_waiting_per_target: usize,
+    /// How long a deferred task waits before it is tried again (rounded up to a retry bucket).
+    pub deferral_delay: Duration,
+    /// How often the policy cache checks the store for changes.
+    pub policy_refresh_interval: Duration,
+    /// Deliver to loopback/private/link-local addresses (development and tests only).
+    pub allow_private_targets: bool,
+}
+
+/// Everything a stage needs, shared by all its tasks.
+pub struct DeliveryContext {
+    pub topology: Topology,
+    /// The connection deliveries are consumed on (separate from publishing: see `BrokerSettings::role`).
+    pub consume_broker: Arc<Broker>,
+    /// Publishes delivery tasks, retries and dead letters, and waits for the confirms.
+    pub publisher: ConfirmedPublisher,
+    pub cache: Arc<PolicyCache>,
+    pub db: Database,
+    pub clients: HttpClients,
+    pub schedule: RetrySchedule,
+    pub limiter: TargetLimiter,
+    pub settings: ConsumerSettings,
+    pub metrics: ConsumerMetrics,
+    /// Project ids by name, for the CloudEvents `source` of system-wide policies; ids never change.
+    project_ids: Mutex<HashMap<String, i64>>,
+    /// Retry buckets already declared by this process.
+    declared_buckets: Mutex<HashSet<Duration>>,
+}
+
+impl DeliveryContext {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        topology: Topology,
+        consume_broker: Arc<Broker>,
+        publisher: ConfirmedPublisher,
+        cache: Arc<PolicyCache>,
+        db: Database,
+        clients: HttpClients,
+        schedule: RetrySchedule,
+        settings: ConsumerSettings,
+        metrics: ConsumerMetrics,
+    ) -> Self {
+        Self {
+            limiter: TargetLimiter::new(
+                settings.per_target_concurrency,
+                settings.max_waiting_per_target,
+            ),
+            topology,
+            consume_broker,
+            publisher,
+            cache,
+            db,
+            clients,
+            schedule,
+            settings,
+            metrics,
+            project_ids: Mutex::new(HashMap::new()),
+            declared_buckets: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// The stable id of a project, creating the project on first sight.
+    pub async fn project_id(&self, name: &str) -> Result<i64, regrelay_history::StoreError> {
+        if let Some(id) = self
+            .project_ids
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(name)
+        {
+            return Ok(*id);
+        }
+        let project = self.db.ensure_project(name).await?;
+        self.project_ids
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(name.to_owned(), project.id);
+        Ok(project.id)
+    }
+
+    pub(crate) fn bucket_declared(&self, bucket: Duration) -> bool {
+        self.declared_buckets
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(&bucket)
+    }
+
+    pub(crate) fn set_bucket_declared(&self, bucket: Duration, declared: bool) {
+        let mut buckets = self
+            .declared_buckets
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if declared {
+            buckets.insert(bucket);
+        } else {
+            buckets.remove(&bucket);
+        }
+    }
+}

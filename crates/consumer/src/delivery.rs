@@ -1,0 +1,402 @@
+//! The delivery stage: takes a task from `<prefix>.deliveries`, makes one HTTP attempt, and settles
+//! the task according to the outcome.
+//!
+//! Design constraints:
+//! - "Retry?" is decided by the pure [`classify`]; "when?" by the pure [`RetrySchedule`]; this module
+//!   only maps the outcome to broker actions, in one exhaustive match:
+//!   Delivered → ack. Retry → publish to the retry bucket, confirm, ack.
+//!   DeadLetter → publish to the dead-letter queue with the reason, confirm, ack.
+//! - A task is acked only after its outcome is durable. If the broker cannot take the retry or the
+//!   dead letter, the task is nacked back to the queue (it may be attempted again: at-least-once,
+//!   with the same `webhook-id`).
+//! - Retries wait in the broker (TTL queues), never in memory: a restart of regrelay or RabbitMQ
+//!   loses no pending retry, and no timer or poll runs here.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicNackOptions};
+use regrelay_events::cloudevents::CloudEventContext;
+use regrelay_history::policy::{PayloadFormat, Target, TargetKind};
+use regrelay_producer::topology::bucket_for;
+use regrelay_producer::{OutgoingMessage, PublishError};
+
+use crate::attempt::{send, AttemptRequest};
+use crate::classify::{classify, AttemptResult, DeliveryOutcome};
+use crate::context::DeliveryContext;
+use crate::dead_letter::{
+    kind_str, now_rfc3339, DeadLetterBody, Original, PolicySummary, TargetSummary,
+};
+use crate::limiter::Admission;
+use crate::policy_cache::CachedPolicy;
+use crate::render::{render_payload, PayloadKind};
+use crate::signing::SigningKey;
+use crate::task::DeliveryTask;
+
+/// Counts a task as in flight for as long as it lives.
+struct InFlight<'a>(&'a prometheus::IntGauge);
+
+impl<'a> InFlight<'a> {
+    fn new(gauge: &'a prometheus::IntGauge) -> Self {
+        gauge.inc();
+        Self(gauge)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// What to do with the task message once the attempt is over.
+enum Settlement {
+    Ack,
+    /// Put it back for redelivery (the outcome could not be made durable).
+    Requeue(String),
+}
+
+pub async fn handle_task(ctx: Arc<DeliveryContext>, delivery: Delivery) {
+    let _in_flight = InFlight::new(&ctx.metrics.in_flight);
+    let settlement = process(&ctx, &delivery.data).await;
+    match settlement {
+        Settlement::Ack => {
+            if let Err(error) = delivery.ack(BasicAckOptions::default()).await {
+                tracing::warn!(message = "Cannot ack a delivery task; it will be redelivered.", error = %error);
+            }
+        }
+        Settlement::Requeue(reason) => {
+            ctx.metrics
+                .stage_errors
+                .with_label_values(&["delivery"])
+                .inc();
+            tracing::warn!(message = "Delivery task requeued.", reason = %reason);
+            // A short pause, so a broker outage is waited out rather than spun on.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let _ = delivery
+                .nack(BasicNackOptions {
+                    requeue: true,
+                    ..BasicNackOptions::default()
+                })
+                .await;
+        }
+    }
+}
+
+async fn process(ctx: &DeliveryContext, body: &[u8]) -> Settlement {
+    let mut task = match DeliveryTask::decode(body) {
+        Ok(task) => task,
+        Err(error) => return poison(ctx, body, error.to_string()).await,
+    };
+    let event = match task.registry_event() {
+        Ok(event) => event,
+        Err(error) => return poison(ctx, body, error.to_string()).await,
+    };
+    let set = ctx.cache.snapshot();
+    let Some((cached, target_index)) =
+        set.target(task.policy_id, task.target_index, &task.target_fingerprint)
+    else {
+        let detail = format!(
+            "policy {} or its target is gone or disabled since the event was matched",
+            task.policy_id
+        );
+        return dead_letter(ctx, &task, &event, None, None, "policy_changed", detail).await;
+    };
+    let target = &cached.policy.targets[target_index];
+
+    let _permit = match ctx.limiter.admit(&task.target_fingerprint).await {
+        Admission::Go(permit) => permit,
+        Admission::Saturated => {
+            task.deferrals += 1;
+            ctx.metrics.deferrals.inc();
+            return match schedule(
+                ctx,
+                &task,
+                event.event_type().as_str(),
+                ctx.settings.deferral_delay,
+            )
+            .await
+            {
+                Ok(_) => Settlement::Ack,
+                Err(error) => Settlement::Requeue(format!("cannot defer: {error}")),
+            };
+        }
+    };
+
+    let kind = match (target.kind, target.payload_format) {
+        (TargetKind::Slack, _) => PayloadKind::Slack,
+        (TargetKind::Http, PayloadFormat::CloudEvents) => PayloadKind::CloudEvents,
+        (TargetKind::Http, PayloadFormat::Default) => PayloadKind::Default,
+    };
+    let cloud_context = CloudEventContext {
+        id: task.delivery_id,
+        project_id: task.project_id,
+        policy_id: task.policy_id,
+        request_id: task.request_id.clone(),
+    };
+    let rendered = match render_payload(&event, kind, &cloud_context) {
+        Ok(rendered) => rendered,
+        Err(error) => {
+            let detail = format!("cannot render the payload: {error}");
+            return dead_letter(
+                ctx,
+                &task,
+                &event,
+                Some(&cached),
+                Some(target),
+                "unrenderable",
+                detail,
+            )
+            .await;
+        }
+    };
+    let signing = match target.secret.as_deref().filter(|s| !s.is_empty()) {
+        Some(secret) => match SigningKey::from_secret(secret) {
+            Ok(key) => Some(key),
+            Err(error) => {
+                let detail = format!("the target's signing secret is unusable: {error}");
+                return dead_letter(
+                    ctx,
+                    &task,
+                    &event,
+                    Some(&cached),
+                    Some(target),
+                    "bad_secret",
+                    detail,
+                )
+                .await;
+            }
+        },
+        None => None,
+    };
+    let delivery_id = task.delivery_id.to_string();
+    let (result, elapsed) = send(AttemptRequest {
+        client: ctx.clients.for_target(target.skip_cert_verify),
+        url: &target.address,
+        body: rendered.body,
+        content_type: rendered.content_type,
+        auth_header: match target.kind {
+            // Harbor sends no auth header to Slack.
+            TargetKind::Slack => None,
+            TargetKind::Http => target.auth_header.as_deref().filter(|h| !h.is_empty()),
+        },
+        headers: &target.headers,
+        signing: signing.as_ref().map(|key| (key, delivery_id.as_str())),
+        allow_private: ctx.settings.allow_private_targets,
+    })
+    .await;
+    task.attempts += 1;
+    let target_type = kind_str(target.kind);
+    ctx.metrics
+        .attempt_seconds
+        .with_label_values(&[target_type])
+        .observe(elapsed.as_secs_f64());
+    record_last(&mut task, &result);
+
+    match classify(&result) {
+        DeliveryOutcome::Delivered => {
+            ctx.metrics
+                .deliveries
+                .with_label_values(&["delivered", target_type])
+                .inc();
+            tracing::info!(
+                message = "Delivered.",
+                delivery_id = %task.delivery_id,
+                event_id = %task.event_id,
+                policy_id = task.policy_id,
+                status = task.last_status,
+                attempts = task.attempts,
+                elapsed_ms = elapsed.as_millis() as u64,
+            );
+            Settlement::Ack
+        }
+        DeliveryOutcome::Retry {
+            reason,
+            retry_after,
+        } => match ctx.schedule.next_delay(task.attempts, retry_after) {
+            Some(delay) => match schedule(ctx, &task, event.event_type().as_str(), delay).await {
+                Ok(bucket) => {
+                    ctx.metrics
+                        .deliveries
+                        .with_label_values(&["retried", target_type])
+                        .inc();
+                    ctx.metrics
+                        .retries_scheduled
+                        .with_label_values(&[reason.as_str()])
+                        .inc();
+                    tracing::info!(
+                        message = "Delivery failed; retry scheduled.",
+                        delivery_id = %task.delivery_id,
+                        policy_id = task.policy_id,
+                        reason = reason.as_str(),
+                        attempts = task.attempts,
+                        retry_in = ?bucket,
+                        status = task.last_status,
+                        error = task.last_error.as_deref(),
+                    );
+                    Settlement::Ack
+                }
+                Err(error) => Settlement::Requeue(format!("cannot schedule retry: {error}")),
+            },
+            None => {
+                let detail = format!(
+                    "gave up after {} attempts; last: {}",
+                    task.attempts,
+                    describe(&result)
+                );
+                dead_letter(
+                    ctx,
+                    &task,
+                    &event,
+                    Some(&cached),
+                    Some(target),
+                    "attempts_exhausted",
+                    detail,
+                )
+                .await
+            }
+        },
+        DeliveryOutcome::DeadLetter { reason } => {
+            let detail = format!("not retryable: {}", describe(&result));
+            dead_letter(
+                ctx,
+                &task,
+                &event,
+                Some(&cached),
+                Some(target),
+                reason.as_str(),
+                detail,
+            )
+            .await
+        }
+    }
+}
+
+fn record_last(task: &mut DeliveryTask, result: &AttemptResult) {
+    match result {
+        AttemptResult::Response { status, .. } => {
+            task.last_status = Some(*status);
+            task.last_error = None;
+        }
+        other => {
+            task.last_status = None;
+            task.last_error = Some(describe(other));
+        }
+    }
+}
+
+fn describe(result: &AttemptResult) -> String {
+    match result {
+        AttemptResult::Response { status, .. } => format!("HTTP {status}"),
+        AttemptResult::Timeout => "timed out".to_owned(),
+        AttemptResult::Connect(error) => format!("connection failed: {error}"),
+        AttemptResult::Blocked(error) => format!("address refused: {error}"),
+        AttemptResult::Other(error) => format!("request failed: {error}"),
+    }
+}
+
+/// Puts the task in the retry bucket for `delay` (rounded up) and waits for the confirm.
+async fn schedule(
+    ctx: &DeliveryContext,
+    task: &DeliveryTask,
+    event_type: &str,
+    delay: Duration,
+) -> Result<Duration, PublishError> {
+    let bucket = bucket_for(delay);
+    let body = task.encode().map_err(|e| PublishError::Returned {
+        code: 0,
+        text: format!("cannot encode task: {e}"),
+    })?;
+    let queue = ctx.topology.retry_queue(bucket);
+    // Declared on first use; if someone deleted it since, the publish comes back unroutable, and
+    // one re-declaration fixes it.
+    for attempt in 0..2 {
+        if !ctx.bucket_declared(bucket) {
+            let channel = ctx.publisher.broker().open_channel().await?;
+            let declared = ctx.topology.declare_retry_queue(&channel, bucket).await;
+            let _ = channel.close(200, "declared".into()).await;
+            declared?;
+            ctx.set_bucket_declared(bucket, true);
+        }
+        let result = ctx
+            .publisher
+            .publish(vec![OutgoingMessage {
+                exchange: "",
+                routing_key: &queue,
+                body: &body,
+                properties: task.properties(event_type),
+            }])
+            .await;
+        match result {
+            Err(PublishError::Returned { .. }) if attempt == 0 => {
+                ctx.set_bucket_declared(bucket, false);
+            }
+            other => return other.map(|_| bucket),
+        }
+    }
+    Ok(bucket)
+}
+
+async fn dead_letter(
+    ctx: &DeliveryContext,
+    task: &DeliveryTask,
+    event: &regrelay_events::RegistryEvent,
+    policy: Option<&CachedPolicy>,
+    target: Option<&Target>,
+    reason: &'static str,
+    detail: String,
+) -> Settlement {
+    if let Some(target) = target {
+        ctx.metrics
+            .deliveries
+            .with_label_values(&["dead_lettered", kind_str(target.kind)])
+            .inc();
+    }
+    let body = DeadLetterBody {
+        schema: crate::dead_letter::SCHEMA,
+        id: task.delivery_id,
+        reason,
+        detail,
+        dead_lettered_at: now_rfc3339(),
+        attempts: task.attempts,
+        last_status: task.last_status,
+        last_error: task.last_error.clone(),
+        event_type: Some(event.event_type().as_str().to_owned()),
+        project: Some(event.project().to_owned()),
+        policy: policy.map(|p| PolicySummary::of(&p.policy)),
+        target: target.map(TargetSummary::of),
+        task: Some(task),
+        original: None,
+    };
+    match body.publish(ctx).await {
+        Ok(()) => Settlement::Ack,
+        Err(error) => Settlement::Requeue(format!("cannot dead-letter: {error}")),
+    }
+}
+
+async fn poison(ctx: &DeliveryContext, body: &[u8], error: String) -> Settlement {
+    let dead = DeadLetterBody {
+        schema: crate::dead_letter::SCHEMA,
+        id: uuid::Uuid::new_v4(),
+        reason: "poison",
+        detail: format!("delivery task cannot be read: {error}"),
+        dead_lettered_at: now_rfc3339(),
+        attempts: 0,
+        last_status: None,
+        last_error: None,
+        event_type: None,
+        project: None,
+        policy: None,
+        target: None,
+        task: None,
+        original: Some(Original {
+            queue: ctx.topology.deliveries_queue(),
+            body: String::from_utf8_lossy(body).into_owned(),
+        }),
+    };
+    match dead.publish(ctx).await {
+        Ok(()) => Settlement::Ack,
+        Err(error) => Settlement::Requeue(format!("cannot dead-letter poison: {error}")),
+    }
+}

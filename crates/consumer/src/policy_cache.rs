@@ -1,0 +1,212 @@
+//! [`PolicyCache`]: every consumer's in-memory copy of the enabled policies and the global switch.
+//!
+//! Design constraints:
+//! - Matching must not cost a database round trip per event: policies are matched from memory.
+//! - Changes reach every consumer within about `refresh_interval`: the store bumps a single-row
+//!   generation counter in the same transaction as every policy or settings write, and each consumer
+//!   reads that one row every interval, reloading everything only when it changed.
+//! - A database outage keeps the last good copy in use (and counts the failed reloads); deliveries go on.
+
+use std::collections::HashMap;
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::Duration;
+
+use regrelay_events::RegistryEvent;
+use regrelay_history::policy::{CompiledFilters, Policy, Target};
+use regrelay_history::{Database, StoreError};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::task::target_fingerprint;
+use crate::telemetry::ConsumerMetrics;
+
+/// A policy with its filters compiled once.
+pub struct CachedPolicy {
+    pub policy: Policy,
+    filters: CompiledFilters,
+}
+
+impl CachedPolicy {
+    fn matches(&self, event: &RegistryEvent) -> bool {
+        self.policy.event_types.contains(&event.event_type())
+            && self
+                .filters
+                .matches(event.repository(), event.project(), event.tags())
+    }
+}
+
+/// One consistent snapshot of the policies.
+#[derive(Default)]
+pub struct PolicySet {
+    by_id: HashMap<i64, Arc<CachedPolicy>>,
+    /// Project-scoped policies by project name (the event's namespace).
+    by_project: HashMap<String, Vec<Arc<CachedPolicy>>>,
+    /// Policies that match every project.
+    system_wide: Vec<Arc<CachedPolicy>>,
+    /// The global switch (Harbor's `notification_enable`).
+    pub notifications_enabled: bool,
+    pub generation: i64,
+}
+
+impl PolicySet {
+    pub fn build(policies: Vec<Policy>, notifications_enabled: bool, generation: i64) -> Self {
+        let mut set = PolicySet {
+            notifications_enabled,
+            generation,
+            ..PolicySet::default()
+        };
+        for policy in policies {
+            let filters = match CompiledFilters::compile(&policy.filters) {
+                Ok(filters) => filters,
+                Err(error) => {
+                    // Validated when written; a stored pattern that no longer compiles is skipped, loudly.
+                    tracing::error!(message = "Policy filter does not compile; policy skipped.", policy_id = policy.id, error = %error);
+                    continue;
+                }
+            };
+            let cached = Arc::new(CachedPolicy { policy, filters });
+            match &cached.policy.project {
+                Some(project) => set
+                    .by_project
+                    .entry(project.name.clone())
+                    .or_default()
+                    .push(cached.clone()),
+                None => set.system_wide.push(cached.clone()),
+            }
+            set.by_id.insert(cached.policy.id, cached);
+        }
+        set
+    }
+
+    /// The enabled policies an event triggers: its project's and the system-wide ones.
+    pub fn matching(&self, event: &RegistryEvent) -> Vec<Arc<CachedPolicy>> {
+        let project = self
+            .by_project
+            .get(event.project())
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        project
+            .iter()
+            .chain(self.system_wide.iter())
+            .filter(|p| p.policy.enabled && p.matches(event))
+            .cloned()
+            .collect()
+    }
+
+    /// The target a delivery task names: by index, checked against the fingerprint; if the list was
+    /// reordered, by fingerprint alone. `None` when the policy or the target is gone.
+    pub fn target(
+        &self,
+        policy_id: i64,
+        index: usize,
+        fingerprint: &str,
+    ) -> Option<(Arc<CachedPolicy>, usize)> {
+        let cached = self.by_id.get(&policy_id)?;
+        let targets: &[Target] = &cached.policy.targets;
+        let found = match targets.get(index) {
+            Some(t) if target_fingerprint(&t.address) == fingerprint => Some(index),
+            _ => targets
+                .iter()
+                .position(|t| target_fingerprint(&t.address) == fingerprint),
+        }?;
+        Some((cached.clone(), found))
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_id.is_empty()
+    }
+}
+
+pub struct PolicyCache {
+    db: Database,
+    current: RwLock<Arc<PolicySet>>,
+    /// Follows `notifications_enabled`, so the delivery stage can pause and resume without polling.
+    enabled: watch::Sender<bool>,
+    metrics: ConsumerMetrics,
+}
+
+impl PolicyCache {
+    /// Loads the first snapshot; fails when the database cannot be read.
+    pub async fn load(db: Database, metrics: ConsumerMetrics) -> Result<Self, StoreError> {
+        let set = read(&db).await?;
+        metrics.policy_reloads.with_label_values(&["success"]).inc();
+        metrics
+            .notifications_enabled
+            .set(i64::from(set.notifications_enabled));
+        let (enabled, _) = watch::channel(set.notifications_enabled);
+        Ok(Self {
+            db,
+            current: RwLock::new(Arc::new(set)),
+            enabled,
+            metrics,
+        })
+    }
+
+    pub fn snapshot(&self) -> Arc<PolicySet> {
+        self.current
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Watches the global switch.
+    pub fn enabled(&self) -> watch::Receiver<bool> {
+        self.enabled.subscribe()
+    }
+
+    /// Checks the generation every `interval` and reloads when it moved, until `shutdown`.
+    pub async fn refresh_until(self: Arc<Self>, interval: Duration, shutdown: CancellationToken) {
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                _ = ticker.tick() => {}
+            }
+            if let Err(error) = self.refresh().await {
+                self.metrics
+                    .policy_reloads
+                    .with_label_values(&["failure"])
+                    .inc();
+                tracing::warn!(message = "Cannot refresh policies; keeping the last copy.", error = %error);
+            }
+        }
+    }
+
+    /// Reloads if the store's generation moved since the last load.
+    pub async fn refresh(&self) -> Result<(), StoreError> {
+        let generation = self.db.generation().await?;
+        if generation == self.snapshot().generation {
+            return Ok(());
+        }
+        let set = read(&self.db).await?;
+        let enabled = set.notifications_enabled;
+        tracing::info!(
+            message = "Policies reloaded.",
+            policies = set.len(),
+            generation = set.generation,
+            notifications_enabled = enabled
+        );
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(set);
+        self.metrics
+            .policy_reloads
+            .with_label_values(&["success"])
+            .inc();
+        self.metrics.notifications_enabled.set(i64::from(enabled));
+        self.enabled.send_replace(enabled);
+        Ok(())
+    }
+}
+
+async fn read(db: &Database) -> Result<PolicySet, StoreError> {
+    // Read the generation first: a write that lands between these reads bumps it again, and the next
+    // refresh picks that write up.
+    let generation = db.generation().await?;
+    let policies = db.enabled_policies().await?;
+    let enabled = db.notification_enabled().await?;
+    Ok(PolicySet::build(policies, enabled, generation))
+}

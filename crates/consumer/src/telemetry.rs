@@ -1,0 +1,179 @@
+//! Metrics fed by the consumer, registered once per process on the caller's registry.
+//!
+//! Label values come from fixed sets: outcomes, target types, and the `as_str()` of the retry and
+//! dead-letter reasons in [`crate::classify`]; never URLs or error texts.
+
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+};
+
+/// Handles on the consumer's metrics. Cloning shares the series.
+#[derive(Clone)]
+pub struct ConsumerMetrics {
+    /// `regrelay_deliveries_total{outcome,target_type}`: attempts by what came of them
+    /// (`delivered`, `retried`, `dead_lettered`).
+    pub deliveries: IntCounterVec,
+    /// `regrelay_delivery_attempt_duration_seconds{target_type}`: one HTTP attempt.
+    pub attempt_seconds: HistogramVec,
+    /// `regrelay_delivery_retries_scheduled_total{reason}`.
+    pub retries_scheduled: IntCounterVec,
+    /// `regrelay_dead_letters_total{reason}`.
+    pub dead_letters: IntCounterVec,
+    /// `regrelay_deliveries_in_flight`: tasks taken from the broker and not yet settled.
+    pub in_flight: IntGauge,
+    /// `regrelay_delivery_deferrals_total`: tasks put back because their target was saturated.
+    pub deferrals: IntCounter,
+    /// `regrelay_matching_duration_seconds`: matching one event against the policy cache.
+    pub matching_seconds: Histogram,
+    /// `regrelay_events_matched_total{result}`: events that matched a policy (`matched`) or none (`unmatched`).
+    pub events_matched: IntCounterVec,
+    /// `regrelay_delivery_tasks_created_total`: tasks fanned out by the matching stage.
+    pub tasks_created: IntCounter,
+    /// `regrelay_policy_reloads_total{outcome}`: policy cache reloads (`success`, `failure`).
+    pub policy_reloads: IntCounterVec,
+    /// `regrelay_notifications_enabled`: the global switch as this consumer last read it.
+    pub notifications_enabled: IntGauge,
+    /// `regrelay_consumer_errors_total{stage}`: broker or database errors that made a stage put a
+    /// message back for redelivery.
+    pub stage_errors: IntCounterVec,
+}
+
+pub const TARGET_TYPES: [&str; 2] = ["http", "slack"];
+pub const OUTCOMES: [&str; 3] = ["delivered", "retried", "dead_lettered"];
+/// Dead-letter reasons decided outside [`crate::classify`] (by the delivery and matching stages).
+pub const OTHER_DEAD_LETTER_REASONS: [&str; 5] = [
+    "attempts_exhausted",
+    "poison",
+    "policy_changed",
+    "unrenderable",
+    "bad_secret",
+];
+
+impl ConsumerMetrics {
+    pub fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let deliveries = IntCounterVec::new(
+            Opts::new(
+                "regrelay_deliveries_total",
+                "Delivery attempts by outcome (delivered, retried, dead_lettered) and target type.",
+            ),
+            &["outcome", "target_type"],
+        )?;
+        let attempt_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "regrelay_delivery_attempt_duration_seconds",
+                "Duration of one HTTP delivery attempt.",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+            ]),
+            &["target_type"],
+        )?;
+        let retries_scheduled = IntCounterVec::new(
+            Opts::new(
+                "regrelay_delivery_retries_scheduled_total",
+                "Retries scheduled in the broker's delay queues, by reason.",
+            ),
+            &["reason"],
+        )?;
+        let dead_letters = IntCounterVec::new(
+            Opts::new(
+                "regrelay_dead_letters_total",
+                "Messages published to the dead-letter queue, by reason.",
+            ),
+            &["reason"],
+        )?;
+        let in_flight = IntGauge::new(
+            "regrelay_deliveries_in_flight",
+            "Delivery tasks taken from the broker and not yet settled.",
+        )?;
+        let deferrals = IntCounter::new(
+            "regrelay_delivery_deferrals_total",
+            "Delivery tasks put back because their target already had its maximum in flight.",
+        )?;
+        let matching_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "regrelay_matching_duration_seconds",
+                "Time to match one event against the policy cache.",
+            )
+            .buckets(vec![
+                0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01,
+            ]),
+        )?;
+        let events_matched = IntCounterVec::new(
+            Opts::new(
+                "regrelay_events_matched_total",
+                "Events taken by the matching stage, by whether any policy matched.",
+            ),
+            &["result"],
+        )?;
+        let tasks_created = IntCounter::new(
+            "regrelay_delivery_tasks_created_total",
+            "Delivery tasks fanned out by the matching stage (one per event, policy and target).",
+        )?;
+        let policy_reloads = IntCounterVec::new(
+            Opts::new(
+                "regrelay_policy_reloads_total",
+                "Reloads of the consumer's policy cache, by outcome.",
+            ),
+            &["outcome"],
+        )?;
+        let notifications_enabled = IntGauge::new(
+            "regrelay_notifications_enabled",
+            "1 while webhook notifications are globally enabled (notification_enable).",
+        )?;
+        let stage_errors = IntCounterVec::new(
+            Opts::new(
+                "regrelay_consumer_errors_total",
+                "Broker or database errors that made a consumer stage put a message back, by stage.",
+            ),
+            &["stage"],
+        )?;
+        registry.register(Box::new(deliveries.clone()))?;
+        registry.register(Box::new(attempt_seconds.clone()))?;
+        registry.register(Box::new(retries_scheduled.clone()))?;
+        registry.register(Box::new(dead_letters.clone()))?;
+        registry.register(Box::new(in_flight.clone()))?;
+        registry.register(Box::new(deferrals.clone()))?;
+        registry.register(Box::new(matching_seconds.clone()))?;
+        registry.register(Box::new(events_matched.clone()))?;
+        registry.register(Box::new(tasks_created.clone()))?;
+        registry.register(Box::new(policy_reloads.clone()))?;
+        registry.register(Box::new(notifications_enabled.clone()))?;
+        registry.register(Box::new(stage_errors.clone()))?;
+        for outcome in OUTCOMES {
+            for target_type in TARGET_TYPES {
+                deliveries.with_label_values(&[outcome, target_type]);
+            }
+        }
+        for result in ["matched", "unmatched"] {
+            events_matched.with_label_values(&[result]);
+        }
+        for reason in crate::classify::RetryReason::ALL {
+            retries_scheduled.with_label_values(&[reason.as_str()]);
+        }
+        for reason in crate::classify::DeadLetterReason::ALL
+            .iter()
+            .map(|r| r.as_str())
+            .chain(OTHER_DEAD_LETTER_REASONS)
+        {
+            dead_letters.with_label_values(&[reason]);
+        }
+        for stage in ["matching", "delivery"] {
+            stage_errors.with_label_values(&[stage]);
+        }
+        Ok(Self {
+            deliveries,
+            attempt_seconds,
+            retries_scheduled,
+            dead_letters,
+            in_flight,
+            deferrals,
+            matching_seconds,
+            events_matched,
+            tasks_created,
+            policy_reloads,
+            notifications_enabled,
+            stage_errors,
+        })
+    }
+}

@@ -1,0 +1,231 @@
+//! The consumer test environment: a unique queue prefix on the real RabbitMQ, a fresh database on the
+//! real PostgreSQL, and the consumer running in-process with a fast retry schedule.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus::{Encoder, Registry, TextEncoder};
+use regrelay_consumer::{
+    Consumer, ConsumerMetrics, ConsumerSettings, HttpClients, HttpSettings, RetrySchedule,
+};
+use regrelay_events::{EventType, RegistryEvent};
+use regrelay_history::policy::{Filters, PayloadFormat, Policy, PolicySpec, Target, TargetKind};
+use regrelay_history::Database;
+use regrelay_producer::{
+    Broker, BrokerSettings, ConfirmedPublisher, EventMessage, EventPublisher, EventSource,
+    ProducerMetrics,
+};
+use regrelay_testkit::{amqp_url, TestBroker, TestDatabase};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+pub struct Options {
+    pub max_attempts: u32,
+    pub http_timeout: Duration,
+    pub per_target_concurrency: usize,
+    pub max_waiting_per_target: usize,
+    pub delivery_prefetch: u16,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            max_attempts: 3,
+            http_timeout: Duration::from_secs(2),
+            per_target_concurrency: 8,
+            max_waiting_per_target: 8,
+            delivery_prefetch: 64,
+        }
+    }
+}
+
+pub struct Env {
+    pub broker: TestBroker,
+    pub db: Database,
+    pub registry: Registry,
+    pub publisher: EventPublisher,
+    shutdown: CancellationToken,
+    consumer: Option<tokio::task::JoinHandle<()>>,
+    // Dropped last: the database outlives the consumer using it.
+    _database: TestDatabase,
+}
+
+impl Env {
+    pub async fn start(name: &str, options: Options) -> Self {
+        let broker = TestBroker::new(name).await;
+        broker.declare().await;
+        let database = TestDatabase::create(name).await;
+        let db = Database::connect(&database.url, 4).unwrap();
+        db.migrate().await.unwrap();
+        let registry = Registry::new();
+        let producer_metrics = ProducerMetrics::register(&registry).unwrap();
+        let make_broker = |role| {
+            Arc::new(Broker::new(
+                BrokerSettings {
+                    url: amqp_url(),
+                    connection_name: format!("regrelay-test-{role}"),
+                    role,
+                    publish_channels: 2,
+                    connect_timeout: Duration::from_secs(2),
+                    reconnect_min_delay: Duration::from_millis(50),
+                    reconnect_max_delay: Duration::from_millis(500),
+                },
+                broker.topology.clone(),
+                producer_metrics.clone(),
+            ))
+        };
+        let publish = make_broker("publish");
+        let consume = make_broker("consume");
+        let consumer = Consumer {
+            consume_broker: consume,
+            publisher: ConfirmedPublisher::new(publish.clone(), Duration::from_secs(5)),
+            db: db.clone(),
+            clients: HttpClients::new(&HttpSettings {
+                timeout: options.http_timeout,
+                allow_private_targets: true,
+                user_agent: format!("regrelay/{}", env!("CARGO_PKG_VERSION")),
+                pool_idle_per_host: 8,
+            })
+            .unwrap(),
+            schedule: RetrySchedule::new(
+                Duration::from_millis(100),
+                Duration::from_millis(250),
+                2.0,
+                options.max_attempts,
+            )
+            .unwrap(),
+            settings: ConsumerSettings {
+                matching_prefetch: 16,
+                delivery_prefetch: options.delivery_prefetch,
+                per_target_concurrency: options.per_target_concurrency,
+                max_waiting_per_target: options.max_waiting_per_target,
+                deferral_delay: Duration::from_millis(100),
+                policy_refresh_interval: Duration::from_millis(100),
+                allow_private_targets: true,
+            },
+            metrics: ConsumerMetrics::register(&registry).unwrap(),
+        };
+        let shutdown = CancellationToken::new();
+        let handle = tokio::spawn(consumer.run(shutdown.clone()));
+        Self {
+            broker,
+            db,
+            registry,
+            publisher: EventPublisher::new(publish, Duration::from_secs(5)),
+            shutdown,
+            consumer: Some(handle),
+            _database: database,
+        }
+    }
+
+    /// Stops the consumer and waits for it to settle its in-flight work.
+    pub async fn stop(&mut self) {
+        self.shutdown.cancel();
+        if let Some(handle) = self.consumer.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(10), handle).await;
+        }
+    }
+
+    /// Publishes events as ingest would; returns their ids.
+    pub async fn publish(&self, events: &[String]) -> Vec<Uuid> {
+        let messages: Vec<EventMessage> = events
+            .iter()
+            .map(|json| {
+                EventMessage::new(
+                    RegistryEvent::from_json(json).unwrap(),
+                    EventSource::Harbor,
+                    "test-request",
+                )
+            })
+            .collect();
+        self.publisher.publish(&messages).await.unwrap();
+        messages.iter().map(|m| m.id).collect()
+    }
+
+    /// Creates a policy (project-scoped, or system-wide for `None`) and waits until consumers see it.
+    pub async fn policy(&self, project: Option<&str>, spec: PolicySpec) -> Policy {
+        let project_id = match project {
+            Some(name) => Some(self.db.ensure_project(name).await.unwrap().id),
+            None => None,
+        };
+        let policy = self.db.create_policy(project_id, &spec).await.unwrap();
+        // The consumer's cache refreshes every 100 ms.
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        policy
+    }
+
+    /// The value of one series in this environment's registry, e.g.
+    /// `regrelay_deliveries_total{outcome="delivered",target_type="http"}`.
+    pub fn metric(&self, series: &str) -> f64 {
+        let mut buffer = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buffer)
+            .unwrap();
+        String::from_utf8(buffer)
+            .unwrap()
+            .lines()
+            .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    /// Takes up to `n` dead letters as JSON.
+    pub async fn dead_letters(&self, n: usize, wait: Duration) -> Vec<serde_json::Value> {
+        self.broker
+            .take(&self.broker.topology.dead_letter_queue(), n, wait)
+            .await
+            .iter()
+            .map(|m| serde_json::from_slice(&m.delivery.data).unwrap())
+            .collect()
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+pub fn http_target(address: String) -> Target {
+    Target {
+        kind: TargetKind::Http,
+        address,
+        auth_header: None,
+        skip_cert_verify: false,
+        payload_format: PayloadFormat::Default,
+        secret: None,
+        headers: BTreeMap::new(),
+    }
+}
+
+pub fn spec(name: &str, targets: Vec<Target>, event_types: &[EventType]) -> PolicySpec {
+    PolicySpec {
+        name: name.to_owned(),
+        description: String::new(),
+        targets,
+        event_types: event_types.to_vec(),
+        filters: Filters::default(),
+        creator: "test".into(),
+        enabled: true,
+    }
+}
+
+/// A Harbor push event for `project/repo:tag`.
+pub fn push(project: &str, repo: &str, tag: &str) -> String {
+    event("PUSH_ARTIFACT", project, repo, tag)
+}
+
+pub fn event(kind: &str, project: &str, repo: &str, tag: &str) -> String {
+    serde_json::json!({
+        "type": kind,
+        "occur_at": 1_700_000_000,
+        "operator": "tester",
+        "event_data": {
+            "resources": [{"digest": "sha256:abc", "tag": tag, "resource_url": format!("reg.local/{project}/{repo}:{tag}")}],
+            "repository": {"name": repo, "namespace": project, "repo_full_name": format!("{project}/{repo}"), "repo_type": "private"}
+        }
+    })
+    .to_string()
+}
