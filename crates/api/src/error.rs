@@ -13,6 +13,8 @@ pub enum ApiError {
     Unauthorized(String),
     #[error("{0}")]
     NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
     #[error("request body is larger than the limit of {limit} bytes")]
     PayloadTooLarge { limit: usize },
     #[error("{0}")]
@@ -42,6 +44,7 @@ impl ApiError {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
@@ -56,6 +59,7 @@ impl ApiError {
             ApiError::BadRequest(_) => "BAD_REQUEST",
             ApiError::Unauthorized(_) => "UNAUTHORIZED",
             ApiError::NotFound(_) => "NOT_FOUND",
+            ApiError::Conflict(_) => "CONFLICT",
             ApiError::PayloadTooLarge { .. } => "PAYLOAD_TOO_LARGE",
             ApiError::UnsupportedMediaType(_) => "UNSUPPORTED_MEDIA_TYPE",
             ApiError::Unprocessable(_) => "UNPROCESSABLE_ENTITY",
@@ -81,7 +85,7 @@ impl IntoResponse for ApiError {
         if matches!(self, ApiError::Unauthorized(_)) {
             response.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Bearer realm=\"regrelay\""),
+                HeaderValue::from_static("Basic realm=\"regrelay\", Bearer realm=\"regrelay\""),
             );
         }
         response
@@ -91,4 +95,23 @@ impl IntoResponse for ApiError {
 /// The fallback for unknown paths, so they get Harbor's error body too.
 pub async fn not_found(uri: axum::http::Uri) -> ApiError {
     ApiError::NotFound(format!("no such endpoint: {}", uri.path()))
+}
+
+impl From<regrelay_history::StoreError> for ApiError {
+    fn from(error: regrelay_history::StoreError) -> Self {
+        use regrelay_history::StoreError;
+        match error {
+            StoreError::Conflict(message) => ApiError::Conflict(message),
+            StoreError::Invalid(error) => ApiError::BadRequest(error.to_string()),
+            StoreError::UnknownProject(id) => ApiError::NotFound(format!("project {id} not found")),
+            error @ StoreError::InvalidProjectName { .. } => {
+                ApiError::BadRequest(error.to_string())
+            }
+            // The database is down or refusing: the client may retry.
+            error if error.is_unavailable() => {
+                ApiError::ServiceUnavailable("the database is unavailable; try again".into())
+            }
+            other => ApiError::Internal(other.to_string()),
+        }
+    }
 }

@@ -13,16 +13,25 @@ pub async fn healthz() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
 
-/// Readiness: a real round trip to RabbitMQ (a passive declare of the events queue).
+/// Readiness: real round trips to RabbitMQ (a passive declare of the events queue) and PostgreSQL
+/// (`SELECT 1`), run side by side.
 pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
-    match state.publisher().broker().check().await {
-        Ok(()) => (
-            StatusCode::OK,
-            Json(json!({"status": "ready", "checks": {"broker": "ok"}})),
-        ),
-        Err(error) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "not ready", "checks": {"broker": error.to_string()}})),
-        ),
-    }
+    let (broker, db) = tokio::join!(state.publisher().broker().check(), state.db().check());
+    let broker = broker.map_err(|e| e.to_string());
+    let db = db.map_err(|e| e.to_string());
+    let ready = broker.is_ok() && db.is_ok();
+    let show = |r: &Result<(), String>| match r {
+        Ok(()) => "ok".to_owned(),
+        Err(e) => e.clone(),
+    };
+    let body = json!({
+        "status": if ready { "ready" } else { "not ready" },
+        "checks": {"broker": show(&broker), "database": show(&db)},
+    });
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body))
 }

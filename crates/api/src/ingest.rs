@@ -86,7 +86,7 @@ async fn accept(
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             metrics.rejected(RejectReason::TooLarge);
             ApiError::PayloadTooLarge {
-                limit: state.ingest().max_body_bytes,
+                limit: state.ingest().map_or(0, |i| i.max_body_bytes),
             }
         } else {
             metrics.rejected(RejectReason::Malformed);

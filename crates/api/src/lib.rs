@@ -3,17 +3,24 @@
 //! Module map:
 //! - [`state`]: [`AppState`], what every handler can reach, and the settings it is built from.
 //! - [`error`]: [`ApiError`], the one error type of every handler, rendered as Harbor's error body.
-//! - [`auth`]: bearer-token check for the ingest endpoint.
+//! - [`auth`]: bearer-token check for ingest; Basic or bearer administrator check for the policy API.
 //! - [`ingest`]: `POST /api/v1/events` (Harbor JSON and Distribution notifications).
+//! - [`policies`]: Harbor's webhook policy API (`/api/v2.0/projects/{p}/webhook/...`) and
+//!   regrelay's system-wide policies (`/api/v1/system/webhook/policies`).
+//! - [`configurations`]: `GET`/`PUT /api/v2.0/configurations` (the global `notification_enable` switch).
+//! - [`paging`]: Harbor's `page`/`page_size`, `X-Total-Count` and `Link`.
 //! - [`health`]: `/healthz` (the process runs) and `/readyz` (the broker answers).
 //! - [`telemetry`]: the API's metrics, the per-route HTTP metrics layer and `/metrics`.
 //!
 //! [`app`] builds the router (tests drive it on port 0); [`serve`] runs it until shutdown.
 
 pub mod auth;
+pub mod configurations;
 pub mod error;
 pub mod health;
 pub mod ingest;
+pub mod paging;
+pub mod policies;
 pub mod state;
 pub mod telemetry;
 
@@ -26,24 +33,37 @@ use tokio::net::TcpListener;
 use tower_http::timeout::TimeoutLayer;
 
 pub use error::ApiError;
-pub use state::{AppState, IngestSettings};
+pub use state::{AdminSettings, AppState, IngestSettings};
 
-/// The whole HTTP application.
-pub fn app(state: AppState) -> Router {
-    let ingest = Router::new()
-        .route("/api/v1/events", post(ingest::post_events))
-        .layer(axum::extract::DefaultBodyLimit::max(
-            state.ingest().max_body_bytes,
-        ))
-        .route_layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            auth::require_ingest_token,
-        ));
-    Router::new()
-        .merge(ingest)
+/// The whole HTTP application: health and metrics always; ingest and the policy API when the state
+/// carries their settings.
+pub fn app(state: AppState, request_timeout: Duration) -> Router {
+    let mut router = Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
-        .route("/metrics", get(telemetry::metrics))
+        .route("/metrics", get(telemetry::metrics));
+    if let Some(ingest) = state.ingest() {
+        router = router.merge(
+            Router::new()
+                .route("/api/v1/events", post(ingest::post_events))
+                .layer(axum::extract::DefaultBodyLimit::max(ingest.max_body_bytes))
+                .route_layer(axum::middleware::from_fn_with_state(
+                    state.clone(),
+                    auth::require_ingest_token,
+                )),
+        );
+    }
+    if state.admin().is_some() {
+        router = router.merge(
+            policies::router()
+                .merge(configurations::router())
+                .route_layer(axum::middleware::from_fn_with_state(
+                    state.clone(),
+                    auth::require_admin,
+                )),
+        );
+    }
+    router
         .fallback(error::not_found)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -51,7 +71,7 @@ pub fn app(state: AppState) -> Router {
         ))
         .layer(TimeoutLayer::with_status_code(
             axum::http::StatusCode::REQUEST_TIMEOUT,
-            state.request_timeout(),
+            request_timeout,
         ))
         .with_state(state)
 }
@@ -61,14 +81,16 @@ pub fn app(state: AppState) -> Router {
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
+    request_timeout: Duration,
     shutdown: impl Future<Output = ()> + Send + 'static,
     drain: Duration,
 ) -> std::io::Result<()> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let server = axum::serve(listener, app(state)).with_graceful_shutdown(async move {
-        shutdown.await;
-        let _ = stop_tx.send(true);
-    });
+    let server =
+        axum::serve(listener, app(state, request_timeout)).with_graceful_shutdown(async move {
+            shutdown.await;
+            let _ = stop_tx.send(true);
+        });
     let mut stop_rx = stop_rx;
     let drain_deadline = async move {
         let _ = stop_rx.wait_for(|stopped| *stopped).await;

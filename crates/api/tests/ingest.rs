@@ -1,110 +1,26 @@
 //! Ingest against the real RabbitMQ: the API runs in-process on port 0 under a unique queue prefix,
 //! and every assertion about what was accepted reads the messages back from the broker.
 
-use std::sync::Arc;
+mod common;
+
 use std::time::Duration;
 
+use common::{DatabaseChoice, TestApi, MAX_BODY};
 use lapin::types::AMQPValue;
-use prometheus::Registry;
-use regrelay_api::{AppState, IngestSettings};
-use regrelay_producer::{Broker, BrokerSettings, EventPublisher, ProducerMetrics, Topology};
+use regrelay_producer::Topology;
 use regrelay_testkit::{amqp_url, unused_port, BasicGetMessage, TcpProxy, TestBroker};
 use serde_json::Value;
-use tokio::net::TcpListener;
 
-const TOKEN: &str = "test-ingest-token";
-const MAX_BODY: usize = 64 * 1024;
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../events/tests/fixtures");
 
-struct TestApi {
-    base: String,
-    client: reqwest::Client,
-}
-
-impl TestApi {
-    /// Starts the API against `amqp` with `topology`.
-    async fn start(amqp: String, topology: Topology) -> Self {
-        let registry = Registry::new();
-        let metrics = ProducerMetrics::register(&registry).unwrap();
-        let broker = Broker::new(
-            BrokerSettings {
-                url: amqp,
-                connection_name: "regrelay-test".into(),
-                role: "publish",
-                publish_channels: 2,
-                connect_timeout: Duration::from_secs(2),
-                reconnect_min_delay: Duration::from_millis(50),
-                reconnect_max_delay: Duration::from_millis(200),
-            },
-            topology,
-            metrics,
-        );
-        let publisher = EventPublisher::new(Arc::new(broker), Duration::from_secs(5));
-        let ingest = IngestSettings {
-            token: TOKEN.to_owned().into(),
-            max_body_bytes: MAX_BODY,
-            request_timeout: Duration::from_secs(30),
-        };
-        let state = AppState::new(publisher, ingest, registry).unwrap();
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        tokio::spawn(regrelay_api::serve(
-            listener,
-            state,
-            std::future::pending(),
-            Duration::from_secs(1),
-        ));
-        Self {
-            base,
-            client: reqwest::Client::new(),
-        }
-    }
-
-    async fn post(
-        &self,
-        content_type: Option<&str>,
-        body: impl Into<reqwest::Body>,
-    ) -> (u16, Value) {
-        let mut request = self
-            .client
-            .post(format!("{}/api/v1/events", self.base))
-            .bearer_auth(TOKEN)
-            .body(body);
-        if let Some(content_type) = content_type {
-            request = request.header("content-type", content_type);
-        }
-        let response = request.send().await.unwrap();
-        let status = response.status().as_u16();
-        let body = response.json().await.unwrap_or(Value::Null);
-        (status, body)
-    }
-
-    async fn post_json(&self, body: &str) -> (u16, Value) {
-        self.post(Some("application/json"), body.to_owned()).await
-    }
-
-    async fn get(&self, path: &str) -> (u16, String) {
-        let response = self
-            .client
-            .get(format!("{}{path}", self.base))
-            .send()
-            .await
-            .unwrap();
-        (response.status().as_u16(), response.text().await.unwrap())
-    }
-
-    /// The value of one metric series in `/metrics`, e.g. `regrelay_events_received_total{event_type="PUSH_ARTIFACT"}`.
-    async fn metric(&self, series: &str) -> f64 {
-        let (_, text) = self.get("/metrics").await;
-        text.lines()
-            .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
-            .unwrap_or(0.0)
-    }
-}
-
-async fn setup(name: &str) -> (TestBroker, TestApi) {
+async fn setup(name: &'static str) -> (TestBroker, TestApi) {
     let broker = TestBroker::new(name).await;
-    let api = TestApi::start(amqp_url(), broker.topology.clone()).await;
+    let api = TestApi::start(
+        amqp_url(),
+        broker.topology.clone(),
+        DatabaseChoice::Fresh(name),
+    )
+    .await;
     (broker, api)
 }
 
@@ -456,7 +372,7 @@ async fn requests_without_the_token_get_401() {
 async fn unreachable_broker_gives_503_and_not_ready() {
     let topology = Topology::new(regrelay_testkit::unique_prefix("down")).unwrap();
     let dead = format!("amqp://guest:guest@127.0.0.1:{}/%2f", unused_port());
-    let api = TestApi::start(dead, topology).await;
+    let api = TestApi::start(dead, topology, DatabaseChoice::Unreachable).await;
 
     let (status, body) = api
         .post_json(&fixture("harbor/PUSH_ARTIFACT.default.json"))
@@ -493,7 +409,12 @@ async fn producer_survives_a_lost_connection() {
     let broker = TestBroker::new("reconnect").await;
     let proxy = TcpProxy::start("127.0.0.1:5672".parse().unwrap()).await;
     let url = format!("amqp://guest:guest@{}/%2f", proxy.addr());
-    let api = TestApi::start(url, broker.topology.clone()).await;
+    let api = TestApi::start(
+        url,
+        broker.topology.clone(),
+        DatabaseChoice::Fresh("reconnect"),
+    )
+    .await;
     let event = fixture("harbor/PUSH_ARTIFACT.default.json");
 
     let mut accepted = Vec::new();
