@@ -12,6 +12,9 @@ psql -h 127.0.0.1 -U postgres -tAc "SELECT 1 FROM pg_database WHERE datname = 'r
 
 cargo build --release --locked --bin regrelay
 
-# A development token; set your own in REGRELAY_INGEST_TOKEN for anything shared.
+# Development credentials; set your own for anything shared.
 export REGRELAY_INGEST_TOKEN="${REGRELAY_INGEST_TOKEN:-dev-token}"
+export REGRELAY_ADMIN_PASSWORD="${REGRELAY_ADMIN_PASSWORD:-dev-password}"
+# Lets the quick start deliver to a receiver on this machine. Never set this in production.
+export REGRELAY_ALLOW_PRIVATE_TARGETS="${REGRELAY_ALLOW_PRIVATE_TARGETS:-true}"
 exec target/release/regrelay serve "$@"

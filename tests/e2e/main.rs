@@ -1,5 +1,8 @@
 //! Black-box tests of the `regrelay` binary: start it as a user would (environment variables only),
-//! talk to it over HTTP, read what it published from the real RabbitMQ, stop it with SIGTERM.
+//! talk to it over HTTP, read what it published from the real RabbitMQ, stop it with SIGTERM, or
+//! kill it with SIGKILL in the middle of deliveries.
+
+mod delivery;
 
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -18,20 +21,37 @@ struct Service {
 
 impl Service {
     fn start(prefix: &str, amqp: &str) -> Self {
+        Self::start_with(prefix, amqp, &[], &[])
+    }
+
+    /// Starts `regrelay serve` with `args` and extra `env` over the basic environment.
+    fn start_with(prefix: &str, amqp: &str, args: &[&str], env: &[(&str, String)]) -> Self {
         let port = unused_port();
-        let child = Command::new(BIN)
+        let mut command = Command::new(BIN);
+        command
             .arg("serve")
+            .args(args)
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("REGRELAY_LISTEN", format!("127.0.0.1:{port}"))
             .env("REGRELAY_AMQP_URL", amqp)
             .env("REGRELAY_QUEUE_PREFIX", prefix)
             .env("REGRELAY_INGEST_TOKEN", TOKEN)
+            .env("REGRELAY_ADMIN_PASSWORD", "e2e-admin-password")
             .env("REGRELAY_LOG_FORMAT", "json")
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn regrelay");
+            .stderr(Stdio::piped());
+        if !env.iter().any(|(k, _)| *k == "REGRELAY_DATABASE_URL") {
+            // No database given: point at one nobody has, so nothing here touches shared data.
+            command.env(
+                "REGRELAY_DATABASE_URL",
+                format!("postgres://postgres@127.0.0.1:{}/none", unused_port()),
+            );
+        }
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let child = command.spawn().expect("spawn regrelay");
         Self {
             child,
             base: format!("http://127.0.0.1:{port}"),
@@ -53,6 +73,11 @@ impl Service {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         panic!("regrelay did not become healthy");
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     fn terminate(&mut self) -> std::process::Output {
@@ -77,7 +102,14 @@ impl Drop for Service {
 #[tokio::test]
 async fn serve_accepts_an_event_and_stops_cleanly_on_sigterm() {
     let broker = TestBroker::new("e2e").await;
-    let mut service = Service::start(broker.prefix(), &amqp_url());
+    let database = regrelay_testkit::TestDatabase::create("e2e").await;
+    let mut service = Service::start_with(
+        broker.prefix(),
+        &amqp_url(),
+        // The api role alone: no consumer takes the event before the test reads it.
+        &["--role", "api"],
+        &[("REGRELAY_DATABASE_URL", database.url.clone())],
+    );
     service.wait_healthy().await;
 
     let client = reqwest::Client::new();
@@ -151,6 +183,16 @@ async fn serve_refuses_to_start_without_an_ingest_token() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("REGRELAY_INGEST_TOKEN"), "{stderr}");
+
+    let output = Command::new(BIN)
+        .arg("serve")
+        .env_clear()
+        .env("REGRELAY_INGEST_TOKEN", TOKEN)
+        .output()
+        .expect("run regrelay");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("REGRELAY_ADMIN_PASSWORD"), "{stderr}");
 }
 
 #[tokio::test]

@@ -38,9 +38,50 @@ pub struct Config {
     /// Largest delay between broker connect attempts.
     #[serde(with = "humantime_serde")]
     pub broker_reconnect_max_delay: Duration,
-    /// PostgreSQL URL (may hold a password). Read by the policy store and history, which come next.
-    #[allow(dead_code)]
+    /// PostgreSQL URL (may hold a password).
     pub database_url: SecretString,
+    /// Pool size per process.
+    pub database_max_connections: usize,
+    /// Administrator user of the policy API.
+    pub admin_user: String,
+    /// Administrator password; required by the api role.
+    pub admin_password: Option<SecretString>,
+    /// Optional bearer token for the policy API.
+    pub api_token: Option<SecretString>,
+    /// Total attempts per delivery (Harbor's `webhook_job_max_retry`).
+    #[serde(default = "default_max_attempts", alias = "webhook_job_max_retry")]
+    pub max_attempts: u32,
+    /// Per-attempt timeout (Harbor's `webhook_job_http_client_timeout`, seconds).
+    #[serde(
+        default = "default_http_timeout",
+        alias = "webhook_job_http_client_timeout",
+        deserialize_with = "duration_or_seconds"
+    )]
+    pub http_timeout: Duration,
+    /// First retry delay.
+    #[serde(with = "humantime_serde")]
+    pub retry_initial_delay: Duration,
+    /// Largest retry delay.
+    #[serde(with = "humantime_serde")]
+    pub retry_max_delay: Duration,
+    /// Growth of the retry delay per failure.
+    pub retry_multiplier: f64,
+    /// Allow deliveries to private addresses (development, tests).
+    pub allow_private_targets: bool,
+    /// Prefetch of the matching stage.
+    pub matching_prefetch: u16,
+    /// Prefetch of the delivery stage.
+    pub delivery_prefetch: u16,
+    /// Attempts in flight per target.
+    pub per_target_concurrency: usize,
+    /// Tasks waiting per target before deferral.
+    pub per_target_max_waiting: usize,
+    /// Wait of a deferred task.
+    #[serde(with = "humantime_serde")]
+    pub deferral_delay: Duration,
+    /// Policy cache refresh interval.
+    #[serde(with = "humantime_serde")]
+    pub policy_refresh_interval: Duration,
     /// Bearer token of the ingest endpoint; required.
     pub ingest_token: Option<SecretString>,
     /// Largest ingest body in bytes.
@@ -55,6 +96,32 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Default log filter when RUST_LOG is unset.
     pub log_level: String,
+}
+
+fn default_max_attempts() -> u32 {
+    10
+}
+
+fn default_http_timeout() -> Duration {
+    Duration::from_secs(3)
+}
+
+/// A duration written as text (`"3s"`, `"500ms"`) or, as Harbor's setting is, a number of seconds.
+fn duration_or_seconds<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Seconds(u64),
+        Text(String),
+    }
+    match Raw::deserialize(d)? {
+        Raw::Seconds(s) => Ok(Duration::from_secs(s)),
+        Raw::Text(t) => match t.trim().parse::<u64>() {
+            Ok(s) => Ok(Duration::from_secs(s)),
+            Err(_) => humantime_serde::re::humantime::parse_duration(&t)
+                .map_err(|e| serde::de::Error::custom(format!("invalid duration {t:?}: {e}"))),
+        },
+    }
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -115,16 +182,54 @@ impl Config {
                 "must not exceed broker_reconnect_max_delay",
             ));
         }
+        if self.max_attempts == 0 || self.max_attempts > 1000 {
+            return Err(invalid("max_attempts", "must be between 1 and 1000"));
+        }
+        if !(self.retry_multiplier >= 1.0 && self.retry_multiplier <= 100.0) {
+            return Err(invalid("retry_multiplier", "must be between 1.0 and 100.0"));
+        }
+        if self.retry_initial_delay > self.retry_max_delay {
+            return Err(invalid(
+                "retry_initial_delay",
+                "must not exceed retry_max_delay",
+            ));
+        }
+        if self.matching_prefetch == 0 || self.delivery_prefetch == 0 {
+            return Err(invalid(
+                "delivery_prefetch",
+                "matching_prefetch and delivery_prefetch must be at least 1",
+            ));
+        }
+        if self.per_target_concurrency == 0 {
+            return Err(invalid("per_target_concurrency", "must be at least 1"));
+        }
+        if self.database_max_connections == 0 {
+            return Err(invalid("database_max_connections", "must be at least 1"));
+        }
         for (key, value) in [
             ("publish_confirm_timeout", self.publish_confirm_timeout),
             ("broker_connect_timeout", self.broker_connect_timeout),
             ("request_timeout", self.request_timeout),
+            ("http_timeout", self.http_timeout),
+            ("retry_initial_delay", self.retry_initial_delay),
+            ("policy_refresh_interval", self.policy_refresh_interval),
         ] {
             if value.is_zero() {
                 return Err(invalid(key, "must be longer than zero"));
             }
         }
         Ok(())
+    }
+
+    /// The administrator password, required by roles that serve the policy API.
+    pub fn require_admin_password(&self) -> Result<SecretString, ConfigError> {
+        match &self.admin_password {
+            Some(password) if !password.expose_secret().is_empty() => Ok(password.clone()),
+            _ => Err(ConfigError::Invalid {
+                key: "admin_password",
+                message: "is not set; set REGRELAY_ADMIN_PASSWORD (or admin_password in the config file) for the policy API's administrator".into(),
+            }),
+        }
     }
 
     /// The ingest token, required by roles that serve the ingest endpoint.
@@ -213,6 +318,33 @@ mod tests {
         });
         let missing = Config::load(Some(Path::new("/nonexistent/regrelay.toml")));
         assert!(matches!(missing, Err(ConfigError::MissingFile(_))));
+    }
+
+    #[test]
+    fn harbor_setting_names_are_accepted() {
+        figment::Jail::expect_with(|jail| {
+            let config = Config::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(config.max_attempts, 10);
+            assert_eq!(config.http_timeout, Duration::from_secs(3));
+            jail.create_file(
+                "harbor.toml",
+                "webhook_job_max_retry = 3\nwebhook_job_http_client_timeout = 7\n",
+            )?;
+            let config = Config::load(Some(Path::new("harbor.toml"))).map_err(|e| e.to_string())?;
+            assert_eq!(config.max_attempts, 3);
+            assert_eq!(config.http_timeout, Duration::from_secs(7));
+            jail.set_env("REGRELAY_HTTP_TIMEOUT", "500ms");
+            jail.set_env("REGRELAY_MAX_ATTEMPTS", "5");
+            jail.create_file("regrelay.toml", "")?;
+            let config =
+                Config::load(Some(Path::new("regrelay.toml"))).map_err(|e| e.to_string())?;
+            assert_eq!(config.http_timeout, Duration::from_millis(500));
+            assert_eq!(config.max_attempts, 5);
+            jail.set_env("REGRELAY_HTTP_TIMEOUT", "2");
+            let config = Config::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(config.http_timeout, Duration::from_secs(2));
+            Ok(())
+        });
     }
 
     #[test]

@@ -27,9 +27,17 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the service: the ingest API, health and metrics endpoints.
+    /// Run the service: ingest and policy API, matching and delivery, health and metrics.
     Serve {
         /// TOML configuration file, layered over the defaults and under REGRELAY_* variables.
+        #[arg(long, env = "REGRELAY_CONFIG")]
+        config: Option<PathBuf>,
+        /// Which roles to run in this process.
+        #[arg(long, value_enum, default_value = "all", env = "REGRELAY_ROLE")]
+        role: serve::Role,
+    },
+    /// Apply the database migrations and exit (serve also applies them at start-up).
+    Migrate {
         #[arg(long, env = "REGRELAY_CONFIG")]
         config: Option<PathBuf>,
     },
@@ -44,7 +52,8 @@ fn main() -> ExitCode {
             print!("{}", config::DEFAULTS);
             Ok(())
         }
-        Command::Serve { config } => run_serve(config),
+        Command::Serve { config, role } => run(config, |config| serve::serve(config, role)),
+        Command::Migrate { config } => run(config, serve::migrate),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -57,13 +66,18 @@ fn main() -> ExitCode {
     }
 }
 
-fn run_serve(config_path: Option<PathBuf>) -> anyhow::Result<()> {
+/// Loads the configuration, starts logging and the runtime, and runs `command` on it.
+fn run<F, Fut>(config_path: Option<PathBuf>, command: F) -> anyhow::Result<()>
+where
+    F: FnOnce(config::Config) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
     let config = config::Config::load(config_path.as_deref())?;
     init_logging(&config);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(serve::serve(config))
+    runtime.block_on(command(config))
 }
 
 fn init_logging(config: &config::Config) {

