@@ -47,6 +47,32 @@ pub struct DeadLetterBody<'a> {
     pub original: Option<Original>,
 }
 
+impl DeadLetterBody<'static> {
+    /// A message that cannot be read at all, taken from `queue`: kept as text with the reason, so it
+    /// can be inspected, and never requeued in a loop.
+    pub fn poison(queue: String, body: &[u8], detail: String) -> Self {
+        Self {
+            schema: SCHEMA,
+            id: Uuid::new_v4(),
+            reason: "poison",
+            detail,
+            dead_lettered_at: now_rfc3339(),
+            attempts: 0,
+            last_status: None,
+            last_error: None,
+            event_type: None,
+            project: None,
+            policy: None,
+            target: None,
+            task: None,
+            original: Some(Original {
+                queue,
+                body: String::from_utf8_lossy(body).into_owned(),
+            }),
+        }
+    }
+}
+
 #[derive(Debug, Serialize)]
 pub struct PolicySummary {
     pub id: i64,

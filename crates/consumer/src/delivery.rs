@@ -25,9 +25,7 @@ use regrelay_producer::{OutgoingMessage, PublishError};
 use crate::attempt::{send, AttemptRequest};
 use crate::classify::{classify, AttemptResult, DeliveryOutcome};
 use crate::context::DeliveryContext;
-use crate::dead_letter::{
-    kind_str, now_rfc3339, DeadLetterBody, Original, PolicySummary, TargetSummary,
-};
+use crate::dead_letter::{kind_str, now_rfc3339, DeadLetterBody, PolicySummary, TargetSummary};
 use crate::limiter::Admission;
 use crate::policy_cache::CachedPolicy;
 use crate::render::{render_payload, PayloadKind};
@@ -376,25 +374,11 @@ async fn dead_letter(
 }
 
 async fn poison(ctx: &DeliveryContext, body: &[u8], error: String) -> Settlement {
-    let dead = DeadLetterBody {
-        schema: crate::dead_letter::SCHEMA,
-        id: uuid::Uuid::new_v4(),
-        reason: "poison",
-        detail: format!("delivery task cannot be read: {error}"),
-        dead_lettered_at: now_rfc3339(),
-        attempts: 0,
-        last_status: None,
-        last_error: None,
-        event_type: None,
-        project: None,
-        policy: None,
-        target: None,
-        task: None,
-        original: Some(Original {
-            queue: ctx.topology.deliveries_queue(),
-            body: String::from_utf8_lossy(body).into_owned(),
-        }),
-    };
+    let dead = DeadLetterBody::poison(
+        ctx.topology.deliveries_queue(),
+        body,
+        format!("delivery task cannot be read: {error}"),
+    );
     match dead.publish(ctx).await {
         Ok(()) => Settlement::Ack,
         Err(error) => Settlement::Requeue(format!("cannot dead-letter poison: {error}")),

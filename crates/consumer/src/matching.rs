@@ -15,33 +15,18 @@ use lapin::options::{BasicAckOptions, BasicNackOptions};
 use regrelay_producer::{EventMessage, OutgoingMessage};
 
 use crate::context::DeliveryContext;
-use crate::dead_letter::{now_rfc3339, DeadLetterBody, Original};
+use crate::dead_letter::DeadLetterBody;
 use crate::task::{DeliveryTask, Trigger};
 
 pub async fn handle_event(ctx: Arc<DeliveryContext>, delivery: Delivery) {
     let message = match EventMessage::decode(&delivery.properties, &delivery.data) {
         Ok(message) => message,
         Err(error) => {
-            let queue = ctx.topology.events_queue();
-            let dead = DeadLetterBody {
-                schema: crate::dead_letter::SCHEMA,
-                id: uuid::Uuid::new_v4(),
-                reason: "poison",
-                detail: format!("event message cannot be read: {error}"),
-                dead_lettered_at: now_rfc3339(),
-                attempts: 0,
-                last_status: None,
-                last_error: None,
-                event_type: None,
-                project: None,
-                policy: None,
-                target: None,
-                task: None,
-                original: Some(Original {
-                    queue,
-                    body: String::from_utf8_lossy(&delivery.data).into_owned(),
-                }),
-            };
+            let dead = DeadLetterBody::poison(
+                ctx.topology.events_queue(),
+                &delivery.data,
+                format!("event message cannot be read: {error}"),
+            );
             settle(
                 &ctx,
                 &delivery,
