@@ -4,7 +4,10 @@
 
 mod delivery;
 
-use std::process::{Child, Command, Stdio};
+use std::io::Read;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 use regrelay_testkit::{amqp_url, unused_port, TestBroker};
@@ -14,9 +17,74 @@ const BIN: &str = env!("CARGO_BIN_EXE_regrelay");
 const TOKEN: &str = "e2e-token";
 
 /// A running `regrelay serve`, killed when dropped.
+///
+/// Its stdout and stderr are drained continuously into memory: a child whose pipe nobody reads
+/// blocks in `write` once the 64 KiB pipe buffer is full, which looks exactly like a stalled consumer.
 struct Service {
     child: Child,
     base: String,
+    stdout: CapturedStream,
+    stderr: CapturedStream,
+}
+
+/// Whether the test reads the service's stdout.
+#[derive(Clone, Copy)]
+enum StdoutReading {
+    Drained,
+    NeverRead,
+}
+
+/// What one of the child's output streams has written so far, read by a background thread.
+struct CapturedStream {
+    bytes: Arc<Mutex<Vec<u8>>>,
+    reader: Option<JoinHandle<()>>,
+}
+
+impl CapturedStream {
+    fn drain(mut source: impl Read + Send + 'static) -> Self {
+        let bytes = Arc::new(Mutex::new(Vec::new()));
+        let sink = bytes.clone();
+        let reader = std::thread::spawn(move || {
+            let mut buffer = [0u8; 8192];
+            while let Ok(n) = source.read(&mut buffer) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock().unwrap().extend_from_slice(&buffer[..n]);
+            }
+        });
+        Self {
+            bytes,
+            reader: Some(reader),
+        }
+    }
+
+    /// A stream nobody reads.
+    fn empty() -> Self {
+        Self {
+            bytes: Arc::default(),
+            reader: None,
+        }
+    }
+
+    /// Everything written so far.
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.bytes.lock().unwrap()).into_owned()
+    }
+
+    /// Waits for end of file (the child has exited) and returns everything.
+    fn finish(&mut self) -> String {
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
+        self.text()
+    }
+}
+
+/// How a stopped `regrelay serve` ended, and what it wrote.
+struct Stopped {
+    status: ExitStatus,
+    stdout: String,
 }
 
 impl Service {
@@ -26,6 +94,17 @@ impl Service {
 
     /// Starts `regrelay serve` with `args` and extra `env` over the basic environment.
     fn start_with(prefix: &str, amqp: &str, args: &[&str], env: &[(&str, String)]) -> Self {
+        Self::start_with_output(prefix, amqp, args, env, StdoutReading::Drained)
+    }
+
+    /// Like [`Service::start_with`], choosing whether anyone reads the service's stdout.
+    fn start_with_output(
+        prefix: &str,
+        amqp: &str,
+        args: &[&str],
+        env: &[(&str, String)],
+        reading: StdoutReading,
+    ) -> Self {
         let port = unused_port();
         let mut command = Command::new(BIN);
         command
@@ -51,11 +130,35 @@ impl Service {
         for (key, value) in env {
             command.env(key, value);
         }
-        let child = command.spawn().expect("spawn regrelay");
+        let mut child = command.spawn().expect("spawn regrelay");
+        let stdout = match reading {
+            StdoutReading::Drained => {
+                CapturedStream::drain(child.stdout.take().expect("piped stdout"))
+            }
+            // The pipe stays open in `child` and is never read: once its buffer is full, every
+            // write the service makes to stdout would block.
+            StdoutReading::NeverRead => CapturedStream::empty(),
+        };
+        let stderr = CapturedStream::drain(child.stderr.take().expect("piped stderr"));
         Self {
             child,
             base: format!("http://127.0.0.1:{port}"),
+            stdout,
+            stderr,
         }
+    }
+
+    /// The last `lines` lines of the service's stdout and stderr, for a failure message.
+    fn log_tail(&self, lines: usize) -> String {
+        let tail = |text: String| {
+            let all: Vec<&str> = text.lines().collect();
+            all[all.len().saturating_sub(lines)..].join("\n")
+        };
+        format!(
+            "stdout:\n{}\nstderr:\n{}",
+            tail(self.stdout.text()),
+            tail(self.stderr.text())
+        )
     }
 
     /// Waits until `/healthz` answers.
@@ -80,15 +183,17 @@ impl Service {
         let _ = self.child.wait();
     }
 
-    fn terminate(&mut self) -> std::process::Output {
+    /// Sends SIGTERM and waits for the process to exit.
+    fn terminate(&mut self) -> Stopped {
         use nix::sys::signal::{kill, Signal};
         use nix::unistd::Pid;
         kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM).expect("send SIGTERM");
-        let child = std::mem::replace(
-            &mut self.child,
-            Command::new("true").spawn().expect("spawn true"),
-        );
-        child.wait_with_output().expect("wait for regrelay")
+        let status = self.child.wait().expect("wait for regrelay");
+        self.stderr.finish();
+        Stopped {
+            status,
+            stdout: self.stdout.finish(),
+        }
     }
 }
 
@@ -163,7 +268,7 @@ async fn serve_accepts_an_event_and_stops_cleanly_on_sigterm() {
 
     let output = service.terminate();
     assert!(output.status.success(), "exit status {:?}", output.status);
-    let logs = String::from_utf8_lossy(&output.stdout);
+    let logs = &output.stdout;
     assert!(logs.contains("regrelay stopped."), "{logs}");
     // The broker password and the ingest token never reach the logs.
     assert!(

@@ -60,8 +60,11 @@ pub struct AttemptRequest<'a> {
     pub auth_header: Option<&'a str>,
     /// The target's custom headers.
     pub headers: &'a BTreeMap<String, String>,
-    /// The signing key and the `webhook-id` (the delivery id), when the target has a secret.
-    pub signing: Option<(&'a SigningKey, &'a str)>,
+    /// The delivery id, sent as `webhook-id` on every request, signed or not, so any receiver
+    /// can drop the duplicates at-least-once delivery makes.
+    pub delivery_id: &'a str,
+    /// The signing key, when the target has a secret.
+    pub signing: Option<&'a SigningKey>,
     /// Whether the SSRF guard is off.
     pub allow_private: bool,
 }
@@ -144,12 +147,12 @@ fn build_headers(request: &AttemptRequest<'_>) -> Result<HeaderMap, String> {
         value.set_sensitive(true);
         headers.insert(AUTHORIZATION, value);
     }
-    if let Some((key, msg_id)) = request.signing {
-        let id = HeaderValue::from_str(msg_id)
-            .map_err(|_| "the webhook id is not a valid header value".to_owned())?;
+    let id = HeaderValue::from_str(request.delivery_id)
+        .map_err(|_| "the webhook id is not a valid header value".to_owned())?;
+    headers.insert(HeaderName::from_static(WEBHOOK_ID), id);
+    if let Some(key) = request.signing {
         let timestamp = unix_now();
-        let signature = sign(key, msg_id, timestamp, &request.body);
-        headers.insert(HeaderName::from_static(WEBHOOK_ID), id);
+        let signature = sign(key, request.delivery_id, timestamp, &request.body);
         headers.insert(
             HeaderName::from_static(WEBHOOK_TIMESTAMP),
             HeaderValue::from(timestamp),
@@ -259,6 +262,7 @@ mod tests {
             content_type: "application/json",
             auth_header: None,
             headers,
+            delivery_id: "msg_1",
             signing: None,
             allow_private,
         }
@@ -339,7 +343,7 @@ mod tests {
         let key = SigningKey::from_secret("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
         let mut req = request(clients.for_target(false), &url, &headers, true);
         req.auth_header = Some("Token abc");
-        req.signing = Some((&key, "msg_1"));
+        req.signing = Some(&key);
         let (result, _) = send(req).await;
         assert_eq!(
             result,
@@ -365,7 +369,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn unsigned_requests_carry_no_webhook_headers() {
+    async fn unsigned_requests_carry_the_id_but_no_signature() {
         let (url, server) = one_shot_server("HTTP/1.1 204 No Content\r\n\r\n").await;
         let clients = clients(true, Duration::from_secs(2));
         let headers = BTreeMap::new();
@@ -378,7 +382,9 @@ mod tests {
             }
         );
         let raw = server.await.unwrap().to_ascii_lowercase();
-        assert!(!raw.contains("webhook-"), "{raw}");
+        assert!(raw.contains("webhook-id: msg_1\r\n"), "{raw}");
+        assert!(!raw.contains("webhook-timestamp"), "{raw}");
+        assert!(!raw.contains("webhook-signature"), "{raw}");
         assert!(!raw.contains("authorization"), "{raw}");
     }
 

@@ -180,7 +180,8 @@ async fn process(ctx: &DeliveryContext, body: &[u8]) -> Settlement {
             TargetKind::Http => target.auth_header.as_deref().filter(|h| !h.is_empty()),
         },
         headers: &target.headers,
-        signing: signing.as_ref().map(|key| (key, delivery_id.as_str())),
+        delivery_id: &delivery_id,
+        signing: signing.as_ref(),
         allow_private: ctx.settings.allow_private_targets,
     })
     .await;

@@ -2,6 +2,7 @@
 //!
 //! Module map:
 //! - `config`: the typed, layered configuration.
+//! - `logging`: structured logs through a non-blocking writer, and its dropped-line metric.
 //! - `shutdown`: the cancellation signal and task tracker handed to every role.
 //! - `serve`: wires the crates into running roles.
 //!
@@ -9,6 +10,7 @@
 //! chain before exiting non-zero.
 
 mod config;
+mod logging;
 mod serve;
 mod shutdown;
 
@@ -60,7 +62,6 @@ fn main() -> ExitCode {
         Err(error) => {
             // `{:#}` prints the cause chain on one line: "cannot start: invalid configuration: ...".
             eprintln!("regrelay: error: {error:#}");
-            tracing::error!(message = "Exiting on error.", error = format!("{error:#}"));
             ExitCode::FAILURE
         }
     }
@@ -73,20 +74,14 @@ where
     Fut: std::future::Future<Output = anyhow::Result<()>>,
 {
     let config = config::Config::load(config_path.as_deref())?;
-    init_logging(&config);
+    // Held until the command returns, so queued log lines are flushed before exit.
+    let _logs = logging::init(&config);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(command(config))
-}
-
-fn init_logging(config: &config::Config) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new(format!("{},lapin=warn", config.log_level)));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    match config.log_format {
-        config::LogFormat::Json => builder.json().init(),
-        config::LogFormat::Text => builder.init(),
+    let result = runtime.block_on(command(config));
+    if let Err(error) = &result {
+        tracing::error!(message = "Exiting on error.", error = format!("{error:#}"));
     }
+    result
 }
