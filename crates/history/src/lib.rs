@@ -1,5 +1,5 @@
-//! regrelay's PostgreSQL store: the schema, projects, webhook policies and settings (SPEC §4); the
-//! delivery history (SPEC §5) comes next.
+//! regrelay's PostgreSQL store: the schema, projects, webhook policies and settings (SPEC §4), and
+//! the delivery history (SPEC §5).
 //!
 //! - `store`: [`Database`] (a connection pool; building it does no I/O; the readiness check) and
 //!   [`StoreError`].
@@ -9,6 +9,12 @@
 //! - [`policies`]: the `notification_policies` table: create, read, list (paged), replace, delete, and
 //!   the consumer's load of the enabled policies.
 //! - `settings`: the `settings` row (Harbor's `notification_enable`) and the generation counter.
+//! - [`executions`]: the history tables (`executions`, `tasks`, `task_logs`) in Harbor's shape: the
+//!   consumer's idempotent batch write `record_deliveries`, Harbor's status roll-up, and the API's
+//!   reads (executions, tasks, a task's log, last triggers).
+//! - [`recorder`]: [`HistoryRecorder`], the batching writer the consumer awaits before it acks.
+//! - [`retention`]: `sweep_history`, deleting finished executions by count and age, in batches,
+//!   under a try-lock so one consumer sweeps at a time.
 //!
 //! Design constraints:
 //! - All SQL lives in this crate, one module per table; callers speak in domain verbs.
@@ -17,14 +23,20 @@
 //! - The database URL holds a password: no error, log line or `Debug` output shows it.
 //! - Credentials in targets are stored as given (plain text); at-rest encryption is a later concern.
 //! - Several processes may start at once against one database: migrations serialise on an advisory
-//!   lock, and inserts that may race (projects) are idempotent.
+//!   lock, and inserts that may race (projects, history records) are idempotent.
+//! - History is written monotonically: a redelivered or stale record never moves a task backwards.
 
+pub mod executions;
 mod migrate;
 pub mod policies;
 pub mod policy;
 mod projects;
+pub mod recorder;
+pub mod retention;
 mod settings;
 mod store;
 
 pub use projects::Project;
+pub use recorder::{HistoryRecorder, RecorderMetrics, RecorderSettings};
+pub use retention::SweepReport;
 pub use store::{Database, StoreError};

@@ -23,11 +23,18 @@ struct Migration {
 
 /// Every migration, in order. A new one is a new file `NNNN_<name>.sql` and a new entry here (a
 /// unit test checks that the two agree).
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "policies",
-    sql: include_str!("../migrations/0001_policies.sql"),
-}];
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "policies",
+        sql: include_str!("../migrations/0001_policies.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "history",
+        sql: include_str!("../migrations/0002_history.sql"),
+    },
+];
 
 const CREATE_MIGRATIONS_TABLE: &str = "
     CREATE TABLE IF NOT EXISTS regrelay_schema_migrations (

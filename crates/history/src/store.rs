@@ -58,6 +58,14 @@ pub enum StoreError {
     UnknownProject(i64),
     #[error("invalid project name {name:?}: {reason}")]
     InvalidProjectName { name: String, reason: &'static str },
+    /// The history batch this record was written in failed; every record of the batch gets the
+    /// same cause.
+    #[error("history batch failed: {0}")]
+    BatchFailed(#[source] Arc<StoreError>),
+    /// The history recorder's writer has stopped (shutdown, or its runtime is gone): nothing more
+    /// is written through it.
+    #[error("the history recorder is closed")]
+    RecorderClosed,
 }
 
 impl StoreError {
@@ -70,6 +78,7 @@ impl StoreError {
                 error.is_closed()
                     || std::error::Error::source(error).is_some_and(|s| s.is::<std::io::Error>())
             }
+            StoreError::BatchFailed(cause) => cause.is_unavailable(),
             _ => false,
         }
     }

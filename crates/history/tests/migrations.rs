@@ -28,7 +28,10 @@ async fn migrate_twice_is_a_no_op() {
     let db = Database::connect(&database.url, 2).unwrap();
     db.migrate().await.unwrap();
     let first = recorded(&database.url).await;
-    assert_eq!(first, vec![(1, "policies".to_owned())]);
+    assert_eq!(
+        first,
+        vec![(1, "policies".to_owned()), (2, "history".to_owned())]
+    );
     db.migrate().await.unwrap();
     assert_eq!(recorded(&database.url).await, first);
     // The schema is usable and the singleton rows exist.
@@ -51,7 +54,7 @@ async fn concurrent_migrations_apply_once() {
     }
     assert_eq!(
         recorded(&database.url).await,
-        vec![(1, "policies".to_owned())]
+        vec![(1, "policies".to_owned()), (2, "history".to_owned())]
     );
     let db = Database::connect(&database.url, 1).unwrap();
     assert_eq!(db.generation().await.unwrap(), 0);

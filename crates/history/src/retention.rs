@@ -1,0 +1,220 @@
+//! Bounded history: `Database::sweep_history` deletes finished executions beyond a per-policy count
+//! and older than a maximum age (SPEC §5; Harbor keeps the newest 50 per policy).
+//!
+//! Design constraints:
+//! - Only finished executions (Stopped, Error, Success) are deleted: an unfinished one is a delivery
+//!   still in flight, and its next step would otherwise recreate it with its history cut short.
+//! - Deletes go in batches of at most `batch` executions per statement, each its own transaction,
+//!   so the recorder's writes never wait long on the sweeper's row locks. Tasks and log lines go
+//!   with their executions (`ON DELETE CASCADE`).
+//! - Every consumer process may run a sweeper: they serialise on a session advisory lock taken with
+//!   `pg_try_advisory_lock`, and a sweeper that finds it held does nothing (an empty report).
+//! - A session lock outlives a transaction, so the connection holding it must never go back to the
+//!   pool still holding it: it is unlocked explicitly, and if the sweep fails or is cancelled
+//!   midway the connection is taken out of the pool and closed, which releases the lock.
+//! - Work is per policy, along `executions_vendor_id_idx` and `executions_vendor_end_time_idx`, so a
+//!   sweep never scans the whole table at once.
+
+use std::time::Duration;
+
+use chrono::Utc;
+
+use crate::store::{Database, StoreError};
+
+/// The sweepers' advisory lock key: "rrsweep!" in ASCII.
+const SWEEP_LOCK: i64 = 0x7272_7377_6565_7021;
+
+/// The statuses a sweep may delete, as SQL.
+const FINISHED: &str = "status IN ('Stopped', 'Error', 'Success')";
+
+/// What one sweep deleted (executions; their tasks and log lines went with them).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SweepReport {
+    /// Finished executions beyond the newest `keep_per_policy` of their policy.
+    pub deleted_by_count: u64,
+    /// Finished executions that ended before `now - max_age` (among those the count left).
+    pub deleted_by_age: u64,
+}
+
+/// The pooled connection holding the sweep lock. Dropped without [`SweepLock::release`] (an error or
+/// a cancelled future), it closes the connection instead of returning it to the pool, so the lock
+/// cannot leak into another caller's session.
+struct SweepLock {
+    client: Option<deadpool_postgres::Object>,
+}
+
+impl SweepLock {
+    fn client(&self) -> Result<&deadpool_postgres::Object, StoreError> {
+        self.client
+            .as_ref()
+            .ok_or_else(|| StoreError::Corrupt("the sweep lock was already released".into()))
+    }
+
+    async fn release(mut self) -> Result<(), StoreError> {
+        if let Some(client) = self.client.take() {
+            match client
+                .execute("SELECT pg_advisory_unlock($1)", &[&SWEEP_LOCK])
+                .await
+            {
+                // Back to the pool, lock released.
+                Ok(_) => drop(client),
+                Err(error) => {
+                    drop(deadpool_postgres::Object::take(client));
+                    return Err(error.into());
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for SweepLock {
+    fn drop(&mut self) {
+        if let Some(client) = self.client.take() {
+            // Detached from the pool and dropped: the connection closes and the lock goes with it.
+            drop(deadpool_postgres::Object::take(client));
+        }
+    }
+}
+
+impl Database {
+    /// Deletes finished executions beyond the newest `keep_per_policy` per policy, then finished
+    /// ones that ended more than `max_age` ago, `batch` at a time. Returns an empty report when
+    /// another sweeper holds the lock. `Duration::MAX` (or any age too large for a date) turns the
+    /// age rule off.
+    pub async fn sweep_history(
+        &self,
+        keep_per_policy: usize,
+        max_age: Duration,
+        batch: usize,
+    ) -> Result<SweepReport, StoreError> {
+        let client = self.client().await?;
+        let locked: bool = client
+            .query_one("SELECT pg_try_advisory_lock($1)", &[&SWEEP_LOCK])
+            .await?
+            .try_get(0)?;
+        if !locked {
+            tracing::debug!(message = "History sweep skipped: another sweeper holds the lock.");
+            return Ok(SweepReport::default());
+        }
+        let lock = SweepLock {
+            client: Some(client),
+        };
+        let report = sweep(lock.client()?, keep_per_policy, max_age, batch).await?;
+        lock.release().await?;
+        if report != SweepReport::default() {
+            tracing::info!(
+                message = "History swept.",
+                deleted_by_count = report.deleted_by_count,
+                deleted_by_age = report.deleted_by_age
+            );
+        }
+        Ok(report)
+    }
+}
+
+async fn sweep(
+    client: &deadpool_postgres::Object,
+    keep_per_policy: usize,
+    max_age: Duration,
+    batch: usize,
+) -> Result<SweepReport, StoreError> {
+    let keep = i64::try_from(keep_per_policy).unwrap_or(i64::MAX);
+    let batch = i64::try_from(batch.max(1)).unwrap_or(i64::MAX);
+    let mut report = SweepReport::default();
+
+    // By count: only policies with more finished executions than they keep.
+    let over: Vec<i64> = client
+        .query(
+            &format!(
+                "SELECT vendor_id FROM executions WHERE {FINISHED}
+                 GROUP BY vendor_id HAVING count(*) > $1"
+            ),
+            &[&keep],
+        )
+        .await?
+        .iter()
+        .map(|row| row.try_get(0))
+        .collect::<Result<_, _>>()?;
+    for policy_id in over {
+        // The newest finished execution beyond the kept ones; it and every older finished one go.
+        // Executions that finish meanwhile are newer, so they can only make the sweep keep more.
+        let cutoff: Option<i64> = client
+            .query_opt(
+                &format!(
+                    "SELECT id FROM executions WHERE vendor_id = $1 AND {FINISHED}
+                     ORDER BY id DESC OFFSET $2 LIMIT 1"
+                ),
+                &[&policy_id, &keep],
+            )
+            .await?
+            .map(|row| row.try_get(0))
+            .transpose()?;
+        let Some(cutoff) = cutoff else { continue };
+        report.deleted_by_count += delete_in_batches(
+            client,
+            &format!(
+                "DELETE FROM executions WHERE id IN (
+                     SELECT id FROM executions
+                     WHERE vendor_id = $1 AND id <= $2 AND {FINISHED}
+                     ORDER BY id LIMIT $3)"
+            ),
+            policy_id,
+            &cutoff,
+            batch,
+        )
+        .await?;
+    }
+
+    // By age. An age that does not fit a date means "no age limit".
+    let cutoff = chrono::Duration::from_std(max_age)
+        .ok()
+        .and_then(|age| Utc::now().checked_sub_signed(age));
+    if let Some(cutoff) = cutoff {
+        let policies: Vec<i64> = client
+            .query("SELECT id FROM notification_policies ORDER BY id", &[])
+            .await?
+            .iter()
+            .map(|row| row.try_get(0))
+            .collect::<Result<_, _>>()?;
+        for policy_id in policies {
+            report.deleted_by_age += delete_in_batches(
+                client,
+                &format!(
+                    "DELETE FROM executions WHERE id IN (
+                         SELECT id FROM executions
+                         WHERE vendor_id = $1 AND end_time IS NOT NULL AND end_time < $2
+                           AND {FINISHED}
+                         ORDER BY end_time LIMIT $3)"
+                ),
+                policy_id,
+                &cutoff,
+                batch,
+            )
+            .await?;
+        }
+    }
+    Ok(report)
+}
+
+/// Runs a `DELETE ... LIMIT $3` for one policy (`$1`) until it deletes nothing; each run is its own
+/// transaction (autocommit).
+async fn delete_in_batches(
+    client: &deadpool_postgres::Object,
+    sql: &str,
+    policy_id: i64,
+    bound: &(dyn tokio_postgres::types::ToSql + Sync),
+    batch: i64,
+) -> Result<u64, StoreError> {
+    let statement = client.prepare(sql).await?;
+    let mut deleted = 0;
+    loop {
+        let n = client
+            .execute(&statement, &[&policy_id, bound, &batch])
+            .await?;
+        deleted += n;
+        if n < u64::try_from(batch).unwrap_or(u64::MAX) {
+            return Ok(deleted);
+        }
+    }
+}

@@ -1,0 +1,588 @@
+//! Delivery history on the real PostgreSQL: idempotent, monotonic batch writes, the batching
+//! recorder, reads, cascade on policy delete, and retention.
+
+mod common;
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use common::spec;
+use regrelay_history::executions::{
+    AttemptLog, DeliveryRecord, ExecutionQuery, ExecutionTrigger, TaskStatus, VendorType,
+};
+use regrelay_history::{Database, HistoryRecorder, RecorderMetrics, RecorderSettings};
+use uuid::Uuid;
+
+async fn policy(db: &Database, name: &str) -> i64 {
+    let project = db.ensure_project("library").await.unwrap();
+    db.create_policy(Some(project.id), &spec(name))
+        .await
+        .unwrap()
+        .id
+}
+
+fn at(seconds: i64) -> DateTime<Utc> {
+    "2026-11-24T20:00:00Z".parse::<DateTime<Utc>>().unwrap() + chrono::Duration::seconds(seconds)
+}
+
+/// A step of the delivery `key`: `run_count` attempts made, the last one logged.
+fn step(key: Uuid, policy_id: i64, run_count: i32, status: TaskStatus) -> DeliveryRecord {
+    DeliveryRecord {
+        history_key: key,
+        policy_id,
+        vendor_type: VendorType::Webhook,
+        trigger: ExecutionTrigger::Event,
+        event_type: "PUSH_ARTIFACT".into(),
+        event_id: Uuid::from_u128(7),
+        status,
+        status_message: format!("{status} after {run_count}"),
+        run_count,
+        payload: (run_count > 0).then(|| format!("{{\"attempt\":{run_count}}}")),
+        attempt: (run_count > 0).then(|| AttemptLog {
+            attempt: run_count,
+            at: at(i64::from(run_count)),
+            status_code: Some(if status == TaskStatus::Success {
+                200
+            } else {
+                503
+            }),
+            error: None,
+            duration: Duration::from_millis(12),
+            response_snippet: Some("busy".into()),
+        }),
+        at: at(i64::from(run_count)),
+    }
+}
+
+async fn only_execution(db: &Database, policy_id: i64) -> regrelay_history::executions::Execution {
+    let (executions, total) = db
+        .list_executions(policy_id, &ExecutionQuery::default())
+        .await
+        .unwrap();
+    assert_eq!(total, 1, "{executions:?}");
+    executions.into_iter().next().unwrap()
+}
+
+async fn only_task(db: &Database, execution_id: i64) -> regrelay_history::executions::Task {
+    let (tasks, total) = db.list_tasks(execution_id, 1, 10).await.unwrap();
+    assert_eq!(total, 1);
+    tasks.into_iter().next().unwrap()
+}
+
+#[tokio::test]
+async fn a_delivery_is_one_execution_and_one_task_and_recording_twice_changes_nothing() {
+    let store = common::store("history idempotent").await;
+    let db = &store.db;
+    let policy_id = policy(db, "p").await;
+    let key = Uuid::new_v4();
+
+    db.record_deliveries(&[step(key, policy_id, 0, TaskStatus::Pending)])
+        .await
+        .unwrap();
+    let execution = only_execution(db, policy_id).await;
+    assert_eq!(execution.status, TaskStatus::Running, "Pending rolls up");
+    assert_eq!(execution.vendor_type, VendorType::Webhook);
+    assert_eq!(execution.vendor_id, policy_id);
+    assert_eq!(execution.trigger, ExecutionTrigger::Event);
+    assert_eq!(execution.end_time, None);
+    assert_eq!(
+        execution.extra_attrs,
+        serde_json::json!({"event_type": "PUSH_ARTIFACT"}),
+        "no payload before the first attempt"
+    );
+    assert_eq!(execution.metrics.task_count, 1);
+    assert_eq!(execution.metrics.pending_task_count, 1);
+
+    let first = step(key, policy_id, 1, TaskStatus::Scheduled);
+    let done = step(key, policy_id, 2, TaskStatus::Success);
+    for _ in 0..2 {
+        db.record_deliveries(std::slice::from_ref(&first))
+            .await
+            .unwrap();
+        db.record_deliveries(std::slice::from_ref(&done))
+            .await
+            .unwrap();
+    }
+    let execution = only_execution(db, policy_id).await;
+    assert_eq!(execution.status, TaskStatus::Success);
+    assert_eq!(execution.status_message, "Success after 2");
+    assert_eq!(execution.start_time, at(0));
+    assert_eq!(execution.end_time, Some(at(2)));
+    assert_eq!(execution.extra_attrs["payload"], "{\"attempt\":2}");
+    assert_eq!(execution.metrics.success_task_count, 1);
+    assert_eq!(
+        db.get_execution(policy_id, execution.id).await.unwrap(),
+        Some(execution.clone())
+    );
+
+    let task = only_task(db, execution.id).await;
+    assert_eq!(task.status, TaskStatus::Success);
+    assert_eq!(task.run_count, 2);
+    assert_eq!(task.creation_time, at(0));
+    assert_eq!(task.start_time, at(0));
+    assert_eq!(task.update_time, at(2));
+    assert_eq!(task.end_time, Some(at(2)));
+    assert_eq!(
+        db.get_task(execution.id, task.id).await.unwrap(),
+        Some(task.clone())
+    );
+    assert_eq!(db.get_task(execution.id + 1, task.id).await.unwrap(), None);
+
+    let log = db.task_log(task.id).await.unwrap();
+    assert_eq!(
+        log,
+        "2026-11-24T20:00:01.000Z attempt 1: HTTP 503 in 12 ms: busy\n\
+         2026-11-24T20:00:02.000Z attempt 2: HTTP 200 in 12 ms: busy\n",
+        "one line per attempt, however often recorded"
+    );
+}
+
+#[tokio::test]
+async fn a_stale_record_never_moves_a_task_backwards() {
+    let store = common::store("history stale").await;
+    let db = &store.db;
+    let policy_id = policy(db, "p").await;
+    let key = Uuid::new_v4();
+
+    db.record_deliveries(&[step(key, policy_id, 2, TaskStatus::Success)])
+        .await
+        .unwrap();
+    // Redelivered older steps, in separate batches and together.
+    db.record_deliveries(&[step(key, policy_id, 1, TaskStatus::Scheduled)])
+        .await
+        .unwrap();
+    let mut running = step(key, policy_id, 2, TaskStatus::Running);
+    running.attempt = None;
+    db.record_deliveries(&[
+        running.clone(),
+        step(key, policy_id, 0, TaskStatus::Pending),
+    ])
+    .await
+    .unwrap();
+
+    let execution = only_execution(db, policy_id).await;
+    assert_eq!(execution.status, TaskStatus::Success);
+    assert_eq!(execution.end_time, Some(at(2)));
+    assert_eq!(execution.extra_attrs["payload"], "{\"attempt\":2}");
+    let task = only_task(db, execution.id).await;
+    assert_eq!((task.run_count, task.status), (2, TaskStatus::Success));
+    assert_eq!(task.status_message, "Success after 2");
+    // The stale step's attempt is still logged: it happened.
+    assert_eq!(db.task_log(task.id).await.unwrap().lines().count(), 2);
+
+    // A stale record fills in a payload the execution lacks, and nothing else.
+    let other = Uuid::new_v4();
+    let mut no_payload = step(other, policy_id, 3, TaskStatus::Error);
+    no_payload.payload = None;
+    db.record_deliveries(&[no_payload]).await.unwrap();
+    db.record_deliveries(&[step(other, policy_id, 1, TaskStatus::Scheduled)])
+        .await
+        .unwrap();
+    let (executions, _) = db
+        .list_executions(policy_id, &ExecutionQuery::default())
+        .await
+        .unwrap();
+    assert_eq!(executions[0].status, TaskStatus::Error);
+    assert_eq!(executions[0].extra_attrs["payload"], "{\"attempt\":1}");
+}
+
+#[tokio::test]
+async fn a_batch_may_repeat_keys_and_skips_deleted_policies() {
+    let store = common::store("history batch").await;
+    let db = &store.db;
+    let policy_id = policy(db, "p").await;
+    let gone = policy(db, "gone").await;
+    assert!(db
+        .delete_policy(
+            db.find_project_by_name("library")
+                .await
+                .unwrap()
+                .map(|p| p.id),
+            gone
+        )
+        .await
+        .unwrap());
+    let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+
+    db.record_deliveries(&[
+        step(a, policy_id, 0, TaskStatus::Pending),
+        step(b, policy_id, 1, TaskStatus::Scheduled),
+        step(a, policy_id, 1, TaskStatus::Scheduled),
+        step(Uuid::new_v4(), gone, 1, TaskStatus::Scheduled),
+        step(a, policy_id, 2, TaskStatus::Error),
+        step(a, policy_id, 1, TaskStatus::Scheduled),
+        step(b, policy_id, 2, TaskStatus::Success),
+    ])
+    .await
+    .unwrap();
+
+    let (executions, total) = db
+        .list_executions(policy_id, &ExecutionQuery::default())
+        .await
+        .unwrap();
+    assert_eq!(total, 2, "the deleted policy's record was skipped");
+    // Newest first: b was created after a.
+    let statuses: Vec<TaskStatus> = executions.iter().map(|e| e.status).collect();
+    assert_eq!(statuses, vec![TaskStatus::Success, TaskStatus::Error]);
+    let a_task = only_task(db, executions[1].id).await;
+    assert_eq!(a_task.run_count, 2);
+    assert_eq!(a_task.start_time, at(0));
+    assert_eq!(db.task_log(a_task.id).await.unwrap().lines().count(), 2);
+    let b_task = only_task(db, executions[0].id).await;
+    assert_eq!(db.task_log(b_task.id).await.unwrap().lines().count(), 2);
+
+    // The same batch again: nothing changes.
+    let before = db
+        .list_executions(policy_id, &ExecutionQuery::default())
+        .await
+        .unwrap();
+    db.record_deliveries(&[
+        step(a, policy_id, 2, TaskStatus::Error),
+        step(b, policy_id, 2, TaskStatus::Success),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(
+        db.list_executions(policy_id, &ExecutionQuery::default())
+            .await
+            .unwrap(),
+        before
+    );
+}
+
+#[tokio::test]
+async fn lists_filter_and_page_newest_first_and_last_triggers_per_event_type() {
+    let store = common::store("history lists").await;
+    let db = &store.db;
+    let policy_id = policy(db, "p").await;
+    let other = policy(db, "other").await;
+    let mut records = Vec::new();
+    for i in 0..5 {
+        let mut record = step(
+            Uuid::new_v4(),
+            policy_id,
+            1,
+            if i % 2 == 0 {
+                TaskStatus::Error
+            } else {
+                TaskStatus::Success
+            },
+        );
+        if i == 4 {
+            record.event_type = "DELETE_ARTIFACT".into();
+            record.trigger = ExecutionTrigger::Manual;
+        }
+        record.at = at(i);
+        records.push(record);
+    }
+    db.record_deliveries(&records).await.unwrap();
+
+    let page = |page, page_size| ExecutionQuery {
+        page,
+        page_size,
+        ..ExecutionQuery::default()
+    };
+    let (all, total) = db.list_executions(policy_id, &page(1, 0)).await.unwrap();
+    assert_eq!(total, 5);
+    assert!(all.windows(2).all(|w| w[0].id > w[1].id), "newest first");
+    let (second, total) = db.list_executions(policy_id, &page(2, 2)).await.unwrap();
+    assert_eq!(total, 5);
+    assert_eq!(
+        second.iter().map(|e| e.id).collect::<Vec<_>>(),
+        all[2..4].iter().map(|e| e.id).collect::<Vec<_>>()
+    );
+
+    let errors = ExecutionQuery {
+        status: Some(TaskStatus::Error),
+        ..ExecutionQuery::default()
+    };
+    assert_eq!(db.list_executions(policy_id, &errors).await.unwrap().1, 3);
+    let deletes = ExecutionQuery {
+        event_type: Some("DELETE_ARTIFACT".into()),
+        trigger: Some(ExecutionTrigger::Manual),
+        status: Some(TaskStatus::Error),
+        ..ExecutionQuery::default()
+    };
+    let (found, total) = db.list_executions(policy_id, &deletes).await.unwrap();
+    assert_eq!(total, 1);
+    assert_eq!(found[0].trigger, ExecutionTrigger::Manual);
+    assert_eq!(db.list_executions(other, &page(1, 10)).await.unwrap().1, 0);
+    assert_eq!(db.get_execution(other, all[0].id).await.unwrap(), None);
+
+    let mut triggers = db.last_triggers(&[policy_id, other]).await.unwrap();
+    triggers.sort_by(|a, b| a.event_type.cmp(&b.event_type));
+    let summary: Vec<(i64, &str, DateTime<Utc>)> = triggers
+        .iter()
+        .map(|t| (t.policy_id, t.event_type.as_str(), t.time))
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            (policy_id, "DELETE_ARTIFACT", at(4)),
+            (policy_id, "PUSH_ARTIFACT", at(3)),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn deleting_a_policy_deletes_its_history() {
+    let store = common::store("history cascade").await;
+    let db = &store.db;
+    let policy_id = policy(db, "p").await;
+    let kept = policy(db, "kept").await;
+    let key = Uuid::new_v4();
+    db.record_deliveries(&[
+        step(key, policy_id, 1, TaskStatus::Scheduled),
+        step(Uuid::new_v4(), kept, 1, TaskStatus::Success),
+    ])
+    .await
+    .unwrap();
+    let execution = only_execution(db, policy_id).await;
+    let task = only_task(db, execution.id).await;
+
+    let project = db.find_project_by_name("library").await.unwrap().unwrap();
+    assert!(db.delete_policy(Some(project.id), policy_id).await.unwrap());
+
+    assert_eq!(
+        db.get_execution(policy_id, execution.id).await.unwrap(),
+        None
+    );
+    assert_eq!(db.get_task(execution.id, task.id).await.unwrap(), None);
+    assert_eq!(db.task_log(task.id).await.unwrap(), "");
+    assert_eq!(count(&store, "executions").await, 1);
+    assert_eq!(count(&store, "tasks").await, 1);
+    assert_eq!(count(&store, "task_logs").await, 1);
+    // A late step of the deleted policy's delivery is skipped, not an error.
+    db.record_deliveries(&[step(key, policy_id, 2, TaskStatus::Success)])
+        .await
+        .unwrap();
+    assert_eq!(count(&store, "executions").await, 1);
+}
+
+async fn count(store: &common::Store, table: &str) -> i64 {
+    let (client, connection) = tokio_postgres::connect(&store.database.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let driver = tokio::spawn(connection);
+    let n = client
+        .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+        .await
+        .unwrap()
+        .get(0);
+    drop(client);
+    let _ = driver.await;
+    n
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_recorder_batches_concurrent_records() {
+    let store = common::store("history recorder").await;
+    let policy_id = policy(&store.db, "p").await;
+    let registry = prometheus::Registry::new();
+    let metrics = RecorderMetrics::register(&registry).unwrap();
+    let recorder = HistoryRecorder::spawn(
+        store.db.clone(),
+        RecorderSettings {
+            max_batch: 16,
+            linger: Duration::from_millis(20),
+        },
+        metrics.clone(),
+    );
+
+    const RECORDS: usize = 64;
+    let mut calls = Vec::new();
+    for i in 0..RECORDS {
+        let recorder = recorder.clone();
+        let mut record = step(Uuid::new_v4(), policy_id, 1, TaskStatus::Success);
+        record.at = at(i64::try_from(i).unwrap());
+        calls.push(tokio::spawn(async move { recorder.record(record).await }));
+    }
+    for call in calls {
+        call.await.unwrap().unwrap();
+    }
+    // Every record was durable when its call returned.
+    let (_, total) = store
+        .db
+        .list_executions(policy_id, &ExecutionQuery::default())
+        .await
+        .unwrap();
+    assert_eq!(total, i64::try_from(RECORDS).unwrap());
+    let batches = metrics.batch_size.get_sample_count();
+    assert!(
+        batches < RECORDS as u64,
+        "{batches} batches for {RECORDS} records"
+    );
+    assert_eq!(metrics.batch_size.get_sample_sum(), RECORDS as f64);
+    assert_eq!(metrics.write_seconds.get_sample_count(), batches);
+    assert_eq!(metrics.write_failures.get(), 0);
+    let families: Vec<String> = registry
+        .gather()
+        .iter()
+        .map(|f| f.name().to_owned())
+        .collect();
+    for name in [
+        "regrelay_history_write_duration_seconds",
+        "regrelay_history_batch_size",
+        "regrelay_history_write_failures_total",
+    ] {
+        assert!(families.iter().any(|f| f == name), "{name}: {families:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_failed_batch_fails_its_records_and_the_recorder_goes_on() {
+    let url = format!(
+        "postgres://postgres@127.0.0.1:{}/none",
+        regrelay_testkit::unused_port()
+    );
+    let db = Database::connect(&url, 1).unwrap();
+    let metrics = RecorderMetrics::register(&prometheus::Registry::new()).unwrap();
+    let recorder = HistoryRecorder::spawn(
+        db,
+        RecorderSettings {
+            max_batch: 4,
+            linger: Duration::ZERO,
+        },
+        metrics.clone(),
+    );
+    for _ in 0..2 {
+        let error = recorder
+            .record(step(Uuid::new_v4(), 1, 1, TaskStatus::Success))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(error, regrelay_history::StoreError::BatchFailed(_)),
+            "{error:?}"
+        );
+        assert!(error.is_unavailable(), "{error}");
+    }
+    assert_eq!(metrics.write_failures.get(), 2);
+}
+
+#[tokio::test]
+async fn the_sweep_deletes_finished_executions_by_count_and_age_only() {
+    let store = common::store("history sweep").await;
+    let db = &store.db;
+    let busy = policy(db, "busy").await;
+    let old = policy(db, "old").await;
+    let now = Utc::now();
+    let mut records = Vec::new();
+    // busy: 6 finished (recent), then 2 unfinished.
+    for i in 0..6 {
+        let mut record = step(Uuid::new_v4(), busy, 1, TaskStatus::Success);
+        record.at = now - chrono::Duration::minutes(10 - i);
+        records.push(record);
+    }
+    for _ in 0..2 {
+        let mut record = step(Uuid::new_v4(), busy, 1, TaskStatus::Scheduled);
+        record.at = now - chrono::Duration::days(30);
+        records.push(record);
+    }
+    // old: 2 finished 10 days ago, 1 finished just now, 1 unfinished from long ago.
+    for days in [10, 10, 0] {
+        let mut record = step(Uuid::new_v4(), old, 1, TaskStatus::Error);
+        record.at = now - chrono::Duration::days(days);
+        records.push(record);
+    }
+    let mut stuck = step(Uuid::new_v4(), old, 0, TaskStatus::Pending);
+    stuck.at = now - chrono::Duration::days(40);
+    records.push(stuck);
+    db.record_deliveries(&records).await.unwrap();
+    let (busy_before, _) = db
+        .list_executions(busy, &ExecutionQuery::default())
+        .await
+        .unwrap();
+
+    let report = db
+        .sweep_history(3, Duration::from_secs(7 * 24 * 3600), 2)
+        .await
+        .unwrap();
+    assert_eq!(report.deleted_by_count, 3, "{report:?}");
+    assert_eq!(report.deleted_by_age, 2, "{report:?}");
+
+    let (busy_after, _) = db
+        .list_executions(
+            busy,
+            &ExecutionQuery {
+                page_size: 0,
+                ..ExecutionQuery::default()
+            },
+        )
+        .await
+        .unwrap();
+    // The 2 unfinished and the newest 3 finished remain.
+    let kept: Vec<i64> = busy_before
+        .iter()
+        .filter(|e| !e.status.is_final())
+        .chain(busy_before.iter().filter(|e| e.status.is_final()).take(3))
+        .map(|e| e.id)
+        .collect();
+    let mut remaining: Vec<i64> = busy_after.iter().map(|e| e.id).collect();
+    let mut expected = kept;
+    remaining.sort();
+    expected.sort();
+    assert_eq!(remaining, expected);
+
+    let (old_after, _) = db
+        .list_executions(old, &ExecutionQuery::default())
+        .await
+        .unwrap();
+    let statuses: Vec<TaskStatus> = old_after.iter().map(|e| e.status).collect();
+    assert_eq!(statuses, vec![TaskStatus::Running, TaskStatus::Error]);
+    // Tasks and logs went with their executions.
+    assert_eq!(count(&store, "tasks").await, 2 + 3 + 2);
+    assert_eq!(count(&store, "task_logs").await, 2 + 3 + 1);
+
+    // Nothing more to do.
+    assert_eq!(
+        db.sweep_history(3, Duration::from_secs(7 * 24 * 3600), 2)
+            .await
+            .unwrap(),
+        regrelay_history::SweepReport::default()
+    );
+    // Duration::MAX: no age limit.
+    assert_eq!(
+        db.sweep_history(100, Duration::MAX, 10).await.unwrap(),
+        regrelay_history::SweepReport::default()
+    );
+}
+
+#[tokio::test]
+async fn a_sweep_does_nothing_while_another_holds_the_lock() {
+    let store = common::store("history sweep lock").await;
+    let db = &store.db;
+    let policy_id = policy(db, "p").await;
+    let records: Vec<_> = (0..3)
+        .map(|_| step(Uuid::new_v4(), policy_id, 1, TaskStatus::Success))
+        .collect();
+    db.record_deliveries(&records).await.unwrap();
+
+    // Another process's sweeper, holding the lock.
+    let (client, connection) = tokio_postgres::connect(&store.database.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let driver = tokio::spawn(connection);
+    let locked: bool = client
+        .query_one(
+            "SELECT pg_try_advisory_lock($1)",
+            &[&0x7272_7377_6565_7021_i64],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(locked);
+    let report = db.sweep_history(0, Duration::MAX, 10).await.unwrap();
+    assert_eq!(report, regrelay_history::SweepReport::default());
+
+    drop(client);
+    let _ = driver.await;
+    let report = db.sweep_history(0, Duration::MAX, 10).await.unwrap();
+    assert_eq!(report.deleted_by_count, 3);
+    // The pool's connections do not keep the lock: the next sweep takes it again.
+    let records: Vec<_> = (0..2)
+        .map(|_| step(Uuid::new_v4(), policy_id, 1, TaskStatus::Success))
+        .collect();
+    db.record_deliveries(&records).await.unwrap();
+    let report = db.sweep_history(0, Duration::MAX, 10).await.unwrap();
+    assert_eq!(report.deleted_by_count, 2);
+}
