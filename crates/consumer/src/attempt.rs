@@ -9,9 +9,9 @@
 //!   stripped of their URL before they are described.
 //! - The SSRF guard has two halves: IP-literal URLs are checked here ([`ssrf::check_url`]), names
 //!   in the client's resolver; a refusal from either becomes [`AttemptResult::Blocked`].
-//! - The answer's body is read, up to [`MAX_BODY`], and thrown away: reading it lets the
-//!   connection go back to the pool for the next delivery; bounding it means a receiver cannot
-//!   make us download an arbitrary amount.
+//! - The answer's body is read, up to [`MAX_BODY`], and only its first [`MAX_SNIPPET`] bytes are
+//!   kept (for the task log): reading it lets the connection go back to the pool for the next
+//!   delivery; bounding it means a receiver cannot make us download an arbitrary amount.
 //! - Protocol headers win over a target's custom headers: `Content-Type`, `Authorization` and the
 //!   signature headers are set last, so a custom header cannot break the signature the receiver
 //!   checks; framing headers (`Content-Length`, `Host`, ...) cannot be set at all.
@@ -69,14 +69,47 @@ pub struct AttemptRequest<'a> {
     pub allow_private: bool,
 }
 
-/// Makes the attempt; returns what came of it and how long it took.
-pub async fn send(request: AttemptRequest<'_>) -> (AttemptResult, Duration) {
-    let started = Instant::now();
-    let result = attempt(request).await;
-    (result, started.elapsed())
+/// How long a response snippet kept for the task log may be.
+pub const MAX_SNIPPET: usize = 512;
+
+/// What one attempt came to, for classification and for the task log.
+#[derive(Debug)]
+pub struct AttemptReport {
+    pub result: AttemptResult,
+    pub elapsed: Duration,
+    /// The start of the receiver's answer (up to [`MAX_SNIPPET`] bytes, as lossy UTF-8), when it
+    /// sent a body. The caller redacts the target's credentials from it before storing it: a
+    /// receiver that echoes requests would otherwise hand them back.
+    pub response_snippet: Option<String>,
 }
 
-async fn attempt(request: AttemptRequest<'_>) -> AttemptResult {
+/// Makes the attempt; returns what came of it and how long it took.
+pub async fn send(request: AttemptRequest<'_>) -> (AttemptResult, Duration) {
+    let report = send_with_report(request).await;
+    (report.result, report.elapsed)
+}
+
+/// Makes the attempt; returns what came of it, how long it took and the start of the answer.
+pub async fn send_with_report(request: AttemptRequest<'_>) -> AttemptReport {
+    let started = Instant::now();
+    let (result, response_snippet) = attempt(request).await;
+    AttemptReport {
+        result,
+        elapsed: started.elapsed(),
+        response_snippet,
+    }
+}
+
+async fn attempt(request: AttemptRequest<'_>) -> (AttemptResult, Option<String>) {
+    let mut snippet = None;
+    let result = attempt_result(request, &mut snippet).await;
+    (result, snippet)
+}
+
+async fn attempt_result(
+    request: AttemptRequest<'_>,
+    snippet: &mut Option<String>,
+) -> AttemptResult {
     let url = match reqwest::Url::parse(request.url) {
         Ok(url) => url,
         // `ParseError`'s text names the problem, not the input.
@@ -115,7 +148,7 @@ async fn attempt(request: AttemptRequest<'_>) -> AttemptResult {
         .get(RETRY_AFTER)
         .and_then(|value| value.to_str().ok())
         .and_then(|value| parse_retry_after(value, SystemTime::now()));
-    drain(&mut response).await;
+    *snippet = drain(&mut response).await;
     AttemptResult::Response {
         status,
         retry_after,
@@ -200,16 +233,25 @@ fn describe_chain(error: &(dyn StdError + 'static)) -> String {
     message
 }
 
-/// Reads and discards up to [`MAX_BODY`] bytes of the answer. Errors are ignored: the status has
-/// already said what the receiver thinks, and a broken body only costs the pooled connection.
-async fn drain(response: &mut reqwest::Response) {
+/// Reads up to [`MAX_BODY`] bytes of the answer and keeps the first [`MAX_SNIPPET`] of them.
+/// Errors are ignored: the status has already said what the receiver thinks, and a broken body
+/// only costs the pooled connection.
+async fn drain(response: &mut reqwest::Response) -> Option<String> {
     let mut read = 0;
+    let mut kept = Vec::new();
     while read < MAX_BODY {
         match response.chunk().await {
-            Ok(Some(chunk)) => read += chunk.len(),
+            Ok(Some(chunk)) => {
+                read += chunk.len();
+                let room = MAX_SNIPPET.saturating_sub(kept.len());
+                kept.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            }
             Ok(None) | Err(_) => break,
         }
     }
+    let text = String::from_utf8_lossy(&kept);
+    let text = text.trim();
+    (!text.is_empty()).then(|| text.to_owned())
 }
 
 /// `Retry-After` as a delay from `now`: delta-seconds, or an HTTP-date (a past date means "now").

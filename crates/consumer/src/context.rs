@@ -4,7 +4,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use regrelay_history::Database;
+use regrelay_history::{Database, HistoryRecorder};
 use regrelay_producer::{Broker, ConfirmedPublisher, Topology};
 
 use crate::http_client::HttpClients;
@@ -47,6 +47,8 @@ pub struct DeliveryContext {
     pub limiter: TargetLimiter,
     pub settings: ConsumerSettings,
     pub metrics: ConsumerMetrics,
+    /// Writes delivery history; `None` when history is turned off (`history_enabled = false`).
+    pub history: Option<HistoryRecorder>,
     /// Project ids by name, for the CloudEvents `source` of system-wide policies; ids never change.
     project_ids: Mutex<HashMap<String, i64>>,
     /// Retry buckets already declared by this process.
@@ -65,6 +67,7 @@ impl DeliveryContext {
         schedule: RetrySchedule,
         settings: ConsumerSettings,
         metrics: ConsumerMetrics,
+        history: Option<HistoryRecorder>,
     ) -> Self {
         Self {
             limiter: TargetLimiter::new(
@@ -80,6 +83,7 @@ impl DeliveryContext {
             schedule,
             settings,
             metrics,
+            history,
             project_ids: Mutex::new(HashMap::new()),
             declared_buckets: Mutex::new(HashSet::new()),
         }

@@ -18,14 +18,17 @@ use std::time::Duration;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
 use regrelay_events::cloudevents::CloudEventContext;
+use regrelay_history::executions::TaskStatus;
 use regrelay_history::policy::{PayloadFormat, Target, TargetKind};
 use regrelay_producer::topology::bucket_for;
 use regrelay_producer::{OutgoingMessage, PublishError};
 
-use crate::attempt::{send, AttemptRequest};
+use crate::attempt::{send_with_report, AttemptReport, AttemptRequest};
 use crate::classify::{classify, AttemptResult, DeliveryOutcome};
 use crate::context::DeliveryContext;
 use crate::dead_letter::{kind_str, now_rfc3339, DeadLetterBody, PolicySummary, TargetSummary};
+use crate::history::{self, redact_snippet, Step};
+use crate::http_client::HttpClients;
 use crate::limiter::Admission;
 use crate::policy_cache::CachedPolicy;
 use crate::render::{render_payload, PayloadKind};
@@ -99,7 +102,17 @@ async fn process(ctx: &DeliveryContext, body: &[u8]) -> Settlement {
             "policy {} or its target is gone or disabled since the event was matched",
             task.policy_id
         );
-        return dead_letter(ctx, &task, &event, None, None, "policy_changed", detail).await;
+        return dead_letter(
+            ctx,
+            &task,
+            &event,
+            None,
+            None,
+            "policy_changed",
+            detail,
+            None,
+        )
+        .await;
     };
     let target = &cached.policy.targets[target_index];
 
@@ -122,79 +135,65 @@ async fn process(ctx: &DeliveryContext, body: &[u8]) -> Settlement {
         }
     };
 
-    let kind = match (target.kind, target.payload_format) {
-        (TargetKind::Slack, _) => PayloadKind::Slack,
-        (TargetKind::Http, PayloadFormat::CloudEvents) => PayloadKind::CloudEvents,
-        (TargetKind::Http, PayloadFormat::Default) => PayloadKind::Default,
-    };
     let cloud_context = CloudEventContext {
         id: task.delivery_id,
         project_id: task.project_id,
         policy_id: task.policy_id,
         request_id: task.request_id.clone(),
     };
-    let rendered = match render_payload(&event, kind, &cloud_context) {
-        Ok(rendered) => rendered,
-        Err(error) => {
-            let detail = format!("cannot render the payload: {error}");
+    let prepared = match prepare(target, &event, &cloud_context) {
+        Ok(prepared) => prepared,
+        Err(unsendable) => {
             return dead_letter(
                 ctx,
                 &task,
                 &event,
                 Some(&cached),
                 Some(target),
-                "unrenderable",
-                detail,
+                unsendable.reason,
+                unsendable.detail,
+                None,
             )
             .await;
         }
     };
-    let signing = match target.secret.as_deref().filter(|s| !s.is_empty()) {
-        Some(secret) => match SigningKey::from_secret(secret) {
-            Ok(key) => Some(key),
-            Err(error) => {
-                let detail = format!("the target's signing secret is unusable: {error}");
-                return dead_letter(
-                    ctx,
-                    &task,
-                    &event,
-                    Some(&cached),
-                    Some(target),
-                    "bad_secret",
-                    detail,
-                )
-                .await;
-            }
-        },
-        None => None,
-    };
-    let delivery_id = task.delivery_id.to_string();
-    let (result, elapsed) = send(AttemptRequest {
-        client: ctx.clients.for_target(target.skip_cert_verify),
-        url: &target.address,
-        body: rendered.body,
-        content_type: rendered.content_type,
-        auth_header: match target.kind {
-            // Harbor sends no auth header to Slack.
-            TargetKind::Slack => None,
-            TargetKind::Http => target.auth_header.as_deref().filter(|h| !h.is_empty()),
-        },
-        headers: &target.headers,
-        delivery_id: &delivery_id,
-        signing: signing.as_ref(),
-        allow_private: ctx.settings.allow_private_targets,
-    })
+    // Kept for the history record: the exact body sent.
+    let payload = ctx.history.is_some().then(|| prepared.body.clone());
+    let report = send_prepared(
+        &ctx.clients,
+        target,
+        prepared,
+        task.delivery_id,
+        ctx.settings.allow_private_targets,
+    )
     .await;
+    let (result, elapsed) = (&report.result, report.elapsed);
     task.attempts += 1;
     let target_type = kind_str(target.kind);
     ctx.metrics
         .attempt_seconds
         .with_label_values(&[target_type])
         .observe(elapsed.as_secs_f64());
-    record_last(&mut task, &result);
+    record_last(&mut task, result);
+    let attempt = Attempted {
+        report: &report,
+        snippet: redact_snippet(report.response_snippet.as_deref(), target),
+        payload: payload.as_deref(),
+    };
+    let event_type = event.event_type().as_str();
 
-    match classify(&result) {
+    match classify(result) {
         DeliveryOutcome::Delivered => {
+            let step = attempt.step(
+                &task,
+                event_type,
+                target.kind,
+                TaskStatus::Success,
+                describe(result),
+            );
+            if let Err(error) = history::record(ctx, step).await {
+                return Settlement::Requeue(error);
+            }
             ctx.metrics
                 .deliveries
                 .with_label_values(&["delivered", target_type])
@@ -214,35 +213,54 @@ async fn process(ctx: &DeliveryContext, body: &[u8]) -> Settlement {
             reason,
             retry_after,
         } => match ctx.schedule.next_delay(task.attempts, retry_after) {
-            Some(delay) => match schedule(ctx, &task, event.event_type().as_str(), delay).await {
-                Ok(bucket) => {
-                    ctx.metrics
-                        .deliveries
-                        .with_label_values(&["retried", target_type])
-                        .inc();
-                    ctx.metrics
-                        .retries_scheduled
-                        .with_label_values(&[reason.as_str()])
-                        .inc();
-                    tracing::info!(
-                        message = "Delivery failed; retry scheduled.",
-                        delivery_id = %task.delivery_id,
-                        policy_id = task.policy_id,
-                        reason = reason.as_str(),
-                        attempts = task.attempts,
-                        retry_in = ?bucket,
-                        status = task.last_status,
-                        error = task.last_error.as_deref(),
-                    );
-                    Settlement::Ack
+            Some(delay) => {
+                let message = format!(
+                    "{}; retry {} of {} in {}",
+                    describe(result),
+                    task.attempts + 1,
+                    ctx.schedule.max_attempts(),
+                    humanize(bucket_for(delay))
+                );
+                let step = attempt.step(
+                    &task,
+                    event_type,
+                    target.kind,
+                    TaskStatus::Scheduled,
+                    message,
+                );
+                if let Err(error) = history::record(ctx, step).await {
+                    return Settlement::Requeue(error);
                 }
-                Err(error) => Settlement::Requeue(format!("cannot schedule retry: {error}")),
-            },
+                match schedule(ctx, &task, event_type, delay).await {
+                    Ok(bucket) => {
+                        ctx.metrics
+                            .deliveries
+                            .with_label_values(&["retried", target_type])
+                            .inc();
+                        ctx.metrics
+                            .retries_scheduled
+                            .with_label_values(&[reason.as_str()])
+                            .inc();
+                        tracing::info!(
+                            message = "Delivery failed; retry scheduled.",
+                            delivery_id = %task.delivery_id,
+                            policy_id = task.policy_id,
+                            reason = reason.as_str(),
+                            attempts = task.attempts,
+                            retry_in = ?bucket,
+                            status = task.last_status,
+                            error = task.last_error.as_deref(),
+                        );
+                        Settlement::Ack
+                    }
+                    Err(error) => Settlement::Requeue(format!("cannot schedule retry: {error}")),
+                }
+            }
             None => {
                 let detail = format!(
                     "gave up after {} attempts; last: {}",
                     task.attempts,
-                    describe(&result)
+                    describe(result)
                 );
                 dead_letter(
                     ctx,
@@ -252,12 +270,13 @@ async fn process(ctx: &DeliveryContext, body: &[u8]) -> Settlement {
                     Some(target),
                     "attempts_exhausted",
                     detail,
+                    Some(&attempt),
                 )
                 .await
             }
         },
         DeliveryOutcome::DeadLetter { reason } => {
-            let detail = format!("not retryable: {}", describe(&result));
+            let detail = format!("not retryable: {}", describe(result));
             dead_letter(
                 ctx,
                 &task,
@@ -266,6 +285,7 @@ async fn process(ctx: &DeliveryContext, body: &[u8]) -> Settlement {
                 Some(target),
                 reason.as_str(),
                 detail,
+                Some(&attempt),
             )
             .await
         }
@@ -285,7 +305,118 @@ fn record_last(task: &mut DeliveryTask, result: &AttemptResult) {
     }
 }
 
-fn describe(result: &AttemptResult) -> String {
+/// A request ready to send to one target.
+pub struct PreparedRequest {
+    pub body: Vec<u8>,
+    pub content_type: &'static str,
+    pub signing: Option<SigningKey>,
+}
+
+/// Why a request cannot be made at all (no attempt is possible; the delivery is dead-lettered).
+pub struct Unsendable {
+    /// The dead-letter reason (a metrics label).
+    pub reason: &'static str,
+    pub detail: String,
+}
+
+/// Renders the payload the target's kind and format ask for, and readies its signing key.
+pub fn prepare(
+    target: &Target,
+    event: &regrelay_events::RegistryEvent,
+    cloud_context: &CloudEventContext,
+) -> Result<PreparedRequest, Unsendable> {
+    let kind = match (target.kind, target.payload_format) {
+        (TargetKind::Slack, _) => PayloadKind::Slack,
+        (TargetKind::Http, PayloadFormat::CloudEvents) => PayloadKind::CloudEvents,
+        (TargetKind::Http, PayloadFormat::Default) => PayloadKind::Default,
+    };
+    let rendered = render_payload(event, kind, cloud_context).map_err(|error| Unsendable {
+        reason: "unrenderable",
+        detail: format!("cannot render the payload: {error}"),
+    })?;
+    let signing = match target.secret.as_deref().filter(|s| !s.is_empty()) {
+        Some(secret) => Some(SigningKey::from_secret(secret).map_err(|error| Unsendable {
+            reason: "bad_secret",
+            detail: format!("the target's signing secret is unusable: {error}"),
+        })?),
+        None => None,
+    };
+    Ok(PreparedRequest {
+        body: rendered.body,
+        content_type: rendered.content_type,
+        signing,
+    })
+}
+
+/// Makes one attempt of a prepared request to `target`.
+pub async fn send_prepared(
+    clients: &HttpClients,
+    target: &Target,
+    prepared: PreparedRequest,
+    delivery_id: uuid::Uuid,
+    allow_private: bool,
+) -> AttemptReport {
+    let delivery_id = delivery_id.to_string();
+    send_with_report(AttemptRequest {
+        client: clients.for_target(target.skip_cert_verify),
+        url: &target.address,
+        body: prepared.body,
+        content_type: prepared.content_type,
+        auth_header: match target.kind {
+            // Harbor sends no auth header to Slack.
+            TargetKind::Slack => None,
+            TargetKind::Http => target.auth_header.as_deref().filter(|h| !h.is_empty()),
+        },
+        headers: &target.headers,
+        delivery_id: &delivery_id,
+        signing: prepared.signing.as_ref(),
+        allow_private,
+    })
+    .await
+}
+
+/// What an attempt left for the history record.
+struct Attempted<'a> {
+    report: &'a AttemptReport,
+    /// The receiver's answer, credentials blanked.
+    snippet: Option<String>,
+    /// The body sent (when history is on).
+    payload: Option<&'a [u8]>,
+}
+
+impl<'a> Attempted<'a> {
+    fn step(
+        &'a self,
+        task: &'a DeliveryTask,
+        event_type: &'a str,
+        kind: TargetKind,
+        status: TaskStatus,
+        status_message: String,
+    ) -> Step<'a> {
+        Step {
+            task,
+            event_type,
+            kind,
+            status,
+            status_message,
+            payload: self.payload,
+            attempt: Some((self.report, self.snippet.clone())),
+        }
+    }
+}
+
+/// "1s", "2m", "1h": a retry bucket as people read it.
+fn humanize(delay: Duration) -> String {
+    let secs = delay.as_secs();
+    match secs {
+        s if s >= 3600 && s % 3600 == 0 => format!("{}h", s / 3600),
+        s if s >= 60 && s % 60 == 0 => format!("{}m", s / 60),
+        s if s >= 1 => format!("{s}s"),
+        _ => format!("{}ms", delay.as_millis()),
+    }
+}
+
+pub(crate) fn describe(result: &AttemptResult) -> String {
     match result {
         AttemptResult::Response { status, .. } => format!("HTTP {status}"),
         AttemptResult::Timeout => "timed out".to_owned(),
@@ -337,6 +468,8 @@ async fn schedule(
     Ok(bucket)
 }
 
+// The arguments are what a dead letter says; bundling them would only rename them.
+#[allow(clippy::too_many_arguments)]
 async fn dead_letter(
     ctx: &DeliveryContext,
     task: &DeliveryTask,
@@ -345,7 +478,26 @@ async fn dead_letter(
     target: Option<&Target>,
     reason: &'static str,
     detail: String,
+    attempt: Option<&Attempted<'_>>,
 ) -> Settlement {
+    // History first: the task is Error from now on, whatever the broker does next.
+    let kind = target.map_or(TargetKind::Http, |t| t.kind);
+    let event_type = event.event_type().as_str();
+    let step = match attempt {
+        Some(attempt) => attempt.step(task, event_type, kind, TaskStatus::Error, detail.clone()),
+        None => Step {
+            task,
+            event_type,
+            kind,
+            status: TaskStatus::Error,
+            status_message: detail.clone(),
+            payload: None,
+            attempt: None,
+        },
+    };
+    if let Err(error) = history::record(ctx, step).await {
+        return Settlement::Requeue(error);
+    }
     if let Some(target) = target {
         ctx.metrics
             .deliveries

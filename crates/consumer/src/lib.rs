@@ -13,6 +13,9 @@
 //! - [`http_client`], [`attempt`]: the shared HTTP clients and one attempt.
 //! - [`limiter`]: per-target concurrency, so one slow receiver starves no one.
 //! - [`dead_letter`]: the dead-letter body and its publishing.
+//! - [`dead_letter_queue`]: operator access to the dead letters: list, show, replay, purge.
+//! - [`history`]: records each delivery's progress (durably, before the message is settled) and
+//!   runs the history retention sweep.
 //! - [`stage`]: the consume loop both stages share (prefetch, pause, clean stop).
 //! - [`context`]: the handles the stages share, and [`ConsumerSettings`].
 //! - [`telemetry`]: the consumer's metrics.
@@ -23,7 +26,9 @@ pub mod attempt;
 pub mod classify;
 pub mod context;
 pub mod dead_letter;
+pub mod dead_letter_queue;
 pub mod delivery;
+pub mod history;
 pub mod http_client;
 pub mod limiter;
 pub mod matching;
@@ -35,6 +40,7 @@ pub mod ssrf;
 pub mod stage;
 pub mod task;
 pub mod telemetry;
+pub mod test_delivery;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -44,6 +50,7 @@ use regrelay_producer::{Broker, ConfirmedPublisher};
 use tokio_util::sync::CancellationToken;
 
 pub use context::{ConsumerSettings, DeliveryContext};
+pub use history::RetentionSettings;
 pub use http_client::{HttpClients, HttpSettings};
 pub use policy_cache::PolicyCache;
 pub use retry::RetrySchedule;
@@ -59,6 +66,10 @@ pub struct Consumer {
     pub schedule: RetrySchedule,
     pub settings: ConsumerSettings,
     pub metrics: ConsumerMetrics,
+    /// Writes delivery history; `None` turns history off.
+    pub history: Option<regrelay_history::HistoryRecorder>,
+    /// Runs the history retention sweep in this process; `None` leaves it to others.
+    pub retention: Option<RetentionSettings>,
 }
 
 impl Consumer {
@@ -80,8 +91,17 @@ impl Consumer {
             self.clients,
             self.schedule,
             self.settings.clone(),
-            self.metrics,
+            self.metrics.clone(),
+            self.history,
         ));
+        let sweeper = self.retention.map(|retention| {
+            tokio::spawn(history::sweep_until(
+                ctx.db.clone(),
+                retention,
+                self.metrics,
+                shutdown.clone(),
+            ))
+        });
         let refresher = tokio::spawn(
             cache
                 .clone()
@@ -106,6 +126,9 @@ impl Consumer {
             delivery::handle_task,
         ));
         let _ = tokio::join!(refresher, matching, delivery);
+        if let Some(sweeper) = sweeper {
+            let _ = sweeper.await;
+        }
         tracing::info!(message = "Consumer stopped.");
     }
 }

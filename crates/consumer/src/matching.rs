@@ -16,6 +16,7 @@ use regrelay_producer::{EventMessage, OutgoingMessage};
 
 use crate::context::DeliveryContext;
 use crate::dead_letter::DeadLetterBody;
+use crate::history::{self, Step};
 use crate::task::{DeliveryTask, Trigger};
 
 pub async fn handle_event(ctx: Arc<DeliveryContext>, delivery: Delivery) {
@@ -62,6 +63,7 @@ async fn fan_out(ctx: &DeliveryContext, message: &EventMessage) -> Result<(), St
     }
 
     let mut tasks = Vec::new();
+    let mut kinds = Vec::new();
     for cached in &matched {
         let policy = &cached.policy;
         let project_id = match &policy.project {
@@ -84,15 +86,32 @@ async fn fan_out(ctx: &DeliveryContext, message: &EventMessage) -> Result<(), St
             )
             .map_err(|e| format!("cannot build task: {e}"))?;
             tasks.push(task);
+            kinds.push(target.kind);
         }
     }
+    // Pending in history before the tasks exist in the broker: from here on, an operator who
+    // looks for the event finds it, whatever happens to the process.
+    let event_type = message.event_type().as_str();
+    let steps = tasks
+        .iter()
+        .zip(&kinds)
+        .map(|(task, kind)| Step {
+            task,
+            event_type,
+            kind: *kind,
+            status: regrelay_history::executions::TaskStatus::Pending,
+            status_message: String::new(),
+            payload: None,
+            attempt: None,
+        })
+        .collect();
+    history::record_all(ctx, steps).await?;
     let bodies = tasks
         .iter()
         .map(DeliveryTask::encode)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| format!("cannot encode task: {e}"))?;
     let queue = ctx.topology.deliveries_queue();
-    let event_type = message.event_type().as_str();
     let outgoing = tasks
         .iter()
         .zip(&bodies)

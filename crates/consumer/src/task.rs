@@ -63,6 +63,11 @@ pub struct DeliveryTask {
     #[serde(default)]
     pub deferrals: u32,
     pub trigger: Trigger,
+    /// The history record (Harbor's execution and task) this delivery's progress is written to.
+    /// Absent: the delivery id. A replay or a test delivery sets a fresh one, so it shows as a new
+    /// execution (trigger `RETRY` or `MANUAL`) while keeping the delivery id receivers dedupe on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub history_key: Option<Uuid>,
     /// When the task was first enqueued, milliseconds since the Unix epoch.
     pub enqueued_at_ms: u64,
     /// The last attempt's HTTP status, if it got one.
@@ -86,6 +91,11 @@ pub enum TaskDecodeError {
 }
 
 impl DeliveryTask {
+    /// The key of this delivery's history record.
+    pub fn history_key(&self) -> Uuid {
+        self.history_key.unwrap_or(self.delivery_id)
+    }
+
     /// A first delivery of `event` to target `target_index` of policy `policy_id`.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
@@ -109,6 +119,7 @@ impl DeliveryTask {
             target_fingerprint: fingerprint,
             attempts: 0,
             deferrals: 0,
+            history_key: None,
             trigger,
             enqueued_at_ms: now_ms(),
             last_status: None,

@@ -36,6 +36,14 @@ pub struct ConsumerMetrics {
     /// `regrelay_consumer_errors_total{stage}`: broker or database errors that made a stage put a
     /// message back for redelivery.
     pub stage_errors: IntCounterVec,
+    /// `regrelay_history_swept_total{rule}`: executions deleted by the retention sweep, by the rule
+    /// that removed them (`count`, `age`).
+    pub history_swept: IntCounterVec,
+    /// `regrelay_history_sweeps_total{outcome}`: sweep runs (`success`, `failure`).
+    pub history_sweeps: IntCounterVec,
+    /// `regrelay_history_record_retries_total`: history writes retried because the database failed;
+    /// the delivery waits (unacked) meanwhile.
+    pub history_record_retries: IntCounter,
 }
 
 pub const TARGET_TYPES: [&str; 2] = ["http", "slack"];
@@ -128,6 +136,33 @@ impl ConsumerMetrics {
             ),
             &["stage"],
         )?;
+        let history_swept = IntCounterVec::new(
+            Opts::new(
+                "regrelay_history_swept_total",
+                "Finished executions deleted by the history retention sweep, by rule (count, age).",
+            ),
+            &["rule"],
+        )?;
+        let history_sweeps = IntCounterVec::new(
+            Opts::new(
+                "regrelay_history_sweeps_total",
+                "History retention sweep runs, by outcome (success, failure).",
+            ),
+            &["outcome"],
+        )?;
+        let history_record_retries = IntCounter::new(
+            "regrelay_history_record_retries_total",
+            "History writes retried after a database error (the delivery stays unacked meanwhile).",
+        )?;
+        registry.register(Box::new(history_swept.clone()))?;
+        registry.register(Box::new(history_sweeps.clone()))?;
+        registry.register(Box::new(history_record_retries.clone()))?;
+        for rule in ["count", "age"] {
+            history_swept.with_label_values(&[rule]);
+        }
+        for outcome in ["success", "failure"] {
+            history_sweeps.with_label_values(&[outcome]);
+        }
         registry.register(Box::new(deliveries.clone()))?;
         registry.register(Box::new(attempt_seconds.clone()))?;
         registry.register(Box::new(retries_scheduled.clone()))?;
@@ -174,6 +209,9 @@ impl ConsumerMetrics {
             policy_reloads,
             notifications_enabled,
             stage_errors,
+            history_swept,
+            history_sweeps,
+            history_record_retries,
         })
     }
 }

@@ -313,6 +313,7 @@ async fn a_dead_target_does_not_hold_up_a_healthy_one() {
             max_waiting_per_target: 2,
             delivery_prefetch: 16,
             max_attempts: 5,
+            ..Options::default()
         },
     )
     .await;

@@ -16,6 +16,7 @@ pub mod distribution;
 pub mod error;
 pub mod event;
 pub mod event_type;
+pub mod samples;
 pub mod slack;
 mod time;
 

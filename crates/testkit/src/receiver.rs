@@ -38,6 +38,8 @@ struct Behaviour {
     /// Extra headers on every answer (e.g. Retry-After).
     answer_headers: Vec<(String, String)>,
     delay: Duration,
+    /// The body of every answer.
+    answer_body: String,
     requests: Vec<ReceivedRequest>,
 }
 
@@ -56,6 +58,7 @@ impl TestReceiver {
             default_status: 200,
             answer_headers: Vec::new(),
             delay: Duration::ZERO,
+            answer_body: "ok".to_owned(),
             requests: Vec::new(),
         }));
         let arrived = Arc::new(Notify::new());
@@ -69,10 +72,15 @@ impl TestReceiver {
                 let state = handler_state.clone();
                 let arrived = handler_arrived.clone();
                 async move {
-                    let (status, delay, extra) = {
+                    let (status, delay, extra, answer) = {
                         let mut guard = state.lock().expect("receiver state");
                         let status = guard.script.pop_front().unwrap_or(guard.default_status);
-                        (status, guard.delay, guard.answer_headers.clone())
+                        (
+                            status,
+                            guard.delay,
+                            guard.answer_headers.clone(),
+                            guard.answer_body.clone(),
+                        )
                     };
                     if !delay.is_zero() {
                         tokio::time::sleep(delay).await;
@@ -90,7 +98,7 @@ impl TestReceiver {
                     arrived.notify_waiters();
                     let mut response: Response = (
                         StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-                        "ok",
+                        answer,
                     )
                         .into_response();
                     for (name, value) in extra {
@@ -139,6 +147,11 @@ impl TestReceiver {
 
     pub fn set_delay(&self, delay: Duration) {
         self.state.lock().expect("receiver state").delay = delay;
+    }
+
+    /// The body of every answer from now on (`ok` by default).
+    pub fn set_answer_body(&self, body: &str) {
+        self.state.lock().expect("receiver state").answer_body = body.to_owned();
     }
 
     pub fn set_answer_header(&self, name: &str, value: &str) {

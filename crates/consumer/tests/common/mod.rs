@@ -13,7 +13,8 @@ use regrelay_consumer::{
 };
 use regrelay_events::{EventType, RegistryEvent};
 use regrelay_history::policy::{Filters, PayloadFormat, Policy, PolicySpec, Target, TargetKind};
-use regrelay_history::Database;
+use regrelay_history::recorder::{RecorderMetrics, RecorderSettings};
+use regrelay_history::{Database, HistoryRecorder};
 use regrelay_producer::{
     Broker, BrokerSettings, ConfirmedPublisher, EventMessage, EventPublisher, EventSource,
     ProducerMetrics,
@@ -28,6 +29,8 @@ pub struct Options {
     pub per_target_concurrency: usize,
     pub max_waiting_per_target: usize,
     pub delivery_prefetch: u16,
+    /// Record delivery history (through the batching recorder, as `serve` does).
+    pub history: bool,
 }
 
 impl Default for Options {
@@ -38,6 +41,7 @@ impl Default for Options {
             per_target_concurrency: 8,
             max_waiting_per_target: 8,
             delivery_prefetch: 64,
+            history: true,
         }
     }
 }
@@ -107,6 +111,17 @@ impl Env {
                 allow_private_targets: true,
             },
             metrics: ConsumerMetrics::register(&registry).unwrap(),
+            history: options.history.then(|| {
+                HistoryRecorder::spawn(
+                    db.clone(),
+                    RecorderSettings {
+                        max_batch: 128,
+                        linger: Duration::from_millis(2),
+                    },
+                    RecorderMetrics::register(&registry).unwrap(),
+                )
+            }),
+            retention: None,
         };
         let shutdown = CancellationToken::new();
         let handle = tokio::spawn(consumer.run(shutdown.clone()));

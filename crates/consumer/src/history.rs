@@ -1,0 +1,220 @@
+//! Recording each delivery's progress in the history tables (SPEC §5), and the retention sweep.
+//!
+//! Design constraints:
+//! - Record, then settle: a stage writes a delivery's history and waits until it is durable
+//!   (its batch committed) *before* it acks, retries or dead-letters the message. A process killed
+//!   in between leaves the message unacked; RabbitMQ redelivers it, the attempt is made again and
+//!   recorded again. Records are idempotent (keyed by the task's history key, log lines by attempt
+//!   number), so a redelivery never duplicates history, and a delivered event never lacks its record.
+//! - History must not become the bottleneck: writes go through the batching
+//!   [`HistoryRecorder`], so many concurrent deliveries share one transaction.
+//! - A database outage holds deliveries, it does not lose their history: a failed write is retried
+//!   with backoff for up to [`RECORD_PATIENCE`]; after that the message is put back (redelivered,
+//!   attempted again later, same `webhook-id`). Meanwhile the prefetch fills and the consumer takes
+//!   no more work, which is the backpressure we want.
+//! - Nothing secret is recorded: the payload is the body sent (no headers), and a receiver's
+//!   answer has the target's credentials blanked before it is stored, since some receivers echo
+//!   requests back.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use regrelay_history::executions::{
+    AttemptLog, DeliveryRecord, ExecutionTrigger, TaskStatus, VendorType,
+};
+use regrelay_history::policy::{Target, TargetKind, REDACTED};
+use regrelay_history::{Database, HistoryRecorder};
+use tokio_util::sync::CancellationToken;
+
+use crate::attempt::AttemptReport;
+use crate::classify::AttemptResult;
+use crate::context::DeliveryContext;
+use crate::task::{DeliveryTask, Trigger};
+use crate::telemetry::ConsumerMetrics;
+
+/// How long a stage keeps retrying a history write before it puts the message back.
+pub const RECORD_PATIENCE: Duration = Duration::from_secs(30);
+
+/// How the retention sweep runs (the `history_*` configuration keys).
+#[derive(Debug, Clone)]
+pub struct RetentionSettings {
+    /// Finished executions kept per policy (Harbor keeps 50).
+    pub keep_per_policy: usize,
+    /// Finished executions older than this are deleted whatever their count.
+    pub max_age: Duration,
+    /// Time between sweeps.
+    pub interval: Duration,
+    /// Rows deleted per statement, so a sweep never holds locks writers wait on for long.
+    pub batch: usize,
+}
+
+/// One step of a delivery, before it is turned into a [`DeliveryRecord`].
+pub(crate) struct Step<'a> {
+    pub task: &'a DeliveryTask,
+    pub event_type: &'a str,
+    pub kind: TargetKind,
+    pub status: TaskStatus,
+    pub status_message: String,
+    /// The body sent, once there was an attempt.
+    pub payload: Option<&'a [u8]>,
+    /// The attempt this step records (`task.attempts` is already its number).
+    pub attempt: Option<(&'a AttemptReport, Option<String>)>,
+}
+
+impl Step<'_> {
+    fn into_record(self) -> DeliveryRecord {
+        let now = Utc::now();
+        let attempt = self
+            .attempt
+            .map(|(report, snippet)| attempt_log(report, snippet, self.task.attempts, now));
+        DeliveryRecord {
+            history_key: self.task.history_key(),
+            policy_id: self.task.policy_id,
+            vendor_type: vendor_type(self.kind),
+            trigger: trigger(self.task.trigger),
+            event_type: self.event_type.to_owned(),
+            event_id: self.task.event_id,
+            status: self.status,
+            status_message: self.status_message,
+            run_count: i32::try_from(self.task.attempts).unwrap_or(i32::MAX),
+            payload: self
+                .payload
+                .map(|body| String::from_utf8_lossy(body).into_owned()),
+            attempt,
+            at: now,
+        }
+    }
+}
+
+/// The task-log line of one attempt.
+pub(crate) fn attempt_log(
+    report: &AttemptReport,
+    snippet: Option<String>,
+    attempt: u32,
+    at: DateTime<Utc>,
+) -> AttemptLog {
+    let (status_code, error) = match &report.result {
+        AttemptResult::Response { status, .. } => (Some(*status), None),
+        other => (None, Some(crate::delivery::describe(other))),
+    };
+    AttemptLog {
+        attempt: i32::try_from(attempt).unwrap_or(i32::MAX),
+        at,
+        status_code,
+        error,
+        duration: report.elapsed,
+        response_snippet: snippet,
+    }
+}
+
+pub(crate) fn vendor_type(kind: TargetKind) -> VendorType {
+    match kind {
+        TargetKind::Http => VendorType::Webhook,
+        TargetKind::Slack => VendorType::Slack,
+    }
+}
+
+pub(crate) fn trigger(trigger: Trigger) -> ExecutionTrigger {
+    match trigger {
+        Trigger::Event => ExecutionTrigger::Event,
+        Trigger::Manual => ExecutionTrigger::Manual,
+        Trigger::Retry => ExecutionTrigger::Retry,
+    }
+}
+
+/// The receiver's answer with the target's credentials blanked out.
+pub fn redact_snippet(snippet: Option<&str>, target: &Target) -> Option<String> {
+    let mut text = snippet?.to_owned();
+    let secrets = [target.auth_header.as_deref(), target.secret.as_deref()]
+        .into_iter()
+        .flatten()
+        .chain(target.headers.values().map(String::as_str))
+        // Very short values would blank unrelated text; they are not worth hiding from a snippet.
+        .filter(|value| value.len() >= 4);
+    for secret in secrets {
+        text = text.replace(secret, REDACTED);
+    }
+    Some(text)
+}
+
+/// Writes one step durably, retrying database failures for up to [`RECORD_PATIENCE`].
+/// `Ok` also when history is disabled.
+pub(crate) async fn record(ctx: &DeliveryContext, step: Step<'_>) -> Result<(), String> {
+    let Some(recorder) = &ctx.history else {
+        return Ok(());
+    };
+    record_with(recorder, &ctx.metrics, step.into_record()).await
+}
+
+/// Writes several steps durably (one batch if they arrive together).
+pub(crate) async fn record_all(ctx: &DeliveryContext, steps: Vec<Step<'_>>) -> Result<(), String> {
+    let Some(recorder) = &ctx.history else {
+        return Ok(());
+    };
+    let writes = steps
+        .into_iter()
+        .map(|step| record_with(recorder, &ctx.metrics, step.into_record()));
+    futures::future::try_join_all(writes).await.map(|_| ())
+}
+
+async fn record_with(
+    recorder: &HistoryRecorder,
+    metrics: &ConsumerMetrics,
+    record: DeliveryRecord,
+) -> Result<(), String> {
+    let deadline = tokio::time::Instant::now() + RECORD_PATIENCE;
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match recorder.record(record.clone()).await {
+            Ok(()) => return Ok(()),
+            Err(error) if tokio::time::Instant::now() + delay < deadline => {
+                metrics.history_record_retries.inc();
+                tracing::warn!(message = "Cannot record delivery history; retrying.", history_key = %record.history_key, error = %error, retry_in = ?delay);
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            Err(error) => return Err(format!("cannot record delivery history: {error}")),
+        }
+    }
+}
+
+/// Runs the retention sweep every `settings.interval` until `shutdown`. Several consumers may run
+/// it; the store lets one sweep at a time (an advisory lock) and the others find nothing to do.
+pub async fn sweep_until(
+    db: Database,
+    settings: RetentionSettings,
+    metrics: ConsumerMetrics,
+    shutdown: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(settings.interval) => {}
+        }
+        match db
+            .sweep_history(settings.keep_per_policy, settings.max_age, settings.batch)
+            .await
+        {
+            Ok(report) => {
+                metrics.history_sweeps.with_label_values(&["success"]).inc();
+                metrics
+                    .history_swept
+                    .with_label_values(&["count"])
+                    .inc_by(report.deleted_by_count);
+                metrics
+                    .history_swept
+                    .with_label_values(&["age"])
+                    .inc_by(report.deleted_by_age);
+                tracing::info!(
+                    message = "History swept.",
+                    deleted_by_count = report.deleted_by_count,
+                    deleted_by_age = report.deleted_by_age
+                );
+            }
+            Err(error) => {
+                metrics.history_sweeps.with_label_values(&["failure"]).inc();
+                tracing::warn!(message = "History sweep failed; will try again.", error = %error);
+            }
+        }
+    }
+}
