@@ -3,6 +3,7 @@
 //! kill it with SIGKILL in the middle of deliveries.
 
 mod delivery;
+mod dlq;
 
 use std::io::Read;
 use std::process::{Child, Command, ExitStatus, Stdio};

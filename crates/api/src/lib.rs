@@ -7,6 +7,11 @@
 //! - [`ingest`]: `POST /api/v1/events` (Harbor JSON and Distribution notifications).
 //! - [`policies`]: Harbor's webhook policy API (`/api/v2.0/projects/{p}/webhook/...`) and
 //!   regrelay's system-wide policies (`/api/v1/system/webhook/policies`).
+//! - [`executions`]: Harbor's webhook history API (a policy's executions, their tasks, a task's
+//!   log, `lasttrigger`), for project and system-wide policies.
+//! - [`test_delivery`]: `POST .../webhook/policies/{id}/test` (and `.../policies/test` for a
+//!   policy not saved yet): a sample event to every target now, each target's result returned.
+//! - [`dead_letters`]: `/api/v1/dead-letters`: list, show, replay and purge dead letters.
 //! - [`configurations`]: `GET`/`PUT /api/v2.0/configurations` (the global `notification_enable` switch).
 //! - [`paging`]: Harbor's `page`/`page_size`, `X-Total-Count` and `Link`.
 //! - [`health`]: `/healthz` (the process runs) and `/readyz` (the broker answers).
@@ -16,13 +21,16 @@
 
 pub mod auth;
 pub mod configurations;
+pub mod dead_letters;
 pub mod error;
+pub mod executions;
 pub mod health;
 pub mod ingest;
 pub mod paging;
 pub mod policies;
 pub mod state;
 pub mod telemetry;
+pub mod test_delivery;
 
 use std::future::Future;
 use std::time::Duration;
@@ -33,7 +41,7 @@ use tokio::net::TcpListener;
 use tower_http::timeout::TimeoutLayer;
 
 pub use error::ApiError;
-pub use state::{AdminSettings, AppState, IngestSettings};
+pub use state::{AdminSettings, AppState, IngestSettings, TestDeliverySettings};
 
 /// The whole HTTP application: health and metrics always; ingest and the policy API when the state
 /// carries their settings.
@@ -57,6 +65,9 @@ pub fn app(state: AppState, request_timeout: Duration) -> Router {
         router = router.merge(
             policies::router()
                 .merge(configurations::router())
+                .merge(executions::router())
+                .merge(dead_letters::router())
+                .merge(test_delivery::router())
                 .route_layer(axum::middleware::from_fn_with_state(
                     state.clone(),
                     auth::require_admin,

@@ -195,13 +195,13 @@ impl TargetOut {
     }
 }
 
-fn harbor_time(time: DateTime<Utc>) -> String {
+pub(crate) fn harbor_time(time: DateTime<Utc>) -> String {
     time.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
 /// Turns the request body into a spec, with Harbor's validation messages. `existing` is the stored
 /// policy on `PUT`: redacted placeholders sent back keep its credentials.
-fn spec_from(
+pub(crate) fn spec_from(
     body: PolicyIn,
     existing: Option<&Policy>,
     creator: &str,
@@ -280,7 +280,7 @@ fn parse_body(
 }
 
 /// Which project a Harbor path names.
-async fn resolve_project(
+pub(crate) async fn resolve_project(
     state: &AppState,
     headers: &HeaderMap,
     project: &str,
@@ -309,7 +309,7 @@ async fn resolve_project(
     Ok(state.db().find_project_by_name(project).await?)
 }
 
-fn not_found(id: i64) -> ApiError {
+pub(crate) fn not_found(id: i64) -> ApiError {
     ApiError::NotFound(format!("webhook policy {id} not found"))
 }
 
@@ -439,7 +439,7 @@ async fn get_one(
     Ok(Json(PolicyOut::from_policy(&policy)).into_response())
 }
 
-fn parse_id(id: &str) -> Result<i64, ApiError> {
+pub(crate) fn parse_id(id: &str) -> Result<i64, ApiError> {
     id.parse::<i64>()
         .ok()
         .filter(|id| *id > 0)
@@ -447,7 +447,7 @@ fn parse_id(id: &str) -> Result<i64, ApiError> {
 }
 
 /// The user name the request authenticated as, for `creator`.
-fn creator(state: &AppState) -> String {
+pub(crate) fn creator(state: &AppState) -> String {
     state
         .admin()
         .map_or_else(|| "admin".to_owned(), |a| a.user.clone())

@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus::Registry;
+use regrelay_consumer::dead_letter_queue::{DeadLetterMetrics, DeadLetterQueue};
 use regrelay_history::Database;
 use regrelay_producer::EventPublisher;
 use secrecy::SecretString;
@@ -29,6 +30,14 @@ pub struct AdminSettings {
     pub token: Option<SecretString>,
 }
 
+/// How test deliveries (`POST .../webhook/policies/{id}/test`) reach receivers: the same HTTP
+/// clients and SSRF rule as the consumer's deliveries.
+#[derive(Clone)]
+pub struct TestDeliverySettings {
+    pub clients: regrelay_consumer::HttpClients,
+    pub allow_private_targets: bool,
+}
+
 /// Shared, cheaply cloned state of the HTTP application.
 #[derive(Clone)]
 pub struct AppState {
@@ -44,6 +53,10 @@ struct Inner {
     ingest: Option<IngestSettings>,
     /// Present when this process serves the policy and configuration API.
     admin: Option<AdminSettings>,
+    /// Present when this process can make test deliveries.
+    test_delivery: Option<TestDeliverySettings>,
+    /// Operator access to the dead letters (`/api/v1/dead-letters`), over the publisher's broker.
+    dead_letters: DeadLetterQueue,
     /// The process's metrics registry, rendered by `/metrics`.
     registry: Registry,
     metrics: ApiMetrics,
@@ -58,12 +71,21 @@ impl AppState {
         registry: Registry,
     ) -> Result<Self, prometheus::Error> {
         let metrics = ApiMetrics::register(&registry)?;
+        let dead_letters = DeadLetterQueue::new(
+            regrelay_producer::ConfirmedPublisher::new(
+                publisher.broker().clone(),
+                DEAD_LETTER_CONFIRM_TIMEOUT,
+            ),
+            DeadLetterMetrics::register(&registry)?,
+        );
         Ok(Self {
             inner: Arc::new(Inner {
                 publisher,
                 db,
                 ingest: None,
                 admin: None,
+                test_delivery: None,
+                dead_letters,
                 registry,
                 metrics,
             }),
@@ -78,6 +100,10 @@ impl AppState {
         self.map(|inner| inner.admin = Some(admin))
     }
 
+    pub fn with_test_delivery(self, settings: TestDeliverySettings) -> Self {
+        self.map(|inner| inner.test_delivery = Some(settings))
+    }
+
     fn map(self, change: impl FnOnce(&mut Inner)) -> Self {
         let mut inner = match Arc::try_unwrap(self.inner) {
             Ok(inner) => inner,
@@ -86,6 +112,8 @@ impl AppState {
                 db: shared.db.clone(),
                 ingest: shared.ingest.clone(),
                 admin: shared.admin.clone(),
+                test_delivery: shared.test_delivery.clone(),
+                dead_letters: shared.dead_letters.clone(),
                 registry: shared.registry.clone(),
                 metrics: shared.metrics.clone(),
             },
@@ -112,6 +140,20 @@ impl AppState {
         self.inner.admin.as_ref()
     }
 
+    pub fn test_delivery(&self) -> Option<&TestDeliverySettings> {
+        self.inner.test_delivery.as_ref()
+    }
+
+    /// Replaces the dead-letter access built by [`Self::new`] (e.g. to share its metrics with a
+    /// depth monitor, or to set another confirm timeout or scan limit).
+    pub fn with_dead_letters(self, dead_letters: DeadLetterQueue) -> Self {
+        self.map(|inner| inner.dead_letters = dead_letters)
+    }
+
+    pub fn dead_letters(&self) -> &DeadLetterQueue {
+        &self.inner.dead_letters
+    }
+
     pub fn registry(&self) -> &Registry {
         &self.inner.registry
     }
@@ -120,6 +162,9 @@ impl AppState {
         &self.inner.metrics
     }
 }
+
+/// How long a dead-letter replay waits for the broker's confirm of the replayed task.
+pub const DEAD_LETTER_CONFIRM_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The default request timeout, for tests and callers without configuration.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);

@@ -82,6 +82,26 @@ pub struct Config {
     /// Policy cache refresh interval.
     #[serde(with = "humantime_serde")]
     pub policy_refresh_interval: Duration,
+    /// Record delivery history in PostgreSQL.
+    pub history_enabled: bool,
+    /// Most history records written in one transaction.
+    pub history_batch_size: usize,
+    /// Longest a history record waits for its batch to fill.
+    #[serde(with = "humantime_serde")]
+    pub history_linger: Duration,
+    /// Finished executions kept per policy by the retention sweep.
+    pub history_keep_per_policy: usize,
+    /// Finished executions older than this are swept.
+    #[serde(with = "humantime_serde")]
+    pub history_max_age: Duration,
+    /// Time between retention sweeps; 0 turns the sweep off in this process.
+    #[serde(with = "humantime_serde")]
+    pub history_sweep_interval: Duration,
+    /// Rows deleted per sweep statement.
+    pub history_sweep_batch: usize,
+    /// How often the consumer reads the dead-letter queue's depth for its gauge.
+    #[serde(with = "humantime_serde")]
+    pub dead_letter_depth_interval: Duration,
     /// Bearer token of the ingest endpoint; required.
     pub ingest_token: Option<SecretString>,
     /// Largest ingest body in bytes.

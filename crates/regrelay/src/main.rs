@@ -5,11 +5,13 @@
 //! - `logging`: structured logs through a non-blocking writer, and its dropped-line metric.
 //! - `shutdown`: the cancellation signal and task tracker handed to every role.
 //! - `serve`: wires the crates into running roles.
+//! - `dlq`: the operator's dead-letter commands (`regrelay dlq list | show | replay | purge`).
 //!
 //! `anyhow` lives here only: the libraries return precise errors, and `main` reports the whole cause
 //! chain before exiting non-zero.
 
 mod config;
+mod dlq;
 mod logging;
 mod serve;
 mod shutdown;
@@ -43,6 +45,13 @@ enum Command {
         #[arg(long, env = "REGRELAY_CONFIG")]
         config: Option<PathBuf>,
     },
+    /// Inspect, replay and purge dead letters (needs the broker only, not the database).
+    Dlq {
+        #[arg(long, env = "REGRELAY_CONFIG", global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        command: dlq::DlqCommand,
+    },
     /// Print the built-in default configuration (the reference for every key).
     DefaultConfig,
 }
@@ -56,6 +65,8 @@ fn main() -> ExitCode {
         }
         Command::Serve { config, role } => run(config, |config| serve::serve(config, role)),
         Command::Migrate { config } => run(config, serve::migrate),
+        // Not `run`: the service logs to stdout, and stdout is the command's output here.
+        Command::Dlq { config, command } => dlq::run(config, command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -8,11 +8,13 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use prometheus::Registry;
-use regrelay_api::{AdminSettings, AppState, IngestSettings};
+use regrelay_api::{AdminSettings, AppState, IngestSettings, TestDeliverySettings};
 use regrelay_consumer::{
-    Consumer, ConsumerMetrics, ConsumerSettings, HttpClients, HttpSettings, RetrySchedule,
+    Consumer, ConsumerMetrics, ConsumerSettings, HttpClients, HttpSettings, RetentionSettings,
+    RetrySchedule,
 };
-use regrelay_history::Database;
+use regrelay_history::recorder::{RecorderMetrics, RecorderSettings};
+use regrelay_history::{Database, HistoryRecorder};
 use regrelay_producer::{
     Broker, BrokerSettings, ConfirmedPublisher, EventPublisher, ProducerMetrics, Topology,
 };
@@ -86,6 +88,14 @@ pub async fn serve(config: Config, role: Role) -> anyhow::Result<()> {
         }
     }
 
+    // One set of HTTP clients (connection pools) for deliveries and test deliveries.
+    let clients = HttpClients::new(&HttpSettings {
+        timeout: config.http_timeout,
+        allow_private_targets: config.allow_private_targets,
+        user_agent: format!("regrelay/{}", env!("CARGO_PKG_VERSION")),
+        pool_idle_per_host: config.per_target_concurrency,
+    })
+    .context("cannot build the HTTP client")?;
     let publisher = EventPublisher::new(publish_broker.clone(), config.publish_confirm_timeout);
     let mut state = AppState::new(publisher, db.clone(), registry.clone())
         .context("cannot register API metrics")?;
@@ -99,6 +109,10 @@ pub async fn serve(config: Config, role: Role) -> anyhow::Result<()> {
                 user: config.admin_user.clone(),
                 password,
                 token: config.api_token.clone(),
+            })
+            .with_test_delivery(TestDeliverySettings {
+                clients: clients.clone(),
+                allow_private_targets: config.allow_private_targets,
             });
     }
 
@@ -106,6 +120,8 @@ pub async fn serve(config: Config, role: Role) -> anyhow::Result<()> {
     if role.runs_consumer() {
         let consumer_metrics =
             ConsumerMetrics::register(&registry).context("cannot register consumer metrics")?;
+        let recorder_metrics =
+            RecorderMetrics::register(&registry).context("cannot register history metrics")?;
         let broker = Arc::new(broker(
             &config,
             "consume",
@@ -120,13 +136,7 @@ pub async fn serve(config: Config, role: Role) -> anyhow::Result<()> {
                 config.publish_confirm_timeout,
             ),
             db: db.clone(),
-            clients: HttpClients::new(&HttpSettings {
-                timeout: config.http_timeout,
-                allow_private_targets: config.allow_private_targets,
-                user_agent: format!("regrelay/{}", env!("CARGO_PKG_VERSION")),
-                pool_idle_per_host: config.per_target_concurrency,
-            })
-            .context("cannot build the HTTP client")?,
+            clients: clients.clone(),
             schedule: RetrySchedule::new(
                 config.retry_initial_delay,
                 config.retry_max_delay,
@@ -144,6 +154,24 @@ pub async fn serve(config: Config, role: Role) -> anyhow::Result<()> {
                 allow_private_targets: config.allow_private_targets,
             },
             metrics: consumer_metrics,
+            history: config.history_enabled.then(|| {
+                HistoryRecorder::spawn(
+                    db.clone(),
+                    RecorderSettings {
+                        max_batch: config.history_batch_size.max(1),
+                        linger: config.history_linger,
+                    },
+                    recorder_metrics.clone(),
+                )
+            }),
+            retention: (config.history_enabled && !config.history_sweep_interval.is_zero()).then(
+                || RetentionSettings {
+                    keep_per_policy: config.history_keep_per_policy,
+                    max_age: config.history_max_age,
+                    interval: config.history_sweep_interval,
+                    batch: config.history_sweep_batch.max(1),
+                },
+            ),
         };
         if config.allow_private_targets {
             tracing::warn!(message = "allow_private_targets is on: deliveries to loopback and private addresses are allowed. Use this for development and tests only.");
@@ -154,6 +182,17 @@ pub async fn serve(config: Config, role: Role) -> anyhow::Result<()> {
             // A consumer that stops on its own takes the process down, so the orchestrator restarts it.
             token.cancel();
         });
+    }
+
+    // The dead-letter queue's depth, for regrelay_dead_letter_queue_depth (every process reports it;
+    // one passive declare per interval).
+    if !config.dead_letter_depth_interval.is_zero() {
+        shutdown.tracker.spawn(
+            state
+                .dead_letters()
+                .clone()
+                .monitor_depth(config.dead_letter_depth_interval, shutdown.token.clone()),
+        );
     }
 
     let listener = TcpListener::bind(config.listen)

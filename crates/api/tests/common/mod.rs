@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus::Registry;
-use regrelay_api::{AdminSettings, AppState, IngestSettings};
+use regrelay_api::{AdminSettings, AppState, IngestSettings, TestDeliverySettings};
 use regrelay_history::Database;
 use regrelay_producer::{Broker, BrokerSettings, EventPublisher, ProducerMetrics, Topology};
 use regrelay_testkit::{unused_port, TestDatabase};
@@ -102,6 +102,16 @@ impl TestApi {
                 user: ADMIN_USER.into(),
                 password: ADMIN_PASSWORD.to_owned().into(),
                 token: Some(API_TOKEN.to_owned().into()),
+            })
+            .with_test_delivery(TestDeliverySettings {
+                clients: regrelay_consumer::HttpClients::new(&regrelay_consumer::HttpSettings {
+                    timeout: Duration::from_secs(2),
+                    allow_private_targets: true,
+                    user_agent: "regrelay/test".into(),
+                    pool_idle_per_host: 2,
+                })
+                .unwrap(),
+                allow_private_targets: true,
             });
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
