@@ -102,6 +102,8 @@ async fn stream(events: usize, history: bool) -> StreamRun {
         },
         Options {
             history,
+            // serve's defaults
+            matching_prefetch: 64,
             delivery_prefetch: 256,
             per_target_concurrency: 64,
             max_waiting_per_target: 256,

@@ -89,8 +89,10 @@ async fn fan_out(ctx: &DeliveryContext, message: &EventMessage) -> Result<(), St
             kinds.push(target.kind);
         }
     }
-    // Pending in history before the tasks exist in the broker: from here on, an operator who
-    // looks for the event finds it, whatever happens to the process.
+    // Pending in history, written while the tasks are published (not before: the two round trips
+    // overlap). The event is acked only once both are done, so a crash in between redelivers it
+    // and both happen again. A task delivered before its Pending record lands is fine: the store
+    // never lets a record with fewer attempts overwrite one with more.
     let event_type = message.event_type().as_str();
     let steps = tasks
         .iter()
@@ -105,7 +107,6 @@ async fn fan_out(ctx: &DeliveryContext, message: &EventMessage) -> Result<(), St
             attempt: None,
         })
         .collect();
-    history::record_all(ctx, steps).await?;
     let bodies = tasks
         .iter()
         .map(DeliveryTask::encode)
@@ -122,10 +123,13 @@ async fn fan_out(ctx: &DeliveryContext, message: &EventMessage) -> Result<(), St
             properties: task.properties(event_type),
         })
         .collect();
-    ctx.publisher
-        .publish(outgoing)
-        .await
-        .map_err(|e| format!("cannot publish delivery tasks: {e}"))?;
+    let publish = async {
+        ctx.publisher
+            .publish(outgoing)
+            .await
+            .map_err(|e| format!("cannot publish delivery tasks: {e}"))
+    };
+    tokio::try_join!(history::record_all(ctx, steps), publish)?;
     ctx.metrics.tasks_created.inc_by(tasks.len() as u64);
     tracing::debug!(
         message = "Event fanned out.",

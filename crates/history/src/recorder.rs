@@ -4,9 +4,15 @@
 //! - A caller learns its record is durable: [`HistoryRecorder::record`] resolves only after the
 //!   batch holding it committed, so the consumer can ack its delivery after (SPEC: a delivery is
 //!   acked only after its task row is written).
-//! - Batching trades a little latency for far fewer transactions: the writer takes the first queued
-//!   record, then gathers more until `max_batch` or `linger` has passed, whichever comes first.
-//!   Under light load a record waits at most `linger`; under heavy load batches fill up at once.
+//! - Batching without waiting: a batch is written as soon as a writer slot is free, with whatever
+//!   is queued (up to `max_batch`). While `concurrency` transactions are in flight, records pile
+//!   up and the next batch takes them all. So under light load a record is written at once (no
+//!   linger), and under heavy load batches grow by themselves: the batch size follows the load.
+//!   `linger` (0 by default) can still hold a batch open for more records, trading latency for
+//!   fewer transactions.
+//! - A few transactions in flight at once (`concurrency`), not one: a single writer puts every
+//!   delivery behind the previous batch's round trips, which is what limited throughput when history
+//!   was first measured (docs/benchmarks.md).
 //! - No retry inside: a failed batch fails every record in it (with a shared cause), and each caller
 //!   retries in its own way (the consumer requeues its delivery). Records are idempotent, so a
 //!   retried record that had in fact been written changes nothing.
@@ -19,8 +25,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus::{Histogram, HistogramOpts, IntCounter, Registry};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::time::Instant;
+use tokio_util::task::TaskTracker;
 
 use crate::executions::DeliveryRecord;
 use crate::store::{Database, StoreError};
@@ -30,8 +37,10 @@ use crate::store::{Database, StoreError};
 pub struct RecorderSettings {
     /// Most records per transaction (0 is read as 1).
     pub max_batch: usize,
-    /// How long the writer waits for more records after the first of a batch.
+    /// How long the writer waits for more records after the first of a batch (0: not at all).
     pub linger: Duration,
+    /// Batches written at once, each in its own transaction (0 is read as 1).
+    pub concurrency: usize,
 }
 
 /// The recorder's metrics, registered once per process.
@@ -92,12 +101,15 @@ impl HistoryRecorder {
     /// Starts the writer on the current tokio runtime (panics outside one, like `tokio::spawn`).
     pub fn spawn(db: Database, settings: RecorderSettings, metrics: RecorderMetrics) -> Self {
         let max_batch = settings.max_batch.max(1);
-        let (queue, receiver) = mpsc::channel(max_batch.saturating_mul(4));
+        let concurrency = settings.concurrency.max(1);
+        let (queue, receiver) =
+            mpsc::channel(max_batch.saturating_mul(concurrency.saturating_add(1)));
         tokio::spawn(write_loop(
             db,
             receiver,
             max_batch,
             settings.linger,
+            concurrency,
             metrics,
         ));
         Self { queue }
@@ -120,29 +132,74 @@ async fn write_loop(
     mut receiver: mpsc::Receiver<Pending>,
     max_batch: usize,
     linger: Duration,
+    concurrency: usize,
     metrics: RecorderMetrics,
 ) {
-    let mut batch: Vec<Pending> = Vec::with_capacity(max_batch);
+    let slots = Arc::new(Semaphore::new(concurrency));
+    let writers = TaskTracker::new();
     while let Some(first) = receiver.recv().await {
+        let mut batch = Vec::with_capacity(max_batch);
         batch.push(first);
-        let deadline = Instant::now() + linger;
-        while batch.len() < max_batch {
-            // `timeout_at` polls first, so records already queued are taken even after the deadline.
-            match tokio::time::timeout_at(deadline, receiver.recv()).await {
-                Ok(Some(pending)) => batch.push(pending),
-                // Every handle is gone: write what we have, and the outer loop ends.
-                Ok(None) | Err(_) => break,
+        if !linger.is_zero() {
+            let deadline = Instant::now() + linger;
+            while batch.len() < max_batch {
+                // `timeout_at` polls first, so queued records are taken even after the deadline.
+                match tokio::time::timeout_at(deadline, receiver.recv()).await {
+                    Ok(Some(pending)) => batch.push(pending),
+                    Ok(None) | Err(_) => break,
+                }
             }
         }
-        write(&db, &mut batch, &metrics).await;
+        // Wait for a free writer, gathering what arrives meanwhile: this is where batches grow
+        // under load.
+        let permit = loop {
+            tokio::select! {
+                biased;
+                permit = slots.clone().acquire_owned() => break permit,
+                more = receiver.recv(), if batch.len() < max_batch => match more {
+                    Some(pending) => batch.push(pending),
+                    // Every handle is gone: write what we have once a slot frees up.
+                    None => break slots.clone().acquire_owned().await,
+                },
+            }
+        };
+        // Whatever else is already queued goes along.
+        while batch.len() < max_batch {
+            match receiver.try_recv() {
+                Ok(pending) => batch.push(pending),
+                Err(_) => break,
+            }
+        }
+        let Ok(permit) = permit else {
+            // The semaphore is never closed; answer rather than drop the callers.
+            fail_all(batch, StoreError::RecorderClosed);
+            continue;
+        };
+        let db = db.clone();
+        let metrics = metrics.clone();
+        writers.spawn(async move {
+            write(&db, batch, &metrics).await;
+            drop(permit);
+        });
     }
+    writers.close();
+    writers.wait().await;
     tracing::debug!(message = "History recorder stopped.");
 }
 
+fn fail_all(batch: Vec<Pending>, error: StoreError) {
+    let cause = Arc::new(error);
+    for pending in batch {
+        let _ = pending
+            .answer
+            .send(Err(StoreError::BatchFailed(cause.clone())));
+    }
+}
+
 /// Writes one batch and answers every caller in it.
-async fn write(db: &Database, batch: &mut Vec<Pending>, metrics: &RecorderMetrics) {
+async fn write(db: &Database, batch: Vec<Pending>, metrics: &RecorderMetrics) {
     let (records, answers): (Vec<DeliveryRecord>, Vec<_>) = batch
-        .drain(..)
+        .into_iter()
         .map(|pending| (pending.record, pending.answer))
         .unzip();
     metrics.batch_size.observe(records.len() as f64);

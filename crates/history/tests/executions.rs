@@ -384,7 +384,9 @@ async fn the_recorder_batches_concurrent_records() {
         store.db.clone(),
         RecorderSettings {
             max_batch: 16,
-            linger: Duration::from_millis(20),
+            // No linger: batches form only from records that queue up behind writes in flight.
+            linger: Duration::ZERO,
+            concurrency: 2,
         },
         metrics.clone(),
     );
@@ -442,6 +444,7 @@ async fn a_failed_batch_fails_its_records_and_the_recorder_goes_on() {
         RecorderSettings {
             max_batch: 4,
             linger: Duration::ZERO,
+            concurrency: 2,
         },
         metrics.clone(),
     );

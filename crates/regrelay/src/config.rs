@@ -89,6 +89,8 @@ pub struct Config {
     /// Longest a history record waits for its batch to fill.
     #[serde(with = "humantime_serde")]
     pub history_linger: Duration,
+    /// History batches written at once (each its own transaction).
+    pub history_write_concurrency: usize,
     /// Finished executions kept per policy by the retention sweep.
     pub history_keep_per_policy: usize,
     /// Finished executions older than this are swept.

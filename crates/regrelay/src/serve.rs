@@ -160,6 +160,7 @@ pub async fn serve(config: Config, role: Role) -> anyhow::Result<()> {
                     RecorderSettings {
                         max_batch: config.history_batch_size.max(1),
                         linger: config.history_linger,
+                        concurrency: config.history_write_concurrency,
                     },
                     recorder_metrics.clone(),
                 )

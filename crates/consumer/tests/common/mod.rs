@@ -29,6 +29,7 @@ pub struct Options {
     pub per_target_concurrency: usize,
     pub max_waiting_per_target: usize,
     pub delivery_prefetch: u16,
+    pub matching_prefetch: u16,
     /// Record delivery history (through the batching recorder, as `serve` does).
     pub history: bool,
 }
@@ -41,6 +42,7 @@ impl Default for Options {
             per_target_concurrency: 8,
             max_waiting_per_target: 8,
             delivery_prefetch: 64,
+            matching_prefetch: 16,
             history: true,
         }
     }
@@ -102,7 +104,7 @@ impl Env {
             )
             .unwrap(),
             settings: ConsumerSettings {
-                matching_prefetch: 16,
+                matching_prefetch: options.matching_prefetch,
                 delivery_prefetch: options.delivery_prefetch,
                 per_target_concurrency: options.per_target_concurrency,
                 max_waiting_per_target: options.max_waiting_per_target,
@@ -116,7 +118,8 @@ impl Env {
                     db.clone(),
                     RecorderSettings {
                         max_batch: 128,
-                        linger: Duration::from_millis(2),
+                        linger: Duration::ZERO,
+                        concurrency: 2,
                     },
                     RecorderMetrics::register(&registry).unwrap(),
                 )
