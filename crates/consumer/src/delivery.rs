@@ -168,6 +168,8 @@ async fn process(ctx: &DeliveryContext, body: &[u8]) -> Settlement {
     )
     .await;
     let (result, elapsed) = (&report.result, report.elapsed);
+    ctx.limiter
+        .record_attempt(&task.target_fingerprint, elapsed);
     task.attempts += 1;
     let target_type = kind_str(target.kind);
     ctx.metrics

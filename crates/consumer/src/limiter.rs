@@ -6,11 +6,21 @@
 //!   here, a dead target would fill that window and starve every healthy target. So a task that finds
 //!   its target's slots taken *and* `max_waiting` tasks already queued for it is not held: the
 //!   delivery stage defers it to a short retry queue (not counted as an attempt) and takes the next.
+//! - Deferring costs a round trip through a retry queue and at least `deferral_delay`, so it is only
+//!   worth it for a target that *holds* slots: one whose attempts are slow. A target that answers
+//!   quickly frees its slots within milliseconds, so its tasks wait here instead, however many
+//!   there are. Without this, a single busy but healthy target (the common case) had most of its
+//!   tasks bounced through the retry queue every second, and throughput collapsed. "Slow" is an
+//!   exponentially weighted average of the target's recent attempt durations above
+//!   [`SLOW_ATTEMPT`]; a dead target whose attempts time out is slow, one that refuses connections
+//!   at once is not (its tasks fail fast and leave the window quickly anyway). A target with no
+//!   completed attempt yet counts as slow.
 //! - No polling: waiting is on a semaphore.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -23,9 +33,16 @@ pub struct TargetLimiter {
     targets: Mutex<HashMap<String, Arc<TargetSlot>>>,
 }
 
+/// Above this average attempt duration a target counts as slow, and its surplus tasks are deferred.
+pub const SLOW_ATTEMPT: Duration = Duration::from_millis(250);
+
 struct TargetSlot {
     semaphore: Arc<Semaphore>,
     waiting: AtomicUsize,
+    /// Recent attempt durations, exponentially weighted (microseconds). 0 until the first attempt
+    /// completes: a target not heard from yet is treated as slow, because a dead one's first burst
+    /// would otherwise fill the window for a whole timeout before its average says so.
+    average_attempt_micros: AtomicU64,
 }
 
 pub enum Admission {
@@ -44,23 +61,43 @@ impl TargetLimiter {
         }
     }
 
-    pub async fn admit(&self, target: &str) -> Admission {
-        let slot = {
-            let mut targets = self.targets.lock().unwrap_or_else(PoisonError::into_inner);
-            targets
-                .entry(target.to_owned())
-                .or_insert_with(|| {
-                    Arc::new(TargetSlot {
-                        semaphore: Arc::new(Semaphore::new(self.per_target)),
-                        waiting: AtomicUsize::new(0),
-                    })
+    fn slot(&self, target: &str) -> Arc<TargetSlot> {
+        let mut targets = self.targets.lock().unwrap_or_else(PoisonError::into_inner);
+        targets
+            .entry(target.to_owned())
+            .or_insert_with(|| {
+                Arc::new(TargetSlot {
+                    semaphore: Arc::new(Semaphore::new(self.per_target)),
+                    waiting: AtomicUsize::new(0),
+                    average_attempt_micros: AtomicU64::new(0),
                 })
-                .clone()
+            })
+            .clone()
+    }
+
+    /// Feeds one attempt's duration into the target's average (weight 1/8 for the newest).
+    pub fn record_attempt(&self, target: &str, elapsed: Duration) {
+        let slot = self.slot(target);
+        let sample = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+        // A lost update under a race only skews the average slightly; no lock needed.
+        let old = slot.average_attempt_micros.load(Ordering::Relaxed);
+        let new = if old == 0 {
+            sample
+        } else {
+            old - old / 8 + sample / 8
         };
+        slot.average_attempt_micros.store(new, Ordering::Relaxed);
+    }
+
+    pub async fn admit(&self, target: &str) -> Admission {
+        let slot = self.slot(target);
         if let Ok(permit) = slot.semaphore.clone().try_acquire_owned() {
             return Admission::Go(permit);
         }
-        if slot.waiting.fetch_add(1, Ordering::AcqRel) >= self.max_waiting {
+        let average = slot.average_attempt_micros.load(Ordering::Relaxed);
+        let slow =
+            average == 0 || average > u64::try_from(SLOW_ATTEMPT.as_micros()).unwrap_or(u64::MAX);
+        if slot.waiting.fetch_add(1, Ordering::AcqRel) >= self.max_waiting && slow {
             slot.waiting.fetch_sub(1, Ordering::AcqRel);
             return Admission::Saturated;
         }
@@ -79,8 +116,9 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn saturates_after_slots_and_waiters_are_taken() {
+    async fn a_slow_target_saturates_after_slots_and_waiters_are_taken() {
         let limiter = Arc::new(TargetLimiter::new(1, 1));
+        limiter.record_attempt("a", Duration::from_secs(3));
         let Admission::Go(first) = limiter.admit("a").await else {
             panic!("first must go")
         };
@@ -102,5 +140,47 @@ mod tests {
         assert!(matches!(limiter.admit("b").await, Admission::Go(_)));
         drop(first);
         assert!(waiter.await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_fast_target_keeps_its_tasks_waiting_instead_of_deferring_them() {
+        let limiter = Arc::new(TargetLimiter::new(1, 1));
+        limiter.record_attempt("a", Duration::from_millis(2));
+        let Admission::Go(first) = limiter.admit("a").await else {
+            panic!("first must go")
+        };
+        let waiters: Vec<_> = (0..5)
+            .map(|_| {
+                let limiter = limiter.clone();
+                tokio::spawn(async move { matches!(limiter.admit("a").await, Admission::Go(_)) })
+            })
+            .collect();
+        while limiter.targets.lock().unwrap()["a"]
+            .waiting
+            .load(Ordering::Acquire)
+            < 5
+        {
+            tokio::task::yield_now().await;
+        }
+        drop(first);
+        for waiter in waiters {
+            assert!(
+                waiter.await.unwrap(),
+                "every task of a fast target gets its turn"
+            );
+        }
+    }
+
+    #[test]
+    fn the_average_follows_recent_attempts() {
+        let limiter = TargetLimiter::new(1, 1);
+        limiter.record_attempt("t", Duration::from_secs(3));
+        for _ in 0..40 {
+            limiter.record_attempt("t", Duration::from_millis(1));
+        }
+        let average = limiter.targets.lock().unwrap()["t"]
+            .average_attempt_micros
+            .load(Ordering::Relaxed);
+        assert!(average < 250_000, "{average}");
     }
 }
