@@ -1,0 +1,548 @@
+//! `regrelay bench`: the end-to-end load tool of issue 5. It starts regrelay (or targets a running
+//! one), a fast receiver, the scenario's policy, sends events through the ingest API and reports
+//! rates, latency percentiles, CPU time and peak RSS, optionally beside this machine's ceilings.
+//!
+//! Module map:
+//! - `scenario`: the named scenarios and how flags override them.
+//! - `cluster`: the regrelay processes, scratch database and queue prefix of one scenario.
+//! - `receiver`: the built-in webhook receiver that records each delivery's arrival.
+//! - `load`: the policy, the warm-up and the timed sending of events.
+//! - `report`: figures (hdrhistogram percentiles), the table and the JSON.
+//! - `ceilings`: raw broker, HTTP and history rates on the same services (`--ceilings`).
+//! - `plot`: the latency-distribution PNG (`--latency-plot`).
+//!
+//! Design constraints:
+//! - Benchmarks are not tests: nothing here asserts a speed. The run fails (exit 1) only when
+//!   something was lost or refused: missing deliveries at the timeout, events not answered `202`.
+//! - stdout carries the result only (the table, or one JSON object with `--json`); the progress bar
+//!   and diagnostics go to stderr, so `regrelay bench --json | jq` works.
+//! - Everything the bench creates (processes, queues, databases, policies) is removed at the end of
+//!   each scenario, also when it failed or was interrupted with Ctrl-C.
+
+mod ceilings;
+mod cluster;
+mod load;
+mod plot;
+mod receiver;
+mod report;
+mod scenario;
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde::Serialize;
+
+use cluster::{Cluster, ClusterSettings, ProcessSample, ScratchDatabase};
+use load::{Endpoint, LoadSettings};
+use receiver::{Behaviour, Receiver};
+use report::{ProcessWindow, ScenarioReport};
+use scenario::{Overrides, Settings};
+
+/// `regrelay bench` flags.
+#[derive(clap::Args, Debug)]
+pub struct BenchArgs {
+    /// Scenario to run: baseline, history-off, two-consumers, fanout-10, fanout-100, slow-receiver,
+    /// dead-target, or all (in that order, one table row each).
+    #[arg(long, default_value = "baseline")]
+    scenario: String,
+    /// Events to send, one per request (default per scenario: 5000 at fan-out 1, 1000 at 10, 100 at
+    /// 100, 3000 for slow-receiver).
+    #[arg(long)]
+    events: Option<usize>,
+    /// Ingest requests in flight at once (keep-alive connections).
+    #[arg(long)]
+    concurrency: Option<usize>,
+    /// Send at this many events per second instead of as fast as they are accepted.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Live targets in the scenario's policy.
+    #[arg(long)]
+    fanout: Option<usize>,
+    /// Add one target on a port nothing listens on (true/false).
+    #[arg(long)]
+    dead_target: Option<bool>,
+    /// Consumer processes to start beside the API process.
+    #[arg(long)]
+    consumers: Option<usize>,
+    /// Record delivery history (REGRELAY_HISTORY_ENABLED of the started processes; true/false).
+    #[arg(long)]
+    history: Option<bool>,
+    /// The receiver waits this long before answering (e.g. 50ms).
+    #[arg(long, value_parser = duration_arg)]
+    receiver_delay: Option<Duration>,
+    /// Fraction of receiver answers that are 500 (0.0–1.0); the service retries them.
+    #[arg(long)]
+    receiver_errors: Option<f64>,
+    /// Longest wait for all deliveries, from the first event sent.
+    #[arg(long, value_parser = duration_arg, default_value = "120s")]
+    timeout: Duration,
+    /// Print one JSON object on stdout instead of the table (and no progress bar).
+    #[arg(long)]
+    json: bool,
+    /// Measure the ceilings (raw broker, HTTP and history rates) first, and report each scenario's
+    /// deliveries per second as a fraction of the lowest.
+    #[arg(long)]
+    ceilings: bool,
+    /// Messages per ceiling measurement.
+    #[arg(long, default_value_t = 20_000)]
+    ceiling_messages: usize,
+    /// Write a PNG of each scenario's latency distribution here.
+    #[arg(long)]
+    latency_plot: Option<PathBuf>,
+    /// RabbitMQ URL for the started processes, queue clean-up and the ceilings.
+    #[arg(
+        long,
+        env = "REGRELAY_AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
+        hide_env_values = true
+    )]
+    amqp_url: String,
+    /// PostgreSQL URL allowed to create and drop the bench's scratch databases.
+    #[arg(
+        long,
+        env = "REGRELAY_BENCH_DATABASE_ADMIN_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres",
+        hide_env_values = true
+    )]
+    database_admin_url: String,
+    /// Load an already running regrelay at this base URL (http://host:port) instead of starting
+    /// processes; needs --token and --admin-password. No process figures then.
+    #[arg(long, requires_all = ["token", "admin_password"])]
+    target: Option<String>,
+    /// The running regrelay's ingest token (with --target).
+    #[arg(long, env = "REGRELAY_BENCH_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// The running regrelay's administrator (with --target).
+    #[arg(long, default_value = "admin")]
+    admin_user: String,
+    /// The running regrelay's administrator password (with --target).
+    #[arg(long, env = "REGRELAY_BENCH_ADMIN_PASSWORD", hide_env_values = true)]
+    admin_password: Option<String>,
+}
+
+/// The whole run, as `--json` prints it.
+#[derive(Serialize)]
+struct RunReport {
+    /// Logical CPUs of this machine (the figures mean little without it).
+    cpus: usize,
+    /// The ceilings and the lowest one's name, with `--ceilings`.
+    ceilings: Option<CeilingsReport>,
+    scenarios: Vec<ScenarioReport>,
+    /// No delivery missing and every event accepted in every scenario.
+    ok: bool,
+}
+
+#[derive(Serialize)]
+struct CeilingsReport {
+    #[serde(flatten)]
+    figures: ceilings::Ceilings,
+    lowest: &'static str,
+    lowest_per_sec: f64,
+}
+
+fn duration_arg(text: &str) -> Result<Duration, String> {
+    humantime_serde::re::humantime::parse_duration(text).map_err(|e| e.to_string())
+}
+
+/// Runs `regrelay bench`.
+pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    init_stderr_logging();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(run_async(args))
+}
+
+/// Diagnostics to stderr at `warn` (or `RUST_LOG`), so stdout stays the result.
+fn init_stderr_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+async fn run_async(args: BenchArgs) -> anyhow::Result<()> {
+    let overrides = Overrides {
+        events: args.events,
+        concurrency: args.concurrency,
+        rate: args.rate,
+        fanout: args.fanout,
+        dead_target: args.dead_target,
+        consumers: args.consumers,
+        history: args.history,
+        receiver_delay: args.receiver_delay,
+        receiver_errors: args.receiver_errors,
+    };
+    let names: Vec<&str> = if args.scenario == "all" {
+        scenario::NAMES.to_vec()
+    } else {
+        vec![args.scenario.as_str()]
+    };
+    let mut plan = Vec::new();
+    for name in names {
+        let settings = scenario::settings(name, &overrides).ok_or_else(|| {
+            anyhow!(
+                "unknown scenario {name:?}; one of: {}, all",
+                scenario::NAMES.join(", ")
+            )
+        })?;
+        validate(&settings)?;
+        plan.push(settings);
+    }
+    if args.target.is_some() && (args.consumers.is_some() || args.history.is_some()) {
+        bail!("--consumers and --history apply to processes the bench starts, not to --target");
+    }
+
+    let receiver = Receiver::start().await?;
+    let show_progress = !args.json && std::io::stderr().is_terminal();
+
+    let ceilings = if args.ceilings {
+        Some(measure_ceilings(&args, &receiver, show_progress).await?)
+    } else {
+        None
+    };
+
+    let mut reports = Vec::new();
+    for settings in plan {
+        let mut report = tokio::select! {
+            result = run_scenario(&args, &receiver, settings, show_progress) => result?,
+            _ = tokio::signal::ctrl_c() => bail!("interrupted; the scenario's processes, queues and database were removed"),
+        };
+        if let Some(c) = &ceilings {
+            report.fraction_of_lowest_ceiling =
+                (c.lowest_per_sec > 0.0).then(|| report.deliveries.per_sec / c.lowest_per_sec);
+        }
+        if show_progress {
+            eprintln!(
+                "{}: {:.0} deliveries/s, p99 {} ms",
+                report.settings.scenario,
+                report.deliveries.per_sec,
+                report
+                    .latency_ms
+                    .as_ref()
+                    .map_or("-".into(), |l| format!("{:.1}", l.p99))
+            );
+        }
+        reports.push(report);
+    }
+
+    if let Some(path) = &args.latency_plot {
+        let series: Vec<(String, Vec<Duration>)> = reports
+            .iter()
+            .map(|r| (r.settings.scenario.clone(), r.latencies.clone()))
+            .collect();
+        plot::latency_plot(&series, path)
+            .with_context(|| format!("cannot write the latency plot {}", path.display()))?;
+    }
+
+    let ok = reports.iter().all(|r| r.problems.is_empty());
+    let run = RunReport {
+        cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        ceilings,
+        scenarios: reports,
+        ok,
+    };
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&run)?)?;
+    } else {
+        write!(out, "{}", text_report(&run))?;
+    }
+    out.flush()?;
+    if !run.ok {
+        let problems: Vec<String> = run
+            .scenarios
+            .iter()
+            .flat_map(|r| {
+                r.problems
+                    .iter()
+                    .map(|p| format!("{}: {p}", r.settings.scenario))
+            })
+            .collect();
+        bail!("{}", problems.join("; "));
+    }
+    Ok(())
+}
+
+fn validate(s: &Settings) -> anyhow::Result<()> {
+    if s.events == 0 || s.concurrency == 0 || s.fanout == 0 || s.consumers == 0 {
+        bail!("--events, --concurrency, --fanout and --consumers must be at least 1");
+    }
+    if !(0.0..1.0).contains(&s.receiver_errors) {
+        bail!("--receiver-errors must be at least 0 and below 1");
+    }
+    if s.rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
+        bail!("--rate must be a positive number of events per second");
+    }
+    Ok(())
+}
+
+fn text_report(run: &RunReport) -> String {
+    let mut text = String::new();
+    if let Some(c) = &run.ceilings {
+        text.push_str(&format!(
+            "Ceilings on this machine ({} CPUs): broker {:.0} msg/s, HTTP {:.0} POST/s, history {:.0} rows/s; lowest: {} ({:.0}/s)\n\n",
+            run.cpus,
+            c.figures.broker_msgs_per_sec,
+            c.figures.http_posts_per_sec,
+            c.figures.history_rows_per_sec,
+            c.lowest,
+            c.lowest_per_sec
+        ));
+    }
+    text.push_str(&report::table(&run.scenarios));
+    for r in &run.scenarios {
+        for problem in &r.problems {
+            text.push_str(&format!("{}: {problem}\n", r.settings.scenario));
+        }
+    }
+    text
+}
+
+/// Measures the ceilings on a scratch database, with the receiver answering at once.
+async fn measure_ceilings(
+    args: &BenchArgs,
+    receiver: &Receiver,
+    show_progress: bool,
+) -> anyhow::Result<CeilingsReport> {
+    if show_progress {
+        eprintln!("Measuring the ceilings (broker, HTTP, history)...");
+    }
+    receiver.reset(
+        0,
+        0,
+        Behaviour {
+            delay: Duration::ZERO,
+            error_rate: 0.0,
+        },
+    );
+    let database = ScratchDatabase::create(&args.database_admin_url).await?;
+    let settings = ceilings::CeilingSettings {
+        amqp_url: args.amqp_url.clone(),
+        database_url: database.url.clone(),
+        receiver_url: format!("{}/ceiling", receiver.base_url()),
+        messages: args.ceiling_messages,
+        concurrency: args.concurrency.unwrap_or(16),
+    };
+    let measured = tokio::select! {
+        result = ceilings::measure(&settings) => result,
+        _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted")),
+    };
+    if let Err(error) = database.drop_database().await {
+        tracing::warn!(
+            message = "Cannot drop the ceilings' database.",
+            error = format!("{error:#}")
+        );
+    }
+    let figures = measured?;
+    let (lowest, lowest_per_sec) = figures.lowest();
+    Ok(CeilingsReport {
+        figures,
+        lowest,
+        lowest_per_sec,
+    })
+}
+
+/// Starts what the scenario needs, runs it, and removes everything again whatever happened.
+async fn run_scenario(
+    args: &BenchArgs,
+    receiver: &Receiver,
+    settings: Settings,
+    show_progress: bool,
+) -> anyhow::Result<ScenarioReport> {
+    let client = load::client(settings.concurrency)?;
+    let mut cluster = None;
+    let endpoint = match &args.target {
+        Some(url) => Endpoint {
+            api_url: url.trim_end_matches('/').to_owned(),
+            ingest_token: args.token.clone().unwrap_or_default(),
+            admin_user: args.admin_user.clone(),
+            admin_password: args.admin_password.clone().unwrap_or_default(),
+        },
+        None => {
+            if show_progress {
+                eprintln!(
+                    "{}: starting regrelay (1 api, {} consumer(s))...",
+                    settings.scenario, settings.consumers
+                );
+            }
+            let started = Cluster::start(&ClusterSettings {
+                amqp_url: args.amqp_url.clone(),
+                database_admin_url: args.database_admin_url.clone(),
+                consumers: settings.consumers,
+                history: settings.history,
+            })
+            .await?;
+            let endpoint = Endpoint {
+                api_url: started.api_url.clone(),
+                ingest_token: started.ingest_token.clone(),
+                admin_user: "admin".into(),
+                admin_password: started.admin_password.clone(),
+            };
+            cluster = Some(started);
+            endpoint
+        }
+    };
+
+    let mut policy = None;
+    let result = drive(
+        args,
+        receiver,
+        &settings,
+        &client,
+        &endpoint,
+        cluster.as_mut(),
+        &mut policy,
+        show_progress,
+    )
+    .await;
+
+    // With --target the policy would keep sending to a receiver that is gone; started clusters lose
+    // it with their database.
+    if let (Some(policy), None) = (&policy, &cluster) {
+        if let Err(error) = load::delete_policy(&client, &endpoint, policy).await {
+            tracing::warn!(
+                message = "Cannot delete the bench policy.",
+                error = format!("{error:#}")
+            );
+        }
+    }
+    if let Some(cluster) = cluster {
+        cluster.teardown().await;
+    }
+    let (load, arrivals, windows) = result?;
+    let regrelay = if args.target.is_some() {
+        "external"
+    } else {
+        "started"
+    };
+    Ok(ScenarioReport::compute(
+        settings, regrelay, &load, &arrivals, windows,
+    ))
+}
+
+type Measured = (load::LoadResult, receiver::Arrivals, Vec<ProcessWindow>);
+
+/// Creates the policy, warms up, sends, waits for the deliveries and samples the processes.
+#[allow(clippy::too_many_arguments)]
+async fn drive(
+    args: &BenchArgs,
+    receiver: &Receiver,
+    settings: &Settings,
+    client: &reqwest::Client,
+    endpoint: &Endpoint,
+    mut cluster: Option<&mut Cluster>,
+    policy: &mut Option<String>,
+    show_progress: bool,
+) -> anyhow::Result<Measured> {
+    let mut targets: Vec<String> = (0..settings.fanout)
+        .map(|i| receiver.target_url(i))
+        .collect();
+    if settings.dead_target {
+        targets.push(format!("http://127.0.0.1:{}/t/dead", cluster::free_port()?));
+    }
+    receiver.reset(
+        settings.fanout,
+        settings.events,
+        Behaviour {
+            delay: settings.receiver_delay,
+            error_rate: settings.receiver_errors,
+        },
+    );
+    *policy = Some(load::create_policy(client, endpoint, &targets).await?);
+    load::warm_up(client, endpoint, receiver).await?;
+
+    let sample = |cluster: &Option<&mut Cluster>| -> Vec<(String, ProcessSample)> {
+        cluster.as_ref().map_or_else(Vec::new, |c| {
+            c.processes()
+                .iter()
+                .filter_map(|p| Some((p.name.clone(), p.sample()?)))
+                .collect()
+        })
+    };
+    let before = sample(&cluster);
+
+    let started = Instant::now();
+    let sending = progress_bar(
+        show_progress,
+        settings.events,
+        &format!("{} sending", settings.scenario),
+    );
+    let load = load::send(
+        client,
+        endpoint,
+        LoadSettings {
+            events: settings.events,
+            concurrency: settings.concurrency,
+            rate: settings.rate,
+        },
+        &sending,
+    )
+    .await;
+    sending.finish_and_clear();
+
+    let expected = load.accepted() * settings.fanout;
+    let waiting = progress_bar(
+        show_progress,
+        expected,
+        &format!("{} deliveries", settings.scenario),
+    );
+    let mut progress = receiver.progress();
+    let deadline = tokio::time::Instant::from_std(started + args.timeout);
+    loop {
+        let delivered = *progress.borrow_and_update();
+        waiting.set_position(delivered as u64);
+        if delivered >= expected {
+            break;
+        }
+        if let Some(cluster) = cluster.as_deref_mut() {
+            cluster.check_alive()?;
+        }
+        tokio::select! {
+            changed = progress.changed() => changed.context("the receiver stopped")?,
+            // Wake now and then to notice a process that died.
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = tokio::time::sleep_until(deadline) => break,
+        }
+    }
+    waiting.finish_and_clear();
+    let after = sample(&cluster);
+    let arrivals = receiver.take();
+
+    let windows = after
+        .into_iter()
+        .map(|(name, after)| {
+            let before = before
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, s)| *s)
+                .unwrap_or_default();
+            ProcessWindow {
+                name,
+                before,
+                after,
+            }
+        })
+        .collect();
+    Ok((load, arrivals, windows))
+}
+
+/// A progress bar on stderr, or a hidden one (not a terminal, or `--json`).
+fn progress_bar(show: bool, length: usize, message: &str) -> ProgressBar {
+    if !show {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::with_draw_target(Some(length as u64), ProgressDrawTarget::stderr());
+    if let Ok(style) = ProgressStyle::with_template(
+        "{msg:28} [{elapsed_precise}] {wide_bar} {pos}/{len} ({per_sec}, eta {eta})",
+    ) {
+        bar.set_style(style);
+    }
+    bar.set_message(message.to_owned());
+    bar
+}

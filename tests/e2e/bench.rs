@@ -1,0 +1,74 @@
+//! `regrelay bench` as a user runs it: a short baseline run against the real RabbitMQ and
+//! PostgreSQL, so the load tool cannot rot. Benchmarks are not tests: nothing here asserts a speed.
+
+use std::process::Command;
+
+use regrelay_testkit::{admin_database_url, amqp_url};
+use serde_json::Value;
+
+use super::BIN;
+
+#[test]
+fn bench_smoke_run_delivers_everything_and_reports_figures() {
+    let output = Command::new(BIN)
+        .args(["bench", "--events", "300", "--json", "--timeout", "60s"])
+        .env("REGRELAY_AMQP_URL", amqp_url())
+        .env("REGRELAY_BENCH_DATABASE_ADMIN_URL", admin_database_url())
+        .output()
+        .expect("run regrelay bench");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "exit {:?}\nstdout:\n{stdout}\nstderr:\n{stderr}",
+        output.status
+    );
+    let report: Value = serde_json::from_str(&stdout).expect("one JSON object on stdout");
+    assert_eq!(report["ok"], true, "{report:#}");
+    let scenarios = report["scenarios"].as_array().expect("scenarios");
+    assert_eq!(scenarios.len(), 1);
+    let run = &scenarios[0];
+    assert_eq!(run["scenario"], "baseline");
+    assert_eq!(run["regrelay"], "started");
+    assert_eq!(run["ingest"]["sent"], 300);
+    assert_eq!(run["ingest"]["accepted"], 300, "{run:#}");
+    assert_eq!(run["deliveries"]["expected"], 300);
+    assert_eq!(run["deliveries"]["delivered"], 300, "{run:#}");
+    assert_eq!(run["deliveries"]["missing"], 0);
+    assert!(run["problems"].as_array().is_some_and(Vec::is_empty));
+
+    let latency = &run["latency_ms"];
+    assert_eq!(latency["samples"], 300);
+    let ms = |key: &str| {
+        latency[key]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{key}: {latency}"))
+    };
+    assert!(ms("p50") <= ms("p90"), "{latency}");
+    assert!(ms("p90") <= ms("p99"), "{latency}");
+    assert!(ms("p99") <= ms("max"), "{latency}");
+    assert!(ms("max") > 0.0, "{latency}");
+
+    let processes = run["processes"].as_array().expect("processes");
+    let names: Vec<&str> = processes
+        .iter()
+        .filter_map(|p| p["name"].as_str())
+        .collect();
+    assert_eq!(names, ["api", "consumer-1"]);
+    for process in processes {
+        assert!(
+            process["cpu_seconds_total"].as_f64().unwrap_or(0.0) > 0.0,
+            "{process}"
+        );
+        assert!(
+            process["peak_rss_bytes"].as_u64().unwrap_or(0) > 0,
+            "{process}"
+        );
+    }
+    // No progress bar or log noise on stdout: it parsed as one object above. On stderr, nothing
+    // at warn level or above.
+    assert!(
+        !stderr.contains("WARN") && !stderr.contains("ERROR"),
+        "{stderr}"
+    );
+}
