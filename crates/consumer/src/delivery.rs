@@ -116,7 +116,7 @@ async fn process(ctx: &DeliveryContext, body: &[u8]) -> Settlement {
     };
     let target = &cached.policy.targets[target_index];
 
-    let _permit = match ctx.limiter.admit(&task.target_fingerprint).await {
+    let permit = match ctx.limiter.admit(&task.target_fingerprint).await {
         Admission::Go(permit) => permit,
         Admission::Saturated => {
             task.deferrals += 1;
@@ -167,6 +167,9 @@ async fn process(ctx: &DeliveryContext, body: &[u8]) -> Settlement {
         ctx.settings.allow_private_targets,
     )
     .await;
+    // The slot bounds requests to the receiver, nothing else: free it before the history write and
+    // the broker calls, so their latency does not cap the target's throughput.
+    drop(permit);
     let (result, elapsed) = (&report.result, report.elapsed);
     ctx.limiter
         .record_attempt(&task.target_fingerprint, elapsed);

@@ -37,7 +37,9 @@ pub enum StoreError {
     /// busy. Callers may retry.
     #[error("database unavailable: {0}")]
     Pool(#[from] PoolError),
-    #[error("database error: {0}")]
+    /// tokio-postgres says only "db error" for a server-side error; the server's message and
+    /// SQLSTATE are what tell an operator what went wrong (never the detail, which may hold values).
+    #[error("database error: {}", describe_db_error(.0))]
     Db(#[from] tokio_postgres::Error),
     /// The URL or the pool settings are invalid (never contains the password).
     #[error("invalid database configuration: {0}")]
@@ -81,6 +83,13 @@ impl StoreError {
             StoreError::BatchFailed(cause) => cause.is_unavailable(),
             _ => false,
         }
+    }
+}
+
+fn describe_db_error(error: &tokio_postgres::Error) -> String {
+    match error.as_db_error() {
+        Some(db) => format!("{} (SQLSTATE {})", db.message(), db.code().code()),
+        None => error.to_string(),
     }
 }
 
