@@ -33,6 +33,9 @@ pub struct ConsumerSettings {
     pub allow_private_targets: bool,
 }
 
+/// See [`DeliveryContext::fanout_budget`]. Enough for dozens of ordinary events at once.
+pub const FANOUT_BUDGET: usize = 1024;
+
 /// Everything a stage needs, shared by all its tasks.
 pub struct DeliveryContext {
     pub topology: Topology,
@@ -49,6 +52,10 @@ pub struct DeliveryContext {
     pub metrics: ConsumerMetrics,
     /// Writes delivery history; `None` when history is turned off (`history_enabled = false`).
     pub history: Option<HistoryRecorder>,
+    /// Delivery tasks the matching stage may be building and publishing at once, across all its
+    /// events. The prefetch bounds events, not tasks: at fan-out 100, 64 events in flight are 6400
+    /// tasks with their bodies and history records, which is what peak memory tracked.
+    pub fanout_budget: tokio::sync::Semaphore,
     /// Project ids by name, for the CloudEvents `source` of system-wide policies; ids never change.
     project_ids: Mutex<HashMap<String, i64>>,
     /// Retry buckets already declared by this process.
@@ -84,6 +91,7 @@ impl DeliveryContext {
             settings,
             metrics,
             history,
+            fanout_budget: tokio::sync::Semaphore::new(FANOUT_BUDGET),
             project_ids: Mutex::new(HashMap::new()),
             declared_buckets: Mutex::new(HashSet::new()),
         }

@@ -62,6 +62,15 @@ async fn fan_out(ctx: &DeliveryContext, message: &EventMessage) -> Result<(), St
         return Ok(());
     }
 
+    // Hold budget for this event's tasks while they are built and published (an event with more
+    // targets than the whole budget takes all of it, and runs alone).
+    let wanted: usize = matched.iter().map(|c| c.policy.targets.len()).sum();
+    let wanted = u32::try_from(wanted.clamp(1, crate::context::FANOUT_BUDGET)).unwrap_or(1);
+    let _budget = ctx
+        .fanout_budget
+        .acquire_many(wanted)
+        .await
+        .map_err(|_| "the fan-out budget is closed".to_owned())?;
     let mut tasks = Vec::new();
     let mut kinds = Vec::new();
     for cached in &matched {
