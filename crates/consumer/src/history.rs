@@ -146,15 +146,27 @@ pub(crate) async fn record(ctx: &DeliveryContext, step: Step<'_>) -> Result<(), 
     record_with(recorder, &ctx.metrics, step.into_record()).await
 }
 
-/// Writes several steps durably (one batch if they arrive together).
-pub(crate) async fn record_all(ctx: &DeliveryContext, steps: Vec<Step<'_>>) -> Result<(), String> {
+/// Queues steps for writing without waiting for them. For the Pending records of the matching
+/// stage only: they say "matched, not attempted yet", and the delivery stage writes (and waits for)
+/// every outcome anyway. Not waiting means the event is acked sooner, and a Pending record still
+/// queued when its delivery's outcome arrives is folded into the same row write (the recorder
+/// batches by key), which is most of them under load. A Pending record lost to a crash shows up
+/// as the outcome later; one lost to a database outage is retried like any other write.
+pub(crate) fn record_in_background(ctx: &DeliveryContext, steps: Vec<Step<'_>>) {
     let Some(recorder) = &ctx.history else {
-        return Ok(());
+        return;
     };
-    let writes = steps
-        .into_iter()
-        .map(|step| record_with(recorder, &ctx.metrics, step.into_record()));
-    futures::future::try_join_all(writes).await.map(|_| ())
+    let records: Vec<_> = steps.into_iter().map(Step::into_record).collect();
+    let recorder = recorder.clone();
+    let metrics = ctx.metrics.clone();
+    tokio::spawn(async move {
+        let writes = records
+            .into_iter()
+            .map(|record| record_with(&recorder, &metrics, record));
+        if let Err(error) = futures::future::try_join_all(writes).await {
+            tracing::warn!(message = "Pending history records not written; the outcomes will be.", error = %error);
+        }
+    });
 }
 
 async fn record_with(

@@ -98,10 +98,10 @@ async fn fan_out(ctx: &DeliveryContext, message: &EventMessage) -> Result<(), St
             kinds.push(target.kind);
         }
     }
-    // Pending in history, written while the tasks are published (not before: the two round trips
-    // overlap). The event is acked only once both are done, so a crash in between redelivers it
-    // and both happen again. A task delivered before its Pending record lands is fine: the store
-    // never lets a record with fewer attempts overwrite one with more.
+    // Pending in history, queued without waiting (see `history::record_in_background`): the
+    // outcome of every delivery is recorded, durably, by the delivery stage. A task delivered
+    // before its Pending record lands is fine: the store never lets a record with fewer attempts
+    // overwrite one with more.
     let event_type = message.event_type().as_str();
     let steps = tasks
         .iter()
@@ -138,7 +138,8 @@ async fn fan_out(ctx: &DeliveryContext, message: &EventMessage) -> Result<(), St
             .await
             .map_err(|e| format!("cannot publish delivery tasks: {e}"))
     };
-    tokio::try_join!(history::record_all(ctx, steps), publish)?;
+    history::record_in_background(ctx, steps);
+    publish.await?;
     ctx.metrics.tasks_created.inc_by(tasks.len() as u64);
     tracing::debug!(
         message = "Event fanned out.",
