@@ -150,23 +150,21 @@ pub(crate) async fn record(ctx: &DeliveryContext, step: Step<'_>) -> Result<(), 
 /// stage only: they say "matched, not attempted yet", and the delivery stage writes (and waits for)
 /// every outcome anyway. Not waiting means the event is acked sooner, and a Pending record still
 /// queued when its delivery's outcome arrives is folded into the same row write (the recorder
-/// batches by key), which is most of them under load. A Pending record lost to a crash shows up
-/// as the outcome later; one lost to a database outage is retried like any other write.
+/// batches by key), which is most of them under load.
+///
+/// Bounded: a record that finds the recorder's queue full (the database is slow or down) is
+/// dropped and counted in `regrelay_history_pending_dropped_total`, so an outage cannot pile up
+/// memory here; the execution then appears with its outcome. One that fails to write is not
+/// retried, for the same reason.
 pub(crate) fn record_in_background(ctx: &DeliveryContext, steps: Vec<Step<'_>>) {
     let Some(recorder) = &ctx.history else {
         return;
     };
-    let records: Vec<_> = steps.into_iter().map(Step::into_record).collect();
-    let recorder = recorder.clone();
-    let metrics = ctx.metrics.clone();
-    tokio::spawn(async move {
-        let writes = records
-            .into_iter()
-            .map(|record| record_with(&recorder, &metrics, record));
-        if let Err(error) = futures::future::try_join_all(writes).await {
-            tracing::warn!(message = "Pending history records not written; the outcomes will be.", error = %error);
+    for step in steps {
+        if !recorder.offer(step.into_record()) {
+            ctx.metrics.history_pending_dropped.inc();
         }
-    });
+    }
 }
 
 async fn record_with(

@@ -44,6 +44,9 @@ pub struct ConsumerMetrics {
     /// `regrelay_history_record_retries_total`: history writes retried because the database failed;
     /// the delivery waits (unacked) meanwhile.
     pub history_record_retries: IntCounter,
+    /// `regrelay_history_pending_dropped_total`: Pending records not queued because the history
+    /// writer was full (the execution appears with its outcome instead).
+    pub history_pending_dropped: IntCounter,
 }
 
 pub const TARGET_TYPES: [&str; 2] = ["http", "slack"];
@@ -156,7 +159,12 @@ impl ConsumerMetrics {
         )?;
         registry.register(Box::new(history_swept.clone()))?;
         registry.register(Box::new(history_sweeps.clone()))?;
+        let history_pending_dropped = IntCounter::new(
+            "regrelay_history_pending_dropped_total",
+            "Pending history records dropped because the history writer's queue was full.",
+        )?;
         registry.register(Box::new(history_record_retries.clone()))?;
+        registry.register(Box::new(history_pending_dropped.clone()))?;
         for rule in ["count", "age"] {
             history_swept.with_label_values(&[rule]);
         }
@@ -212,6 +220,7 @@ impl ConsumerMetrics {
             history_swept,
             history_sweeps,
             history_record_retries,
+            history_pending_dropped,
         })
     }
 }

@@ -16,8 +16,8 @@
 //! - No retry inside: a failed batch fails every record in it (with a shared cause), and each caller
 //!   retries in its own way (the consumer requeues its delivery). Records are idempotent, so a
 //!   retried record that had in fact been written changes nothing.
-//! - The queue is bounded (`4 × max_batch`), so a slow database pushes back on callers instead of
-//!   growing memory.
+//! - The queue is bounded (`max_batch × (concurrency + 1)`, at least [`QUEUED_RECORDS`]), so a
+//!   slow database pushes back on callers instead of growing memory.
 //! - The writer stops when every handle is dropped, after writing what is queued. A stopped writer
 //!   answers [`StoreError::RecorderClosed`]; nothing here panics.
 
@@ -31,6 +31,9 @@ use tokio_util::task::TaskTracker;
 
 use crate::executions::DeliveryRecord;
 use crate::store::{Database, StoreError};
+
+/// The least number of records the writer's queue holds before callers wait (or offers drop).
+pub const QUEUED_RECORDS: usize = 2048;
 
 /// How the writer batches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,8 +105,13 @@ impl HistoryRecorder {
     pub fn spawn(db: Database, settings: RecorderSettings, metrics: RecorderMetrics) -> Self {
         let max_batch = settings.max_batch.max(1);
         let concurrency = settings.concurrency.max(1);
-        let (queue, receiver) =
-            mpsc::channel(max_batch.saturating_mul(concurrency.saturating_add(1)));
+        // Room for every writer's next batch, and at least QUEUED_RECORDS: a fan-out-100 event
+        // offers 100 Pending records at once.
+        let (queue, receiver) = mpsc::channel(
+            max_batch
+                .saturating_mul(concurrency.saturating_add(1))
+                .max(QUEUED_RECORDS),
+        );
         tokio::spawn(write_loop(
             db,
             receiver,
@@ -113,6 +121,14 @@ impl HistoryRecorder {
             metrics,
         ));
         Self { queue }
+    }
+
+    /// Queues a record without waiting for room or for the write: for records that are worth
+    /// having but not worth holding anything up for. `false` when the queue is full or the writer
+    /// is gone (the record is dropped; the caller counts it).
+    pub fn offer(&self, record: DeliveryRecord) -> bool {
+        let (answer, _unheard) = oneshot::channel();
+        self.queue.try_send(Pending { record, answer }).is_ok()
     }
 
     /// Resolves once the record is durable (its batch committed), or with the batch's error.
