@@ -183,3 +183,87 @@ async fn without_history_deliveries_still_work_and_nothing_is_recorded() {
         .unwrap();
     assert_eq!((executions.len(), total), (0, 0));
 }
+
+/// PostgreSQL goes away mid-stream: deliveries wait (unacked) instead of being acked without their
+/// history; when it is back, every event is delivered and every execution ends in Success.
+#[tokio::test]
+async fn a_database_outage_holds_deliveries_and_loses_no_history() {
+    const EVENTS: usize = 40;
+    let env = Env::start(
+        "history-outage",
+        Options {
+            database_proxy: true,
+            ..Options::default()
+        },
+    )
+    .await;
+    let proxy = env.db_proxy.as_ref().unwrap();
+    let receiver = TestReceiver::start().await;
+    let policy = env
+        .policy(
+            Some("lib"),
+            spec(
+                "outage",
+                vec![http_target(receiver.url("/hook"))],
+                &[EventType::PushArtifact],
+            ),
+        )
+        .await;
+    // Cut the consumer's database connections and refuse new ones, then send the events.
+    proxy.set_refusing(true);
+    proxy.sever();
+    let events: Vec<String> = (0..EVENTS)
+        .map(|i| push("lib", "app", &format!("t{i}")))
+        .collect();
+    env.publish(&events).await;
+    // Attempts go out, but no outcome can be made durable, so nothing is acked.
+    receiver.wait_for(1, Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let delivered = "regrelay_deliveries_total{outcome=\"delivered\",target_type=\"http\"}";
+    assert_eq!(
+        env.metric(delivered),
+        0.0,
+        "nothing counted delivered without its history"
+    );
+    assert!(env.metric("regrelay_history_record_retries_total") > 0.0);
+
+    proxy.set_refusing(false);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (executions, total) = env
+            .db
+            .list_executions(
+                policy.id,
+                &ExecutionQuery {
+                    status: Some(TaskStatus::Success),
+                    ..ExecutionQuery::default()
+                },
+            )
+            .await
+            .unwrap();
+        if total == EVENTS as i64 {
+            assert!(executions
+                .iter()
+                .all(|e| e.trigger == ExecutionTrigger::Event));
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{total} of {EVENTS} executions in Success"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Every tag reached the receiver (some more than once: at-least-once, same webhook-id).
+    let tags: std::collections::HashSet<String> = receiver
+        .requests()
+        .iter()
+        .map(|r| {
+            r.json()["event_data"]["resources"][0]["tag"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(tags.len(), EVENTS);
+    assert_eq!(env.metric(delivered) as usize, EVENTS);
+}

@@ -19,7 +19,7 @@ use regrelay_producer::{
     Broker, BrokerSettings, ConfirmedPublisher, EventMessage, EventPublisher, EventSource,
     ProducerMetrics,
 };
-use regrelay_testkit::{amqp_url, TestBroker, TestDatabase};
+use regrelay_testkit::{amqp_url, TcpProxy, TestBroker, TestDatabase};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -32,6 +32,9 @@ pub struct Options {
     pub matching_prefetch: u16,
     /// Record delivery history (through the batching recorder, as `serve` does).
     pub history: bool,
+    /// The consumer reaches PostgreSQL through a [`TcpProxy`] the test controls (`Env::db_proxy`);
+    /// the test's own `Env::db` stays direct.
+    pub database_proxy: bool,
 }
 
 impl Default for Options {
@@ -44,6 +47,7 @@ impl Default for Options {
             delivery_prefetch: 64,
             matching_prefetch: 16,
             history: true,
+            database_proxy: false,
         }
     }
 }
@@ -53,6 +57,8 @@ pub struct Env {
     pub db: Database,
     pub registry: Registry,
     pub publisher: EventPublisher,
+    /// Between the consumer and PostgreSQL, when `Options::database_proxy`.
+    pub db_proxy: Option<TcpProxy>,
     shutdown: CancellationToken,
     consumer: Option<tokio::task::JoinHandle<()>>,
     // Dropped last: the database outlives the consumer using it.
@@ -66,6 +72,21 @@ impl Env {
         let database = TestDatabase::create(name).await;
         let db = Database::connect(&database.url, 4).unwrap();
         db.migrate().await.unwrap();
+        let db_proxy = if options.database_proxy {
+            Some(TcpProxy::start("127.0.0.1:5432".parse().unwrap()).await)
+        } else {
+            None
+        };
+        let consumer_db = match &db_proxy {
+            Some(proxy) => Database::connect(
+                &database
+                    .url
+                    .replace(":5432/", &format!(":{}/", proxy.addr().port())),
+                4,
+            )
+            .unwrap(),
+            None => db.clone(),
+        };
         let registry = Registry::new();
         let producer_metrics = ProducerMetrics::register(&registry).unwrap();
         let make_broker = |role| {
@@ -88,7 +109,7 @@ impl Env {
         let consumer = Consumer {
             consume_broker: consume,
             publisher: ConfirmedPublisher::new(publish.clone(), Duration::from_secs(5)),
-            db: db.clone(),
+            db: consumer_db.clone(),
             clients: HttpClients::new(&HttpSettings {
                 timeout: options.http_timeout,
                 allow_private_targets: true,
@@ -115,7 +136,7 @@ impl Env {
             metrics: ConsumerMetrics::register(&registry).unwrap(),
             history: options.history.then(|| {
                 HistoryRecorder::spawn(
-                    db.clone(),
+                    consumer_db.clone(),
                     RecorderSettings {
                         max_batch: 128,
                         linger: Duration::ZERO,
@@ -133,6 +154,7 @@ impl Env {
             db,
             registry,
             publisher: EventPublisher::new(publish, Duration::from_secs(5)),
+            db_proxy,
             shutdown,
             consumer: Some(handle),
             _database: database,
