@@ -242,7 +242,7 @@ async fn a_consumer_killed_mid_delivery_loses_nothing() {
 impl Cluster {
     /// Counts the executions of `project`'s first policy by status, reading every page of Harbor's
     /// executions API as a Harbor client would.
-    async fn execution_statuses(&self, project: &str) -> HashMap<String, usize> {
+    pub(crate) async fn execution_statuses(&self, project: &str) -> HashMap<String, usize> {
         let base = format!(
             "{}/api/v2.0/projects/{project}/webhook/policies",
             self.api.base

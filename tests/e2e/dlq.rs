@@ -177,6 +177,38 @@ async fn a_dead_letter_is_listed_shown_and_replayed_to_a_recovered_receiver() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(receiver.count(), 3);
 
+    // History, through Harbor's API: the original delivery's execution ended in Error, and the
+    // replay is a new execution with trigger RETRY that succeeded.
+    let mut statuses = cluster.execution_statuses("lib").await;
+    for _ in 0..50 {
+        if statuses.get("Success") == Some(&1) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        statuses = cluster.execution_statuses("lib").await;
+    }
+    assert_eq!(statuses.get("Error"), Some(&1), "{statuses:?}");
+    assert_eq!(statuses.get("Success"), Some(&1), "{statuses:?}");
+    let policies = admin(
+        &cluster,
+        reqwest::Method::GET,
+        "/api/v2.0/projects/lib/webhook/policies",
+        None,
+    )
+    .await
+    .1;
+    let policy_id = policies[0]["id"].as_i64().unwrap();
+    let (status, replayed) = admin(
+        &cluster,
+        reqwest::Method::GET,
+        &format!("/api/v2.0/projects/lib/webhook/policies/{policy_id}/executions?q=trigger=RETRY"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(replayed.as_array().map(Vec::len), Some(1), "{replayed}");
+    assert_eq!(replayed[0]["status"], "Success");
+
     // A second replay of the same id finds nothing: non-zero exit, and the reason.
     let again = dlq(&cluster, &["replay", &id], None);
     assert!(!again.status.success());
