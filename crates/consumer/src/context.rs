@@ -80,6 +80,7 @@ impl DeliveryContext {
             limiter: TargetLimiter::new(
                 settings.per_target_concurrency,
                 settings.max_waiting_per_target,
+                settings.deferral_delay,
             ),
             topology,
             consume_broker,

@@ -196,9 +196,7 @@ async fn process(ctx: &DeliveryContext, body: &[u8]) -> Settlement {
                 TaskStatus::Success,
                 describe(result),
             );
-            if let Err(error) = history::record(ctx, step).await {
-                return Settlement::Requeue(error);
-            }
+            history::record(ctx, step).await;
             ctx.metrics
                 .deliveries
                 .with_label_values(&["delivered", target_type])
@@ -233,9 +231,7 @@ async fn process(ctx: &DeliveryContext, body: &[u8]) -> Settlement {
                     TaskStatus::Scheduled,
                     message,
                 );
-                if let Err(error) = history::record(ctx, step).await {
-                    return Settlement::Requeue(error);
-                }
+                history::record(ctx, step).await;
                 match schedule(ctx, &task, event_type, delay).await {
                     Ok(bucket) => {
                         ctx.metrics
@@ -500,9 +496,7 @@ async fn dead_letter(
             attempt: None,
         },
     };
-    if let Err(error) = history::record(ctx, step).await {
-        return Settlement::Requeue(error);
-    }
+    history::record(ctx, step).await;
     if let Some(target) = target {
         ctx.metrics
             .deliveries

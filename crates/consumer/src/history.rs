@@ -8,10 +8,16 @@
 //!   number), so a redelivery never duplicates history, and a delivered event never lacks its record.
 //! - History must not become the bottleneck: writes go through the batching
 //!   [`HistoryRecorder`], so many concurrent deliveries share one transaction.
-//! - A database outage holds deliveries, it does not lose their history: a failed write is retried
-//!   with backoff for up to [`RECORD_PATIENCE`]; after that the message is put back (redelivered,
-//!   attempted again later, same `webhook-id`). Meanwhile the prefetch fills and the consumer takes
-//!   no more work, which is the backpressure we want.
+//! - A database outage holds deliveries, it does not lose their history: while the database is
+//!   unreachable (or a write takes longer than [`RECORD_ATTEMPT_TIMEOUT`]) the write is retried with
+//!   capped backoff for as long as it takes, and the message stays unacked. The attempt is not made
+//!   again (putting the message back would re-send the webhook on every cycle, and on brokers with
+//!   a quorum-queue delivery limit eventually drop it). Meanwhile the prefetch fills and the
+//!   consumer takes no more work: the backpressure we want. If the process stops meanwhile, the
+//!   message is redelivered and attempted again (at-least-once, same `webhook-id`).
+//! - A write the database refuses for another reason is retried for [`RECORD_PATIENCE`]; then the
+//!   delivery is settled without its record, loudly (`regrelay_history_records_abandoned_total`,
+//!   an error log line): a record that can never be written must not hold a delivery forever.
 //! - Nothing secret is recorded: the payload is the body sent (no headers), and a receiver's
 //!   answer has the target's credentials blanked before it is stored, since some receivers echo
 //!   requests back.
@@ -32,8 +38,12 @@ use crate::context::DeliveryContext;
 use crate::task::{DeliveryTask, Trigger};
 use crate::telemetry::ConsumerMetrics;
 
-/// How long a stage keeps retrying a history write before it puts the message back.
+/// How long a write that fails for a reason other than an unreachable database (a constraint, a
+/// value PostgreSQL refuses) is retried before the delivery is settled without its record.
 pub const RECORD_PATIENCE: Duration = Duration::from_secs(30);
+
+/// Longest one write may take before it is treated as an unreachable database and retried.
+pub const RECORD_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How the retention sweep runs (the `history_*` configuration keys).
 #[derive(Debug, Clone)]
@@ -125,25 +135,49 @@ pub(crate) fn trigger(trigger: Trigger) -> ExecutionTrigger {
 /// The receiver's answer with the target's credentials blanked out.
 pub fn redact_snippet(snippet: Option<&str>, target: &Target) -> Option<String> {
     let mut text = snippet?.to_owned();
-    let secrets = [target.auth_header.as_deref(), target.secret.as_deref()]
-        .into_iter()
-        .flatten()
-        .chain(target.headers.values().map(String::as_str))
-        // Very short values would blank unrelated text; they are not worth hiding from a snippet.
-        .filter(|value| value.len() >= 4);
-    for secret in secrets {
-        text = text.replace(secret, REDACTED);
+    for secret in credentials_of(target) {
+        text = text.replace(&secret, REDACTED);
     }
     Some(text)
 }
 
-/// Writes one step durably, retrying database failures for up to [`RECORD_PATIENCE`].
-/// `Ok` also when history is disabled.
-pub(crate) async fn record(ctx: &DeliveryContext, step: Step<'_>) -> Result<(), String> {
+/// Every piece of a target a receiver might echo that is a credential: the auth header and its
+/// token (a receiver may quote just `abc123` of `Bearer abc123`), the signing secret, custom header
+/// values, and the address with its user info, query values and path (a Slack webhook's path *is*
+/// its secret). Longest first, so a whole value is blanked before its parts.
+fn credentials_of(target: &Target) -> Vec<String> {
+    let mut values: Vec<String> = Vec::new();
+    if let Some(auth) = target.auth_header.as_deref() {
+        values.push(auth.to_owned());
+        if let Some((_, token)) = auth.split_once(' ') {
+            values.push(token.trim().to_owned());
+        }
+    }
+    values.extend(target.secret.clone());
+    values.extend(target.headers.values().cloned());
+    values.push(target.address.clone());
+    if let Ok(url) = reqwest::Url::parse(&target.address) {
+        values.push(url.username().to_owned());
+        values.extend(url.password().map(str::to_owned));
+        values.extend(url.query_pairs().map(|(_, value)| value.into_owned()));
+        if target.kind == TargetKind::Slack {
+            values.push(url.path().to_owned());
+        }
+    }
+    // Very short values would blank unrelated text; they are not worth hiding from a snippet.
+    values.retain(|value| value.len() >= 4);
+    values.sort_by_key(|value| std::cmp::Reverse(value.len()));
+    values.dedup();
+    values
+}
+
+/// Writes one step durably; returns once it is (or once it is abandoned, see the module's design
+/// constraints). Returns at once when history is disabled.
+pub(crate) async fn record(ctx: &DeliveryContext, step: Step<'_>) {
     let Some(recorder) = &ctx.history else {
-        return Ok(());
+        return;
     };
-    record_with(recorder, &ctx.metrics, step.into_record()).await
+    record_with(recorder, &ctx.metrics, step.into_record()).await;
 }
 
 /// Queues steps for writing without waiting for them. For the Pending records of the matching
@@ -171,20 +205,30 @@ async fn record_with(
     recorder: &HistoryRecorder,
     metrics: &ConsumerMetrics,
     record: DeliveryRecord,
-) -> Result<(), String> {
-    let deadline = tokio::time::Instant::now() + RECORD_PATIENCE;
+) {
+    let started = tokio::time::Instant::now();
     let mut delay = Duration::from_millis(100);
     loop {
-        match recorder.record(record.clone()).await {
-            Ok(()) => return Ok(()),
-            Err(error) if tokio::time::Instant::now() + delay < deadline => {
-                metrics.history_record_retries.inc();
-                tracing::warn!(message = "Cannot record delivery history; retrying.", history_key = %record.history_key, error = %error, retry_in = ?delay);
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
-            }
-            Err(error) => return Err(format!("cannot record delivery history: {error}")),
+        let (error, transient) =
+            match tokio::time::timeout(RECORD_ATTEMPT_TIMEOUT, recorder.record(record.clone()))
+                .await
+            {
+                Ok(Ok(())) => return,
+                Ok(Err(error)) => (error.to_string(), error.is_unavailable()),
+                Err(_) => (
+                    format!("no answer from the database within {RECORD_ATTEMPT_TIMEOUT:?}"),
+                    true,
+                ),
+            };
+        if !transient && started.elapsed() + delay >= RECORD_PATIENCE {
+            metrics.history_records_abandoned.inc();
+            tracing::error!(message = "Delivery history cannot be recorded; settling the delivery without it.", history_key = %record.history_key, error = %error);
+            return;
         }
+        metrics.history_record_retries.inc();
+        tracing::warn!(message = "Cannot record delivery history; retrying.", history_key = %record.history_key, error = %error, retry_in = ?delay);
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(5));
     }
 }
 
@@ -226,5 +270,62 @@ pub async fn sweep_until(
                 tracing::warn!(message = "History sweep failed; will try again.", error = %error);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use regrelay_history::policy::PayloadFormat;
+
+    use super::*;
+
+    fn target(kind: TargetKind, address: &str, auth: Option<&str>) -> Target {
+        Target {
+            kind,
+            address: address.to_owned(),
+            auth_header: auth.map(str::to_owned),
+            skip_cert_verify: false,
+            payload_format: PayloadFormat::Default,
+            secret: Some("whsec_c2VjcmV0LWtleQ==".into()),
+            headers: BTreeMap::from([("X-Api-Key".to_owned(), "key-12345".to_owned())]),
+        }
+    }
+
+    #[test]
+    fn echoed_credentials_are_blanked_in_any_form() {
+        let http = target(
+            TargetKind::Http,
+            "https://ci:pa55word@hooks.example.com/in?token=qs-token-9",
+            Some("Bearer tok-abc-123"),
+        );
+        let echoed = "bad token tok-abc-123; header Bearer tok-abc-123; key-12345; \
+                      whsec_c2VjcmV0LWtleQ==; pa55word; qs-token-9; \
+                      https://ci:pa55word@hooks.example.com/in?token=qs-token-9";
+        let redacted = redact_snippet(Some(echoed), &http).unwrap();
+        for secret in [
+            "tok-abc-123",
+            "key-12345",
+            "whsec_",
+            "pa55word",
+            "qs-token-9",
+        ] {
+            assert!(!redacted.contains(secret), "{secret} in {redacted}");
+        }
+        assert!(redacted.starts_with("bad token ********"), "{redacted}");
+
+        let slack = target(
+            TargetKind::Slack,
+            "https://hooks.slack.com/services/T000/B000/XXXXSECRET",
+            None,
+        );
+        let redacted = redact_snippet(
+            Some("no_service for /services/T000/B000/XXXXSECRET"),
+            &slack,
+        )
+        .unwrap();
+        assert!(!redacted.contains("XXXXSECRET"), "{redacted}");
+        assert_eq!(redact_snippet(None, &slack), None);
     }
 }

@@ -15,6 +15,9 @@
 //!   [`SLOW_ATTEMPT`]; a dead target whose attempts time out is slow, one that refuses connections
 //!   at once is not (its tasks fail fast and leave the window quickly anyway). A target with no
 //!   completed attempt yet counts as slow.
+//! - No task waits longer than `max_wait` (the deferral delay): a fast target that suddenly hangs
+//!   holds its waiting tasks at most that long before they are deferred, and other targets get
+//!   the window back.
 //! - No polling: waiting is on a semaphore.
 
 use std::collections::HashMap;
@@ -29,6 +32,10 @@ pub struct TargetLimiter {
     per_target: usize,
     /// Tasks that may wait for a busy target before further ones are deferred.
     max_waiting: usize,
+    /// Longest a task waits for a slot before it is deferred after all: a fast target that turns
+    /// dead mid-stream keeps its waiting tasks only this long (its average changes only as its
+    /// hanging attempts time out).
+    max_wait: Duration,
     /// One slot per target fingerprint, created on first use.
     targets: Mutex<HashMap<String, Arc<TargetSlot>>>,
 }
@@ -53,10 +60,11 @@ pub enum Admission {
 }
 
 impl TargetLimiter {
-    pub fn new(per_target: usize, max_waiting: usize) -> Self {
+    pub fn new(per_target: usize, max_waiting: usize, max_wait: Duration) -> Self {
         Self {
             per_target: per_target.max(1),
             max_waiting,
+            max_wait,
             targets: Mutex::new(HashMap::new()),
         }
     }
@@ -101,12 +109,15 @@ impl TargetLimiter {
             slot.waiting.fetch_sub(1, Ordering::AcqRel);
             return Admission::Saturated;
         }
-        let permit = slot.semaphore.clone().acquire_owned().await;
+        let permit =
+            tokio::time::timeout(self.max_wait, slot.semaphore.clone().acquire_owned()).await;
         slot.waiting.fetch_sub(1, Ordering::AcqRel);
         match permit {
-            Ok(permit) => Admission::Go(permit),
-            // The semaphore is never closed; treat the impossible as saturation, not a panic.
+            Ok(Ok(permit)) => Admission::Go(permit),
+            // Waited as long as a deferral would take: defer after all.
             Err(_) => Admission::Saturated,
+            // The semaphore is never closed; treat the impossible as saturation, not a panic.
+            Ok(Err(_)) => Admission::Saturated,
         }
     }
 }
@@ -117,7 +128,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_slow_target_saturates_after_slots_and_waiters_are_taken() {
-        let limiter = Arc::new(TargetLimiter::new(1, 1));
+        let limiter = Arc::new(TargetLimiter::new(1, 1, Duration::from_secs(60)));
         limiter.record_attempt("a", Duration::from_secs(3));
         let Admission::Go(first) = limiter.admit("a").await else {
             panic!("first must go")
@@ -144,7 +155,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_fast_target_keeps_its_tasks_waiting_instead_of_deferring_them() {
-        let limiter = Arc::new(TargetLimiter::new(1, 1));
+        let limiter = Arc::new(TargetLimiter::new(1, 1, Duration::from_secs(60)));
         limiter.record_attempt("a", Duration::from_millis(2));
         let Admission::Go(first) = limiter.admit("a").await else {
             panic!("first must go")
@@ -173,7 +184,7 @@ mod tests {
 
     #[test]
     fn the_average_follows_recent_attempts() {
-        let limiter = TargetLimiter::new(1, 1);
+        let limiter = TargetLimiter::new(1, 1, Duration::from_secs(60));
         limiter.record_attempt("t", Duration::from_secs(3));
         for _ in 0..40 {
             limiter.record_attempt("t", Duration::from_millis(1));
@@ -182,5 +193,16 @@ mod tests {
             .average_attempt_micros
             .load(Ordering::Relaxed);
         assert!(average < 250_000, "{average}");
+    }
+
+    #[tokio::test]
+    async fn a_waiting_task_is_deferred_after_max_wait() {
+        let limiter = TargetLimiter::new(1, 8, Duration::from_millis(50));
+        limiter.record_attempt("a", Duration::from_millis(2));
+        let Admission::Go(_held) = limiter.admit("a").await else {
+            panic!("first must go")
+        };
+        // A fast target, so the task waits; its slot never frees, so after max_wait it is deferred.
+        assert!(matches!(limiter.admit("a").await, Admission::Saturated));
     }
 }

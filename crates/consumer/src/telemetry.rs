@@ -47,6 +47,9 @@ pub struct ConsumerMetrics {
     /// `regrelay_history_pending_dropped_total`: Pending records not queued because the history
     /// writer was full (the execution appears with its outcome instead).
     pub history_pending_dropped: IntCounter,
+    /// `regrelay_history_records_abandoned_total`: outcome records the database refused for
+    /// [`crate::history::RECORD_PATIENCE`]; their deliveries were settled without history.
+    pub history_records_abandoned: IntCounter,
 }
 
 pub const TARGET_TYPES: [&str; 2] = ["http", "slack"];
@@ -165,6 +168,11 @@ impl ConsumerMetrics {
         )?;
         registry.register(Box::new(history_record_retries.clone()))?;
         registry.register(Box::new(history_pending_dropped.clone()))?;
+        let history_records_abandoned = IntCounter::new(
+            "regrelay_history_records_abandoned_total",
+            "Delivery outcome records the database kept refusing; their deliveries were settled without history.",
+        )?;
+        registry.register(Box::new(history_records_abandoned.clone()))?;
         for rule in ["count", "age"] {
             history_swept.with_label_values(&[rule]);
         }
@@ -221,6 +229,7 @@ impl ConsumerMetrics {
             history_sweeps,
             history_record_retries,
             history_pending_dropped,
+            history_records_abandoned,
         })
     }
 }

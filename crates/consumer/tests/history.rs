@@ -253,7 +253,7 @@ async fn a_database_outage_holds_deliveries_and_loses_no_history() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    // Every tag reached the receiver (some more than once: at-least-once, same webhook-id).
+    // Every tag reached the receiver exactly once: waiting for the database does not re-send.
     let tags: std::collections::HashSet<String> = receiver
         .requests()
         .iter()
@@ -265,6 +265,7 @@ async fn a_database_outage_holds_deliveries_and_loses_no_history() {
         })
         .collect();
     assert_eq!(tags.len(), EVENTS);
+    assert_eq!(receiver.count(), EVENTS, "no attempt was repeated during the outage");
     // A delivery is counted just after its record is durable: wait for the last few.
     for _ in 0..50 {
         if env.metric(delivered) as usize >= EVENTS {

@@ -914,11 +914,13 @@ impl Database {
         }
         let client = self.client().await?;
         // DISTINCT ON walks executions_vendor_event_type_idx: one row per pair, no sort of all.
+        // Only registry events trigger: a test delivery (MANUAL) or a replay (RETRY) is not a new
+        // event of that type.
         let rows = client
             .query(
                 "SELECT DISTINCT ON (vendor_id, event_type) vendor_id, event_type, start_time
                  FROM executions
-                 WHERE vendor_id = ANY($1)
+                 WHERE vendor_id = ANY($1) AND trigger = 'EVENT'
                  ORDER BY vendor_id, event_type, id DESC",
                 &[&policy_ids],
             )

@@ -125,6 +125,14 @@ impl Database {
         if config.get_application_name().is_none() {
             config.application_name("regrelay");
         }
+        // A connection whose peer vanished without a FIN (a crashed host, a dropped route) would
+        // otherwise hang a query for hours; deliveries wait on history writes, so notice in seconds.
+        if config.get_keepalives_idle() == Duration::from_secs(2 * 60 * 60) {
+            config.keepalives_idle(Duration::from_secs(30));
+        }
+        if config.get_tcp_user_timeout().is_none() {
+            config.tcp_user_timeout(Duration::from_secs(30));
+        }
         let target: Arc<str> = describe(&config).into();
         let manager = Manager::from_config(
             config,
