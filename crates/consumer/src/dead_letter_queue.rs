@@ -440,8 +440,21 @@ impl DeadLetterQueue {
                 .copied()
                 .collect();
         }
+        let mut scan_lost = false;
         for id in order {
             let indexes = &copies[&id];
+            // The held dead letters can only be removed on the scan's channel. Once it is gone
+            // (the broker connection dropped), every further replay would be published while its
+            // dead letter returns to the queue: a duplicate for the next replay. Stop instead.
+            if scan_lost || !scan.channel.status().connected() {
+                scan_lost = true;
+                self.metrics.replays.with_label_values(&["failed"]).inc();
+                report.failed.push((
+                    id,
+                    "not replayed: the connection holding the dead letters was lost; it stays on the queue, run the replay again".to_owned(),
+                ));
+                continue;
+            }
             match self.replay_one(&mut scan, indexes).await {
                 Ok(()) => {
                     self.metrics.replays.with_label_values(&["replayed"]).inc();

@@ -265,7 +265,11 @@ async fn a_database_outage_holds_deliveries_and_loses_no_history() {
         })
         .collect();
     assert_eq!(tags.len(), EVENTS);
-    assert_eq!(receiver.count(), EVENTS, "no attempt was repeated during the outage");
+    assert_eq!(
+        receiver.count(),
+        EVENTS,
+        "no attempt was repeated during the outage"
+    );
     // A delivery is counted just after its record is durable: wait for the last few.
     for _ in 0..50 {
         if env.metric(delivered) as usize >= EVENTS {
