@@ -134,6 +134,23 @@ async fn wait_all(
     }
 }
 
+/// Each service's delivered counter, once together they reach `expected` (or after 5 s): a
+/// delivery is counted once its history is durable, just after the receiver answered.
+async fn delivered_by_all(services: &[&Service], expected: usize) -> Vec<f64> {
+    let mut counted = Vec::new();
+    for _ in 0..50 {
+        counted.clear();
+        for service in services {
+            counted.push(delivered_by(service).await);
+        }
+        if counted.iter().sum::<f64>() >= expected as f64 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    counted
+}
+
 async fn delivered_by(service: &Service) -> f64 {
     let text = reqwest::get(format!("{}/metrics", service.base))
         .await
@@ -295,16 +312,8 @@ async fn two_consumers_share_one_stream_and_deliver_everything() {
 
     let seen = wait_all(&receiver, EVENTS, Duration::from_secs(60)).await;
     assert_eq!(seen.len(), EVENTS, "every event delivered");
-    // A delivery is counted once its history is durable, just after the receiver answered.
-    let mut counted = (delivered_by(&a).await, delivered_by(&b).await);
-    for _ in 0..50 {
-        if counted.0 + counted.1 >= receiver.count() as f64 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        counted = (delivered_by(&a).await, delivered_by(&b).await);
-    }
-    let (da, db) = counted;
+    let counted = delivered_by_all(&[&a, &b], receiver.count()).await;
+    let (da, db) = (counted[0], counted[1]);
     assert_eq!(da + db, receiver.count() as f64);
     assert!(
         da > 0.0 && db > 0.0,
@@ -331,5 +340,6 @@ async fn a_consumer_whose_logs_nobody_reads_keeps_delivering() {
         "every event delivered although the consumer's stdout is never read; stderr:\n{}",
         consumer.log_tail(20)
     );
-    assert_eq!(delivered_by(&consumer).await, receiver.count() as f64);
+    let counted = delivered_by_all(&[&consumer], receiver.count()).await;
+    assert_eq!(counted[0], receiver.count() as f64);
 }
