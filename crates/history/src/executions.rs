@@ -32,7 +32,7 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 use uuid::Uuid;
 
-use crate::store::{Database, StoreError};
+use crate::store::{Database, PageWindow, StoreError};
 
 /// A task's (and, rolled up, an execution's) status, with Harbor's names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -762,38 +762,18 @@ impl Database {
             filter.push("e.trigger", trigger);
         }
 
-        let page = query.page.max(1);
-        let limit = i64::try_from(query.page_size).unwrap_or(i64::MAX);
-        let offset = i64::try_from((page - 1).saturating_mul(query.page_size)).unwrap_or(i64::MAX);
+        let window = PageWindow::new(query.page, query.page_size);
         let mut sql = format!("{SELECT_EXECUTION} WHERE {} ORDER BY e.id DESC", filter.sql);
         let mut page_params = filter.params.clone();
-        if query.page_size > 0 {
-            page_params.push(&limit);
-            page_params.push(&offset);
-            sql.push_str(&format!(
-                " LIMIT ${} OFFSET ${}",
-                page_params.len() - 1,
-                page_params.len()
-            ));
-        }
-
-        let mut client = self.client().await?;
-        // One snapshot for the count and the page, so the total agrees with what was listed.
-        let tx = client
-            .build_transaction()
-            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-            .read_only(true)
-            .start()
-            .await?;
-        let total: i64 = tx
-            .query_one(
+        window.apply(&mut sql, &mut page_params);
+        let (total, rows) = self
+            .count_and_page(
                 &format!("SELECT count(*) FROM executions e WHERE {}", filter.sql),
                 &filter.params,
+                &sql,
+                &page_params,
             )
-            .await?
-            .try_get(0)?;
-        let rows = tx.query(&sql, &page_params).await?;
-        tx.commit().await?;
+            .await?;
         let executions = rows
             .iter()
             .map(execution_from_row)
@@ -826,36 +806,18 @@ impl Database {
         page: u64,
         page_size: u64,
     ) -> Result<(Vec<Task>, i64), StoreError> {
-        let page = page.max(1);
-        let limit = if page_size == 0 {
-            i64::MAX
-        } else {
-            i64::try_from(page_size).unwrap_or(i64::MAX)
-        };
-        let offset = i64::try_from((page - 1).saturating_mul(page_size)).unwrap_or(i64::MAX);
-        let mut client = self.client().await?;
-        let tx = client
-            .build_transaction()
-            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-            .read_only(true)
-            .start()
-            .await?;
-        let total: i64 = tx
-            .query_one(
+        let window = PageWindow::new(page, page_size);
+        let mut sql = format!("{SELECT_TASK} WHERE execution_id = $1 ORDER BY id DESC");
+        let mut page_params: Vec<&(dyn ToSql + Sync)> = vec![&execution_id];
+        window.apply(&mut sql, &mut page_params);
+        let (total, rows) = self
+            .count_and_page(
                 "SELECT count(*) FROM tasks WHERE execution_id = $1",
                 &[&execution_id],
-            )
-            .await?
-            .try_get(0)?;
-        let rows = tx
-            .query(
-                &format!(
-                    "{SELECT_TASK} WHERE execution_id = $1 ORDER BY id DESC LIMIT $2 OFFSET $3"
-                ),
-                &[&execution_id, &limit, &offset],
+                &sql,
+                &page_params,
             )
             .await?;
-        tx.commit().await?;
         let tasks = rows.iter().map(task_from_row).collect::<Result<_, _>>()?;
         Ok((tasks, total))
     }

@@ -24,7 +24,7 @@ use tokio_postgres::Row;
 use crate::policy::{Filters, Policy, PolicySpec, Target};
 use crate::projects::Project;
 use crate::settings::bump_generation;
-use crate::store::{Database, StoreError};
+use crate::store::{Database, PageWindow, StoreError};
 
 /// How a list selects by name.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -108,41 +108,21 @@ impl Database {
         }
         let filter = conditions.join(" AND ");
 
-        let page = query.page.max(1);
-        let limit = i64::try_from(query.page_size).unwrap_or(i64::MAX);
-        let offset = i64::try_from((page - 1).saturating_mul(query.page_size)).unwrap_or(i64::MAX);
+        let window = PageWindow::new(query.page, query.page_size);
         let mut sql = format!(
             "{SELECT_POLICY} WHERE {filter} ORDER BY {}",
             query.sort.order_by()
         );
         let mut page_params = params.clone();
-        if query.page_size > 0 {
-            page_params.push(&limit);
-            page_params.push(&offset);
-            sql.push_str(&format!(
-                " LIMIT ${} OFFSET ${}",
-                page_params.len() - 1,
-                page_params.len()
-            ));
-        }
-
-        let mut client = self.client().await?;
-        // One snapshot for the count and the page, so the total agrees with what was listed.
-        let tx = client
-            .build_transaction()
-            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-            .read_only(true)
-            .start()
-            .await?;
-        let total: i64 = tx
-            .query_one(
+        window.apply(&mut sql, &mut page_params);
+        let (total, rows) = self
+            .count_and_page(
                 &format!("SELECT count(*) FROM notification_policies p WHERE {filter}"),
                 &params,
+                &sql,
+                &page_params,
             )
-            .await?
-            .try_get(0)?;
-        let rows = tx.query(&sql, &page_params).await?;
-        tx.commit().await?;
+            .await?;
         let policies = rows.iter().map(policy_from_row).collect::<Result<_, _>>()?;
         Ok((policies, total))
     }

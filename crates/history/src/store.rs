@@ -13,7 +13,8 @@ use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
 use tokio_postgres::config::{Host, SslMode};
-use tokio_postgres::NoTls;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{NoTls, Row};
 
 use crate::policy::{PolicyError, REDACTED};
 
@@ -166,6 +167,62 @@ impl Database {
 
     pub(crate) async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
         Ok(self.pool.get().await?)
+    }
+
+    /// Runs a paged list's count and page queries in one read-only snapshot, so the total agrees
+    /// with what was listed. `count_sql` must return one `bigint`.
+    pub(crate) async fn count_and_page(
+        &self,
+        count_sql: &str,
+        count_params: &[&(dyn ToSql + Sync)],
+        page_sql: &str,
+        page_params: &[&(dyn ToSql + Sync)],
+    ) -> Result<(i64, Vec<Row>), StoreError> {
+        let mut client = self.client().await?;
+        let tx = client
+            .build_transaction()
+            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await?;
+        let total: i64 = tx.query_one(count_sql, count_params).await?.try_get(0)?;
+        let rows = tx.query(page_sql, page_params).await?;
+        tx.commit().await?;
+        Ok((total, rows))
+    }
+}
+
+/// One page of a list as SQL `LIMIT`/`OFFSET`, from Harbor's 1-based `page` and `page_size`
+/// (0: everything, no limit).
+pub(crate) struct PageWindow {
+    limit: i64,
+    offset: i64,
+    paged: bool,
+}
+
+impl PageWindow {
+    pub(crate) fn new(page: u64, page_size: u64) -> Self {
+        let page = page.max(1);
+        Self {
+            limit: i64::try_from(page_size).unwrap_or(i64::MAX),
+            offset: i64::try_from((page - 1).saturating_mul(page_size)).unwrap_or(i64::MAX),
+            paged: page_size > 0,
+        }
+    }
+
+    /// Appends ` LIMIT $n OFFSET $m` to `sql`, adding the values to `params` (nothing when not
+    /// paged).
+    pub(crate) fn apply<'a>(&'a self, sql: &mut String, params: &mut Vec<&'a (dyn ToSql + Sync)>) {
+        if !self.paged {
+            return;
+        }
+        params.push(&self.limit);
+        params.push(&self.offset);
+        sql.push_str(&format!(
+            " LIMIT ${} OFFSET ${}",
+            params.len() - 1,
+            params.len()
+        ));
     }
 }
 
