@@ -7,27 +7,15 @@ mod common;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use common::{DatabaseChoice, TestApi};
+use common::{setup, TestApi};
 use regrelay_history::executions::{
     AttemptLog, DeliveryRecord, ExecutionTrigger, TaskStatus, VendorType,
 };
-use regrelay_testkit::{amqp_url, TestBroker};
 use reqwest::Method;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
 const POLICIES: &str = "/api/v2.0/projects/lib/webhook/policies";
-
-async fn setup(name: &'static str) -> (TestBroker, TestApi) {
-    let broker = TestBroker::new(name).await;
-    let api = TestApi::start(
-        amqp_url(),
-        broker.topology.clone(),
-        DatabaseChoice::Fresh(name),
-    )
-    .await;
-    (broker, api)
-}
 
 /// Creates a policy through the API under `base` and returns its id.
 async fn create_policy(api: &TestApi, base: &str, name: &str, event_types: &[&str]) -> i64 {

@@ -5,24 +5,13 @@ mod common;
 
 use std::time::Duration;
 
-use common::{DatabaseChoice, TestApi, MAX_BODY};
+use common::{setup, DatabaseChoice, TestApi, MAX_BODY};
 use lapin::types::AMQPValue;
 use regrelay_producer::Topology;
-use regrelay_testkit::{amqp_url, unused_port, BasicGetMessage, TcpProxy, TestBroker};
+use regrelay_testkit::{unused_port, BasicGetMessage, TcpProxy, TestBroker};
 use serde_json::Value;
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../events/tests/fixtures");
-
-async fn setup(name: &'static str) -> (TestBroker, TestApi) {
-    let broker = TestBroker::new(name).await;
-    let api = TestApi::start(
-        amqp_url(),
-        broker.topology.clone(),
-        DatabaseChoice::Fresh(name),
-    )
-    .await;
-    (broker, api)
-}
 
 fn fixture(path: &str) -> String {
     std::fs::read_to_string(format!("{FIXTURES}/{path}")).unwrap()

@@ -3,23 +3,11 @@
 
 mod common;
 
-use common::{DatabaseChoice, TestApi, ADMIN_PASSWORD, ADMIN_USER, API_TOKEN};
-use regrelay_testkit::{amqp_url, TestBroker};
+use common::{setup, TestApi, ADMIN_PASSWORD, ADMIN_USER, API_TOKEN};
 use reqwest::Method;
 use serde_json::{json, Value};
 
 const POLICIES: &str = "/api/v2.0/projects/lib/webhook/policies";
-
-async fn setup(name: &'static str) -> (TestBroker, TestApi) {
-    let broker = TestBroker::new(name).await;
-    let api = TestApi::start(
-        amqp_url(),
-        broker.topology.clone(),
-        DatabaseChoice::Fresh(name),
-    )
-    .await;
-    (broker, api)
-}
 
 fn policy(name: &str, address: &str) -> Value {
     json!({

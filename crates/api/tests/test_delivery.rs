@@ -4,23 +4,12 @@
 
 mod common;
 
-use common::{DatabaseChoice, TestApi};
-use regrelay_testkit::{amqp_url, TestBroker, TestReceiver};
+use common::{setup, TestApi};
+use regrelay_testkit::TestReceiver;
 use reqwest::Method;
 use serde_json::{json, Value};
 
 const POLICIES: &str = "/api/v2.0/projects/lib/webhook/policies";
-
-async fn setup(name: &'static str) -> (TestBroker, TestApi) {
-    let broker = TestBroker::new(name).await;
-    let api = TestApi::start(
-        amqp_url(),
-        broker.topology.clone(),
-        DatabaseChoice::Fresh(name),
-    )
-    .await;
-    (broker, api)
-}
 
 async fn create(api: &TestApi, body: Value) -> i64 {
     let reply = api.admin(Method::POST, POLICIES, Some(body)).await;

@@ -207,3 +207,16 @@ async fn send(mut request: reqwest::RequestBuilder, body: Option<Value>) -> Repl
         text: response.text().await.unwrap(),
     }
 }
+
+/// An API on its own queue prefix and a fresh database, both named after the test; the broker
+/// handle keeps the prefix alive (and cleans it up) for as long as the test holds it.
+pub async fn setup(name: &'static str) -> (regrelay_testkit::TestBroker, TestApi) {
+    let broker = regrelay_testkit::TestBroker::new(name).await;
+    let api = TestApi::start(
+        regrelay_testkit::amqp_url(),
+        broker.topology.clone(),
+        DatabaseChoice::Fresh(name),
+    )
+    .await;
+    (broker, api)
+}
