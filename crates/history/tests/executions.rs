@@ -572,6 +572,17 @@ async fn a_sweep_does_nothing_while_another_holds_the_lock() {
     let report = db.sweep_history(0, Duration::MAX, 10).await.unwrap();
     assert_eq!(report, regrelay_history::SweepReport::default());
 
+    // Released explicitly: a closed connection's session locks go only when the server's backend
+    // has noticed the close, which can be after the next sweep's try-lock (CI saw that race).
+    let unlocked: bool = client
+        .query_one(
+            "SELECT pg_advisory_unlock($1)",
+            &[&0x7272_7377_6565_7021_i64],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(unlocked);
     drop(client);
     let _ = driver.await;
     let report = db.sweep_history(0, Duration::MAX, 10).await.unwrap();
