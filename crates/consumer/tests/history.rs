@@ -1,6 +1,7 @@
 //! Delivery history as the consumer records it, read back from the real PostgreSQL: one execution
 //! and task per (event × policy × target), a log line per attempt, the exact body sent, Harbor's
-//! statuses; Pending as soon as the event is matched, before any attempt.
+//! statuses; Pending as soon as the event is matched, before any attempt (for a queued task: a
+//! direct first attempt, see `matching`, records its outcome only).
 
 mod common;
 

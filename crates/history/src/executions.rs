@@ -28,7 +28,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
-use tokio_postgres::types::ToSql;
+use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::Row;
 use uuid::Uuid;
 
@@ -531,6 +531,27 @@ const SELECT_TASK: &str = "
            update_time, start_time, end_time
     FROM tasks";
 
+/// Runs one statement of a history batch in a single round trip: the parameter types are given
+/// (`types`, matching the casts in `sql`), so no separate prepare step asks the server for them.
+/// Deliberately not a prepared statement: PostgreSQL plans it for the arrays at hand (a cached
+/// generic plan assumes 100 rows per `UNNEST`, and one made while the tables were small
+/// hash-joined whole-table scans once they grew, measured), and the foreign-key checks keep
+/// their own cached plans.
+///
+/// The parameters are paired with their types here, before the returned future first runs, so
+/// a caller can start several statements and await them together (see `record_deliveries`).
+fn query_typed<'a>(
+    tx: &'a deadpool_postgres::Transaction<'a>,
+    sql: &'a str,
+    types: &[Type],
+    params: &[&'a (dyn ToSql + Sync)],
+) -> impl std::future::Future<Output = Result<Vec<Row>, tokio_postgres::Error>> + 'a {
+    debug_assert_eq!(types.len(), params.len(), "one type per parameter");
+    let typed: Vec<(&'a (dyn ToSql + Sync), Type)> =
+        params.iter().copied().zip(types.iter().cloned()).collect();
+    async move { tx.query_typed(sql, &typed).await }
+}
+
 /// Locks every key of a batch, in one order for all writers (see `record_deliveries`).
 /// The sort is inside the subquery so the locks are taken while reading its sorted output (a
 /// function in the select list of a sorting query may run before the sort).
@@ -561,83 +582,148 @@ impl Database {
         // whatever order the planner picks: measured, that deadlocked a few batches per thousand.
         // Taking a transaction-scoped advisory lock per key first, all in one global order,
         // makes writers of the same keys queue instead of deadlocking.
-        {
-            let keys: Vec<Uuid> = folded.iter().map(|f| f.winner.history_key).collect();
-            tx.execute(LOCK_KEYS, &[&keys]).await?;
-            // A policy deleted while this batch runs would fail the whole batch on the foreign
-            // key (its records passed the existence check a moment earlier). Holding a key-share
-            // lock on the policies makes such a delete wait for this commit, or, if it committed
-            // first, the later statements see the policy gone and skip its records.
-            let mut policy_ids: Vec<i64> = folded.iter().map(|f| f.winner.policy_id).collect();
-            policy_ids.sort_unstable();
-            policy_ids.dedup();
-            tx.execute(LOCK_POLICIES, &[&policy_ids]).await?;
-        }
+        let lock_keys: Vec<Uuid> = folded.iter().map(|f| f.winner.history_key).collect();
+        // A policy deleted while this batch runs would fail the whole batch on the foreign
+        // key (its records passed the existence check a moment earlier). Holding a key-share
+        // lock on the policies makes such a delete wait for this commit, or, if it committed
+        // first, the later statements see the policy gone and skip its records.
+        let mut lock_policy_ids: Vec<i64> = folded.iter().map(|f| f.winner.policy_id).collect();
+        lock_policy_ids.sort_unstable();
+        lock_policy_ids.dedup();
 
         // 1. New keys: the execution and its one task, in one statement.
-        let inserted: HashSet<Uuid> = {
-            let keys: Vec<Uuid> = folded.iter().map(|f| f.winner.history_key).collect();
-            let policy_ids: Vec<i64> = folded.iter().map(|f| f.winner.policy_id).collect();
-            let vendor_types: Vec<&str> = folded
-                .iter()
-                .map(|f| f.winner.vendor_type.as_str())
-                .collect();
-            let triggers: Vec<&str> = folded.iter().map(|f| f.winner.trigger.as_str()).collect();
-            let event_types: Vec<String> = folded
-                .iter()
-                .map(|f| storable(&f.winner.event_type))
-                .collect();
-            let event_ids: Vec<Uuid> = folded.iter().map(|f| f.winner.event_id).collect();
-            let statuses: Vec<&str> = folded.iter().map(|f| f.winner.status.as_str()).collect();
-            let messages: Vec<String> = folded
-                .iter()
-                .map(|f| storable(&f.winner.status_message))
-                .collect();
-            let run_counts: Vec<i32> = folded.iter().map(|f| f.winner.run_count).collect();
-            let payloads: Vec<Option<String>> =
-                folded.iter().map(|f| f.payload.map(storable)).collect();
-            let first_ats: Vec<DateTime<Utc>> = folded.iter().map(|f| f.first_at).collect();
-            let ats: Vec<DateTime<Utc>> = folded.iter().map(|f| f.winner.at).collect();
-            let end_times: Vec<Option<DateTime<Utc>>> = folded
-                .iter()
-                .map(|f| end_time_of(f.winner.status, f.winner.at))
-                .collect();
-            // One task per execution, so the execution's status is the roll-up of that one.
-            let execution_statuses: Vec<TaskStatus> =
-                folded.iter().map(|f| rollup(&[f.winner.status])).collect();
-            let execution_status_names: Vec<&str> =
-                execution_statuses.iter().map(|s| s.as_str()).collect();
-            let execution_end_times: Vec<Option<DateTime<Utc>>> = folded
-                .iter()
-                .zip(&execution_statuses)
-                .map(|(f, status)| end_time_of(*status, f.winner.at))
-                .collect();
-            let rows = tx
-                .query(
-                    INSERT_NEW,
-                    &[
-                        &keys,
-                        &policy_ids,
-                        &vendor_types,
-                        &triggers,
-                        &event_types,
-                        &event_ids,
-                        &statuses,
-                        &messages,
-                        &run_counts,
-                        &payloads,
-                        &first_ats,
-                        &ats,
-                        &end_times,
-                        &execution_status_names,
-                        &execution_end_times,
-                    ],
-                )
-                .await?;
-            rows.iter()
-                .map(|row| row.try_get::<_, Uuid>(0))
-                .collect::<Result<_, _>>()?
+        let keys: Vec<Uuid> = folded.iter().map(|f| f.winner.history_key).collect();
+        let policy_ids: Vec<i64> = folded.iter().map(|f| f.winner.policy_id).collect();
+        let vendor_types: Vec<&str> = folded
+            .iter()
+            .map(|f| f.winner.vendor_type.as_str())
+            .collect();
+        let triggers: Vec<&str> = folded.iter().map(|f| f.winner.trigger.as_str()).collect();
+        let event_types: Vec<String> = folded
+            .iter()
+            .map(|f| storable(&f.winner.event_type))
+            .collect();
+        let event_ids: Vec<Uuid> = folded.iter().map(|f| f.winner.event_id).collect();
+        let statuses: Vec<&str> = folded.iter().map(|f| f.winner.status.as_str()).collect();
+        let messages: Vec<String> = folded
+            .iter()
+            .map(|f| storable(&f.winner.status_message))
+            .collect();
+        let run_counts: Vec<i32> = folded.iter().map(|f| f.winner.run_count).collect();
+        let payloads: Vec<Option<String>> =
+            folded.iter().map(|f| f.payload.map(storable)).collect();
+        let first_ats: Vec<DateTime<Utc>> = folded.iter().map(|f| f.first_at).collect();
+        let ats: Vec<DateTime<Utc>> = folded.iter().map(|f| f.winner.at).collect();
+        let end_times: Vec<Option<DateTime<Utc>>> = folded
+            .iter()
+            .map(|f| end_time_of(f.winner.status, f.winner.at))
+            .collect();
+        // One task per execution, so the execution's status is the roll-up of that one.
+        let execution_statuses: Vec<TaskStatus> =
+            folded.iter().map(|f| rollup(&[f.winner.status])).collect();
+        let execution_status_names: Vec<&str> =
+            execution_statuses.iter().map(|s| s.as_str()).collect();
+        let execution_end_times: Vec<Option<DateTime<Utc>>> = folded
+            .iter()
+            .zip(&execution_statuses)
+            .map(|(f, status)| end_time_of(*status, f.winner.at))
+            .collect();
+        let insert_new = query_typed(
+            &tx,
+            INSERT_NEW,
+            &[
+                Type::UUID_ARRAY,
+                Type::INT8_ARRAY,
+                Type::TEXT_ARRAY,
+                Type::TEXT_ARRAY,
+                Type::TEXT_ARRAY,
+                Type::UUID_ARRAY,
+                Type::TEXT_ARRAY,
+                Type::TEXT_ARRAY,
+                Type::INT4_ARRAY,
+                Type::TEXT_ARRAY,
+                Type::TIMESTAMPTZ_ARRAY,
+                Type::TIMESTAMPTZ_ARRAY,
+                Type::TIMESTAMPTZ_ARRAY,
+                Type::TEXT_ARRAY,
+                Type::TIMESTAMPTZ_ARRAY,
+            ],
+            &[
+                &keys,
+                &policy_ids,
+                &vendor_types,
+                &triggers,
+                &event_types,
+                &event_ids,
+                &statuses,
+                &messages,
+                &run_counts,
+                &payloads,
+                &first_ats,
+                &ats,
+                &end_times,
+                &execution_status_names,
+                &execution_end_times,
+            ],
+        );
+
+        // 3. Every attempt's log line, once (a line already there is kept).
+        let log_keys: Vec<Uuid> = logs.iter().map(|(key, _)| *key).collect();
+        let attempts: Vec<i32> = logs.iter().map(|(_, log)| log.attempt).collect();
+        let times: Vec<DateTime<Utc>> = logs.iter().map(|(_, log)| log.at).collect();
+        let codes: Vec<Option<i32>> = logs
+            .iter()
+            .map(|(_, log)| log.status_code.map(i32::from))
+            .collect();
+        let errors: Vec<Option<String>> = logs
+            .iter()
+            .map(|(_, log)| log.error.as_deref().map(storable))
+            .collect();
+        let durations: Vec<i64> = logs
+            .iter()
+            .map(|(_, log)| i64::try_from(log.duration.as_millis()).unwrap_or(i64::MAX))
+            .collect();
+        let snippets: Vec<Option<String>> = logs
+            .iter()
+            .map(|(_, log)| log.response_snippet.as_deref().map(storable))
+            .collect();
+        let insert_logs = async {
+            if logs.is_empty() {
+                return Ok(Vec::new());
+            }
+            query_typed(
+                &tx,
+                INSERT_LOGS,
+                &[
+                    Type::UUID_ARRAY,
+                    Type::INT4_ARRAY,
+                    Type::TIMESTAMPTZ_ARRAY,
+                    Type::INT4_ARRAY,
+                    Type::TEXT_ARRAY,
+                    Type::INT8_ARRAY,
+                    Type::TEXT_ARRAY,
+                ],
+                &[
+                    &log_keys, &attempts, &times, &codes, &errors, &durations, &snippets,
+                ],
+            )
+            .await
         };
+
+        // Steps 0, 1 and 3 go out together, pipelined on the connection in this order (each is
+        // sent when first polled, and `try_join4` polls in order): one round trip instead of four.
+        // Only step 2 needs step 1's answer. A failing statement aborts the transaction, so the
+        // ones after it fail too and the batch fails whole.
+        let lock_keys_done = query_typed(&tx, LOCK_KEYS, &[Type::UUID_ARRAY], &[&lock_keys]);
+        let lock_policies_done =
+            query_typed(&tx, LOCK_POLICIES, &[Type::INT8_ARRAY], &[&lock_policy_ids]);
+        let (_, _, rows, _) =
+            futures::future::try_join4(lock_keys_done, lock_policies_done, insert_new, insert_logs)
+                .await?;
+        let inserted: HashSet<Uuid> = rows
+            .iter()
+            .map(|row| row.try_get::<_, Uuid>(0))
+            .collect::<Result<_, _>>()?;
 
         // 2. Known keys (a separate statement, so it sees rows a concurrent batch committed while
         // the insert waited on them): move the task forward, then roll it up into the execution.
@@ -659,20 +745,29 @@ impl Database {
                 .map(|f| end_time_of(f.winner.status, f.winner.at))
                 .collect();
             let finals: Vec<bool> = known.iter().map(|f| f.winner.status.is_final()).collect();
-            let moved_rows = tx
-                .query(
-                    &update_tasks_sql(),
-                    &[
-                        &keys,
-                        &statuses,
-                        &messages,
-                        &run_counts,
-                        &ats,
-                        &end_times,
-                        &finals,
-                    ],
-                )
-                .await?;
+            let moved_rows = query_typed(
+                &tx,
+                &update_tasks_sql(),
+                &[
+                    Type::UUID_ARRAY,
+                    Type::TEXT_ARRAY,
+                    Type::TEXT_ARRAY,
+                    Type::INT4_ARRAY,
+                    Type::TIMESTAMPTZ_ARRAY,
+                    Type::TIMESTAMPTZ_ARRAY,
+                    Type::BOOL_ARRAY,
+                ],
+                &[
+                    &keys,
+                    &statuses,
+                    &messages,
+                    &run_counts,
+                    &ats,
+                    &end_times,
+                    &finals,
+                ],
+            )
+            .await?;
             let mut moved: HashMap<Uuid, TaskStatus> = HashMap::new();
             for row in &moved_rows {
                 let key: Uuid = row.try_get(0)?;
@@ -692,8 +787,17 @@ impl Database {
             }
             let payloads: Vec<Option<String>> =
                 known.iter().map(|f| f.payload.map(storable)).collect();
-            tx.execute(
+            query_typed(
+                &tx,
                 UPDATE_EXECUTIONS,
+                &[
+                    Type::UUID_ARRAY,
+                    Type::BOOL_ARRAY,
+                    Type::TEXT_ARRAY,
+                    Type::TEXT_ARRAY,
+                    Type::TIMESTAMPTZ_ARRAY,
+                    Type::TEXT_ARRAY,
+                ],
                 &[
                     &keys,
                     &moved_flags,
@@ -701,36 +805,6 @@ impl Database {
                     &messages,
                     &execution_end_times,
                     &payloads,
-                ],
-            )
-            .await?;
-        }
-
-        // 3. Every attempt's log line, once.
-        if !logs.is_empty() {
-            let keys: Vec<Uuid> = logs.iter().map(|(key, _)| *key).collect();
-            let attempts: Vec<i32> = logs.iter().map(|(_, log)| log.attempt).collect();
-            let times: Vec<DateTime<Utc>> = logs.iter().map(|(_, log)| log.at).collect();
-            let codes: Vec<Option<i32>> = logs
-                .iter()
-                .map(|(_, log)| log.status_code.map(i32::from))
-                .collect();
-            let errors: Vec<Option<String>> = logs
-                .iter()
-                .map(|(_, log)| log.error.as_deref().map(storable))
-                .collect();
-            let durations: Vec<i64> = logs
-                .iter()
-                .map(|(_, log)| i64::try_from(log.duration.as_millis()).unwrap_or(i64::MAX))
-                .collect();
-            let snippets: Vec<Option<String>> = logs
-                .iter()
-                .map(|(_, log)| log.response_snippet.as_deref().map(storable))
-                .collect();
-            tx.execute(
-                INSERT_LOGS,
-                &[
-                    &keys, &attempts, &times, &codes, &errors, &durations, &snippets,
                 ],
             )
             .await?;
