@@ -31,6 +31,9 @@ pub struct ConsumerSettings {
     pub policy_refresh_interval: Duration,
     /// Deliver to loopback/private/link-local addresses (development and tests only).
     pub allow_private_targets: bool,
+    /// The matching stage makes the first attempt of a task itself when the target is fast (see
+    /// `matching`), instead of publishing it to the deliveries queue; saves a broker round trip.
+    pub direct_first_attempt: bool,
 }
 
 /// See [`DeliveryContext::fanout_budget`]. Enough for dozens of ordinary events at once.
@@ -56,6 +59,11 @@ pub struct DeliveryContext {
     /// events. The prefetch bounds events, not tasks: at fan-out 100, 64 events in flight are 6400
     /// tasks with their bodies and history records, which is what peak memory tracked.
     pub fanout_budget: tokio::sync::Semaphore,
+    /// Direct first attempts the matching stage may have in flight at once (`delivery_prefetch`,
+    /// the delivery stage's own bound). Each attempt may hold an HTTP connection and its buffers:
+    /// without this bound, fan-out 100 ran 1024 attempts at once and the consumer's RSS passed
+    /// 64 MiB.
+    pub direct_attempts: tokio::sync::Semaphore,
     /// Project ids by name, for the CloudEvents `source` of system-wide policies; ids never change.
     project_ids: Mutex<HashMap<String, i64>>,
     /// Retry buckets already declared by this process.
@@ -76,6 +84,7 @@ impl DeliveryContext {
         metrics: ConsumerMetrics,
         history: Option<HistoryRecorder>,
     ) -> Self {
+        let direct_attempts = usize::from(settings.delivery_prefetch.max(1));
         Self {
             limiter: TargetLimiter::new(
                 settings.per_target_concurrency,
@@ -93,6 +102,7 @@ impl DeliveryContext {
             metrics,
             history,
             fanout_budget: tokio::sync::Semaphore::new(FANOUT_BUDGET),
+            direct_attempts: tokio::sync::Semaphore::new(direct_attempts),
             project_ids: Mutex::new(HashMap::new()),
             declared_buckets: Mutex::new(HashSet::new()),
         }

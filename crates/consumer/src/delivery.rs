@@ -16,7 +16,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicNackOptions};
 use regrelay_events::cloudevents::CloudEventContext;
 use regrelay_history::executions::TaskStatus;
 use regrelay_history::policy::{PayloadFormat, Target, TargetKind};
@@ -34,6 +33,7 @@ use crate::policy_cache::CachedPolicy;
 use crate::render::{render_payload, PayloadKind};
 use crate::signing::SigningKey;
 use crate::task::DeliveryTask;
+use tokio::sync::OwnedSemaphorePermit;
 
 /// Counts a task as in flight for as long as it lives.
 struct InFlight<'a>(&'a prometheus::IntGauge);
@@ -51,38 +51,26 @@ impl Drop for InFlight<'_> {
     }
 }
 
-/// What to do with the task message once the attempt is over.
-enum Settlement {
+/// What to do with the message a delivery came from once its attempt is over.
+pub(crate) enum Settlement {
     Ack,
     /// Put it back for redelivery (the outcome could not be made durable).
     Requeue(String),
 }
 
-pub async fn handle_task(ctx: Arc<DeliveryContext>, delivery: Delivery) {
-    let _in_flight = InFlight::new(&ctx.metrics.in_flight);
-    let settlement = process(&ctx, &delivery.data).await;
-    match settlement {
-        Settlement::Ack => {
-            if let Err(error) = delivery.ack(BasicAckOptions::default()).await {
-                tracing::warn!(message = "Cannot ack a delivery task; it will be redelivered.", error = %error);
-            }
-        }
-        Settlement::Requeue(reason) => {
-            ctx.metrics
-                .stage_errors
-                .with_label_values(&["delivery"])
-                .inc();
-            tracing::warn!(message = "Delivery task requeued.", reason = %reason);
-            // A short pause, so a broker outage is waited out rather than spun on.
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            let _ = delivery
-                .nack(BasicNackOptions {
-                    requeue: true,
-                    ..BasicNackOptions::default()
-                })
-                .await;
+impl Settlement {
+    /// `Err` with the reason when the message must go back for redelivery.
+    pub(crate) fn into_result(self) -> Result<(), String> {
+        match self {
+            Settlement::Ack => Ok(()),
+            Settlement::Requeue(reason) => Err(reason),
         }
     }
+}
+
+pub async fn handle_task(ctx: Arc<DeliveryContext>, delivery: Delivery) {
+    let result = process(&ctx, &delivery.data).await.into_result();
+    crate::stage::settle(&ctx, "delivery", &delivery, result).await;
 }
 
 async fn process(ctx: &DeliveryContext, body: &[u8]) -> Settlement {
@@ -114,8 +102,6 @@ async fn process(ctx: &DeliveryContext, body: &[u8]) -> Settlement {
         )
         .await;
     };
-    let target = &cached.policy.targets[target_index];
-
     let permit = match ctx.limiter.admit(&task.target_fingerprint).await {
         Admission::Go(permit) => permit,
         Admission::Saturated => {
@@ -134,6 +120,24 @@ async fn process(ctx: &DeliveryContext, body: &[u8]) -> Settlement {
             };
         }
     };
+    attempt_and_settle(ctx, task, &event, &cached, target_index, permit).await
+}
+
+/// Makes one attempt of `task` (its target's slot held by `permit`), records the step in history,
+/// and makes the outcome durable in the broker: nothing more when delivered, the retry bucket, or
+/// the dead-letter queue. `Settlement::Ack` once all of that is done; the caller then settles the
+/// message the task came from (the task itself in the delivery stage, the event for the matching
+/// stage's direct first attempts).
+pub(crate) async fn attempt_and_settle(
+    ctx: &DeliveryContext,
+    mut task: DeliveryTask,
+    event: &regrelay_events::RegistryEvent,
+    cached: &CachedPolicy,
+    target_index: usize,
+    permit: OwnedSemaphorePermit,
+) -> Settlement {
+    let _in_flight = InFlight::new(&ctx.metrics.in_flight);
+    let target = &cached.policy.targets[target_index];
 
     let cloud_context = CloudEventContext {
         id: task.delivery_id,
@@ -141,14 +145,14 @@ async fn process(ctx: &DeliveryContext, body: &[u8]) -> Settlement {
         policy_id: task.policy_id,
         request_id: task.request_id.clone(),
     };
-    let prepared = match prepare(target, &event, &cloud_context) {
+    let prepared = match prepare(target, event, &cloud_context) {
         Ok(prepared) => prepared,
         Err(unsendable) => {
             return dead_letter(
                 ctx,
                 &task,
-                &event,
-                Some(&cached),
+                event,
+                Some(cached),
                 Some(target),
                 unsendable.reason,
                 unsendable.detail,
@@ -266,8 +270,8 @@ async fn process(ctx: &DeliveryContext, body: &[u8]) -> Settlement {
                 dead_letter(
                     ctx,
                     &task,
-                    &event,
-                    Some(&cached),
+                    event,
+                    Some(cached),
                     Some(target),
                     "attempts_exhausted",
                     detail,
@@ -281,8 +285,8 @@ async fn process(ctx: &DeliveryContext, body: &[u8]) -> Settlement {
             dead_letter(
                 ctx,
                 &task,
-                &event,
-                Some(&cached),
+                event,
+                Some(cached),
                 Some(target),
                 reason.as_str(),
                 detail,

@@ -3,7 +3,8 @@
 //! Module map:
 //! - [`task`]: [`DeliveryTask`], the versioned message of one delivery (event × policy × target).
 //! - [`policy_cache`]: every consumer's in-memory copy of the policies and the global switch.
-//! - [`matching`]: stage 1, `<prefix>.events` → one task per (policy, target) → `<prefix>.deliveries`.
+//! - [`matching`]: stage 1, `<prefix>.events` → one task per (policy, target) → a direct first
+//!   attempt (fast targets) or `<prefix>.deliveries`.
 //! - [`delivery`]: stage 2, one HTTP attempt per task, then ack, retry (broker-held) or dead-letter.
 //! - [`classify`]: the pure "retry?" decision (SPEC §3's status table).
 //! - [`retry`]: the pure "when?" decision ([`RetrySchedule`]).

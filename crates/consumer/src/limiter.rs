@@ -97,14 +97,22 @@ impl TargetLimiter {
         slot.average_attempt_micros.store(new, Ordering::Relaxed);
     }
 
+    /// Whether the target's recent attempts were quick: known (at least one completed) and averaging
+    /// at most [`SLOW_ATTEMPT`]. The matching stage attempts only such targets itself.
+    pub fn is_fast(&self, target: &str) -> bool {
+        let average = self
+            .slot(target)
+            .average_attempt_micros
+            .load(Ordering::Relaxed);
+        !is_slow(average)
+    }
+
     pub async fn admit(&self, target: &str) -> Admission {
         let slot = self.slot(target);
         if let Ok(permit) = slot.semaphore.clone().try_acquire_owned() {
             return Admission::Go(permit);
         }
-        let average = slot.average_attempt_micros.load(Ordering::Relaxed);
-        let slow =
-            average == 0 || average > u64::try_from(SLOW_ATTEMPT.as_micros()).unwrap_or(u64::MAX);
+        let slow = is_slow(slot.average_attempt_micros.load(Ordering::Relaxed));
         if slot.waiting.fetch_add(1, Ordering::AcqRel) >= self.max_waiting && slow {
             slot.waiting.fetch_sub(1, Ordering::AcqRel);
             return Admission::Saturated;
@@ -120,6 +128,12 @@ impl TargetLimiter {
             Ok(Err(_)) => Admission::Saturated,
         }
     }
+}
+
+/// A target with no completed attempt (average 0) counts as slow.
+fn is_slow(average_micros: u64) -> bool {
+    average_micros == 0
+        || average_micros > u64::try_from(SLOW_ATTEMPT.as_micros()).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]
@@ -180,6 +194,19 @@ mod tests {
                 "every task of a fast target gets its turn"
             );
         }
+    }
+
+    #[test]
+    fn only_a_target_with_quick_recent_attempts_is_fast() {
+        let limiter = TargetLimiter::new(1, 1, Duration::from_secs(60));
+        assert!(
+            !limiter.is_fast("new"),
+            "a target not heard from is not fast"
+        );
+        limiter.record_attempt("quick", Duration::from_millis(3));
+        assert!(limiter.is_fast("quick"));
+        limiter.record_attempt("hanging", Duration::from_secs(10));
+        assert!(!limiter.is_fast("hanging"));
     }
 
     #[test]

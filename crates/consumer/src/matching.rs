@@ -1,22 +1,42 @@
 //! The matching stage: takes an event from `<prefix>.events`, finds the policies it triggers, and
-//! fans it out as one delivery task per (policy, target) onto `<prefix>.deliveries`.
+//! fans it out as one delivery task per (policy, target). A task whose target is known to answer
+//! quickly gets its first attempt here, directly; the others go onto `<prefix>.deliveries` for the
+//! delivery stage.
 //!
 //! Design constraints:
-//! - The event is acked only after every task it produced is confirmed by the broker. A crash in
-//!   between redelivers the event; its tasks get the same delivery ids, so receivers can drop the
-//!   duplicates by `webhook-id`.
+//! - The event is acked only after every task it produced is settled durably: published and
+//!   confirmed (queued tasks), or attempted with its outcome recorded and any retry or dead letter
+//!   confirmed (direct ones). A crash in between redelivers the event; its tasks get the same
+//!   delivery ids, so receivers can drop the duplicates by `webhook-id`, and history records the
+//!   same steps again without duplicating them.
+//! - Why direct first attempts: most deliveries succeed at once, and publishing each through the
+//!   deliveries queue costs a second persistent, confirmed broker round trip (and a Pending history
+//!   row) per delivery. The broker was the lowest ceiling measured (docs/benchmarks.md).
+//! - Only *fast* targets are attempted directly (recent attempts average under
+//!   [`crate::limiter::SLOW_ATTEMPT`]): the event stays unacked while its direct attempts run, and
+//!   the matching prefetch is small, so a slow or unknown target must not hold it. Their tasks, and
+//!   those of a fast target whose slots stay taken for `deferral_delay`, are queued as before.
+//!   Direct attempts share the per-target slots with the delivery stage, and each holds at most
+//!   one slot while waiting for none, so they cannot deadlock one another.
+//! - No direct attempt while notifications are globally disabled: the delivery stage is paused
+//!   then, and the tasks wait in the queue.
 //! - An event that cannot be decoded (poison) is dead-lettered with its reason, never requeued in a loop.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicNackOptions};
 use regrelay_producer::{EventMessage, OutgoingMessage};
+
+use regrelay_history::policy::TargetKind;
 
 use crate::context::DeliveryContext;
 use crate::dead_letter::DeadLetterBody;
+use crate::delivery;
 use crate::history::{self, Step};
+use crate::limiter::Admission;
+use crate::policy_cache::CachedPolicy;
+use crate::stage;
 use crate::task::{DeliveryTask, Trigger};
 
 pub async fn handle_event(ctx: Arc<DeliveryContext>, delivery: Delivery) {
@@ -28,8 +48,9 @@ pub async fn handle_event(ctx: Arc<DeliveryContext>, delivery: Delivery) {
                 &delivery.data,
                 format!("event message cannot be read: {error}"),
             );
-            settle(
+            stage::settle(
                 &ctx,
+                "matching",
                 &delivery,
                 dead.publish(&ctx).await.map_err(|e| e.to_string()),
             )
@@ -37,7 +58,7 @@ pub async fn handle_event(ctx: Arc<DeliveryContext>, delivery: Delivery) {
             return;
         }
     };
-    settle(&ctx, &delivery, fan_out(&ctx, &message).await).await;
+    stage::settle(&ctx, "matching", &delivery, fan_out(&ctx, &message).await).await;
 }
 
 /// Matches and publishes the tasks; `Ok` once they are all confirmed.
@@ -71,8 +92,8 @@ async fn fan_out(ctx: &DeliveryContext, message: &EventMessage) -> Result<(), St
         .acquire_many(wanted)
         .await
         .map_err(|_| "the fan-out budget is closed".to_owned())?;
+    // (task, its policy, the target's index in it)
     let mut tasks = Vec::new();
-    let mut kinds = Vec::new();
     for cached in &matched {
         let policy = &cached.policy;
         let project_id = match &policy.project {
@@ -94,18 +115,82 @@ async fn fan_out(ctx: &DeliveryContext, message: &EventMessage) -> Result<(), St
                 Trigger::Event,
             )
             .map_err(|e| format!("cannot build task: {e}"))?;
-            tasks.push(task);
-            kinds.push(target.kind);
+            tasks.push((task, cached.clone(), index));
         }
     }
-    // Pending in history, queued without waiting (see `history::record_in_background`): the
-    // outcome of every delivery is recorded, durably, by the delivery stage. A task delivered
-    // before its Pending record lands is fine: the store never lets a record with fewer attempts
-    // overwrite one with more.
     let event_type = message.event_type().as_str();
+    let direct_allowed = ctx.settings.direct_first_attempt && set.notifications_enabled;
+    let mut queued = Vec::new();
+    let mut direct = Vec::new();
+    for (task, cached, index) in tasks {
+        if direct_allowed && ctx.limiter.is_fast(&task.target_fingerprint) {
+            direct.push(attempt_directly(ctx, task, &message.event, cached, index));
+        } else {
+            queued.push((task, cached.policy.targets[index].kind));
+        }
+    }
+    let task_count = queued.len() + direct.len();
+    let (published, attempted) = tokio::join!(
+        queue_tasks(ctx, queued, event_type),
+        futures::future::join_all(direct)
+    );
+    published?;
+    attempted.into_iter().collect::<Result<Vec<()>, String>>()?;
+    tracing::debug!(
+        message = "Event fanned out.",
+        event_id = %message.id,
+        event_type,
+        policies = matched.len(),
+        tasks = task_count,
+    );
+    Ok(())
+}
+
+/// The first attempt of a task to a fast target, made here; if the target's slots stay taken for
+/// `deferral_delay`, the task is queued instead. `Ok` once its outcome is durable.
+async fn attempt_directly(
+    ctx: &DeliveryContext,
+    task: DeliveryTask,
+    event: &regrelay_events::RegistryEvent,
+    cached: Arc<CachedPolicy>,
+    target_index: usize,
+) -> Result<(), String> {
+    let _attempting = ctx
+        .direct_attempts
+        .acquire()
+        .await
+        .map_err(|_| "the direct attempt bound is closed".to_owned())?;
+    let permit = match ctx.limiter.admit(&task.target_fingerprint).await {
+        Admission::Go(permit) => permit,
+        Admission::Saturated => {
+            let kind = cached.policy.targets[target_index].kind;
+            let event_type = event.event_type().as_str();
+            return queue_tasks(ctx, vec![(task, kind)], event_type).await;
+        }
+    };
+    ctx.metrics
+        .tasks_created
+        .with_label_values(&["direct"])
+        .inc();
+    delivery::attempt_and_settle(ctx, task, event, &cached, target_index, permit)
+        .await
+        .into_result()
+}
+
+/// Publishes tasks to `<prefix>.deliveries` and waits for the confirms; their Pending history
+/// records are queued without waiting (see `history::record_in_background`): the outcome of every
+/// delivery is recorded, durably, by the delivery stage. A task delivered before its Pending record
+/// lands is fine: the store never lets a record with fewer attempts overwrite one with more.
+async fn queue_tasks(
+    ctx: &DeliveryContext,
+    tasks: Vec<(DeliveryTask, TargetKind)>,
+    event_type: &str,
+) -> Result<(), String> {
+    if tasks.is_empty() {
+        return Ok(());
+    }
     let steps = tasks
         .iter()
-        .zip(&kinds)
         .map(|(task, kind)| Step {
             task,
             event_type,
@@ -118,14 +203,14 @@ async fn fan_out(ctx: &DeliveryContext, message: &EventMessage) -> Result<(), St
         .collect();
     let bodies = tasks
         .iter()
-        .map(DeliveryTask::encode)
+        .map(|(task, _)| task.encode())
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| format!("cannot encode task: {e}"))?;
     let queue = ctx.topology.deliveries_queue();
     let outgoing = tasks
         .iter()
         .zip(&bodies)
-        .map(|(task, body)| OutgoingMessage {
+        .map(|((task, _), body)| OutgoingMessage {
             exchange: "",
             routing_key: &queue,
             body,
@@ -140,40 +225,9 @@ async fn fan_out(ctx: &DeliveryContext, message: &EventMessage) -> Result<(), St
     };
     history::record_in_background(ctx, steps);
     publish.await?;
-    ctx.metrics.tasks_created.inc_by(tasks.len() as u64);
-    tracing::debug!(
-        message = "Event fanned out.",
-        event_id = %message.id,
-        event_type,
-        policies = matched.len(),
-        tasks = tasks.len(),
-    );
+    ctx.metrics
+        .tasks_created
+        .with_label_values(&["queued"])
+        .inc_by(tasks.len() as u64);
     Ok(())
-}
-
-/// Acks on success. On a broker or database error the event goes back to the queue after a short
-/// pause, so an outage is waited out rather than spun on.
-async fn settle(ctx: &DeliveryContext, delivery: &Delivery, result: Result<(), String>) {
-    match result {
-        Ok(()) => {
-            if let Err(error) = delivery.ack(BasicAckOptions::default()).await {
-                // The channel is gone; the broker redelivers the event, and its tasks keep their ids.
-                tracing::warn!(message = "Cannot ack an event; it will be redelivered.", error = %error);
-            }
-        }
-        Err(error) => {
-            ctx.metrics
-                .stage_errors
-                .with_label_values(&["matching"])
-                .inc();
-            tracing::warn!(message = "Event not fanned out; requeueing it.", error = %error);
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            let _ = delivery
-                .nack(BasicNackOptions {
-                    requeue: true,
-                    ..BasicNackOptions::default()
-                })
-                .await;
-        }
-    }
 }

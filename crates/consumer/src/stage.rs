@@ -14,7 +14,9 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use lapin::message::Delivery;
-use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
+};
 use lapin::types::FieldTable;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -127,5 +129,36 @@ pub async fn consume_until<F, Fut>(
         handlers.close();
         handlers.wait().await;
         let _ = channel.close(200, "stage stopped".into()).await;
+    }
+}
+
+/// Settles a message a stage took: acks it once its outcome is durable (`Ok`), or, when that
+/// could not be done (a broker or database error), counts the error, waits a moment, so an outage
+/// is waited out rather than spun on, and puts the message back for redelivery. Either way a
+/// message is never dropped: if even the ack or nack fails, the channel is gone and RabbitMQ
+/// redelivers it.
+pub(crate) async fn settle(
+    ctx: &DeliveryContext,
+    stage: &'static str,
+    delivery: &Delivery,
+    result: Result<(), String>,
+) {
+    match result {
+        Ok(()) => {
+            if let Err(error) = delivery.ack(BasicAckOptions::default()).await {
+                tracing::warn!(message = "Cannot ack a message; it will be redelivered.", stage, error = %error);
+            }
+        }
+        Err(reason) => {
+            ctx.metrics.stage_errors.with_label_values(&[stage]).inc();
+            tracing::warn!(message = "Message not settled; requeueing it.", stage, reason = %reason);
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let _ = delivery
+                .nack(BasicNackOptions {
+                    requeue: true,
+                    ..BasicNackOptions::default()
+                })
+                .await;
+        }
     }
 }

@@ -27,8 +27,10 @@ pub struct ConsumerMetrics {
     pub matching_seconds: Histogram,
     /// `regrelay_events_matched_total{result}`: events that matched a policy (`matched`) or none (`unmatched`).
     pub events_matched: IntCounterVec,
-    /// `regrelay_delivery_tasks_created_total`: tasks fanned out by the matching stage.
-    pub tasks_created: IntCounter,
+    /// `regrelay_delivery_tasks_created_total{path}`: tasks fanned out by the matching stage, by how
+    /// their first attempt was made: `direct` (by the matching stage itself) or `queued` (published
+    /// to the deliveries queue for the delivery stage).
+    pub tasks_created: IntCounterVec,
     /// `regrelay_policy_reloads_total{outcome}`: policy cache reloads (`success`, `failure`).
     pub policy_reloads: IntCounterVec,
     /// `regrelay_notifications_enabled`: the global switch as this consumer last read it.
@@ -120,9 +122,12 @@ impl ConsumerMetrics {
             ),
             &["result"],
         )?;
-        let tasks_created = IntCounter::new(
-            "regrelay_delivery_tasks_created_total",
-            "Delivery tasks fanned out by the matching stage (one per event, policy and target).",
+        let tasks_created = IntCounterVec::new(
+            Opts::new(
+                "regrelay_delivery_tasks_created_total",
+                "Delivery tasks fanned out by the matching stage (one per event, policy and target), by first-attempt path (direct, queued).",
+            ),
+            &["path"],
         )?;
         let policy_reloads = IntCounterVec::new(
             Opts::new(
@@ -195,6 +200,9 @@ impl ConsumerMetrics {
             for target_type in TARGET_TYPES {
                 deliveries.with_label_values(&[outcome, target_type]);
             }
+        }
+        for path in ["direct", "queued"] {
+            tasks_created.with_label_values(&[path]);
         }
         for result in ["matched", "unmatched"] {
             events_matched.with_label_values(&[result]);

@@ -391,6 +391,10 @@ async fn the_global_switch_pauses_and_resumes_without_losing_events() {
     )
     .await;
 
+    // A target known to be fast, so the matching stage would attempt it directly if it may.
+    env.publish(&[push("lib", "app", "warm-up")]).await;
+    assert_eq!(receiver.wait_for(1, WAIT).await.len(), 1);
+
     env.db.set_notification_enabled(false).await.unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
     env.publish(&[push("lib", "app", "v1"), push("lib", "app", "v2")])
@@ -398,15 +402,15 @@ async fn the_global_switch_pauses_and_resumes_without_losing_events() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(
         receiver.count(),
-        0,
+        1,
         "nothing is delivered while notifications are off"
     );
     assert_eq!(env.metric("regrelay_notifications_enabled"), 0.0);
 
     env.db.set_notification_enabled(true).await.unwrap();
     assert_eq!(
-        receiver.wait_for(2, WAIT).await.len(),
-        2,
+        receiver.wait_for(3, WAIT).await.len(),
+        3,
         "what waited is delivered"
     );
 }
@@ -480,4 +484,94 @@ async fn policy_changes_reach_a_running_consumer() {
     env.publish(&[push("lib", "app", "deleted")]).await;
     tokio::time::sleep(Duration::from_millis(800)).await;
     assert_eq!(receiver.count(), 1, "a deleted policy triggers nothing");
+}
+
+#[tokio::test]
+async fn a_fast_target_gets_its_first_attempts_from_the_matching_stage() {
+    let env = Env::start(
+        "direct",
+        Options {
+            // More slots than events in flight: no direct attempt waits for a slot, so none is
+            // queued for that reason.
+            per_target_concurrency: 32,
+            ..Options::default()
+        },
+    )
+    .await;
+    let receiver = TestReceiver::start().await;
+    let policy = env
+        .policy(
+            Some("lib"),
+            spec(
+                "hook",
+                vec![http_target(receiver.url("/hook"))],
+                &[EventType::PushArtifact],
+            ),
+        )
+        .await;
+    let direct = "regrelay_delivery_tasks_created_total{path=\"direct\"}";
+    let queued = "regrelay_delivery_tasks_created_total{path=\"queued\"}";
+
+    // A target not heard from yet is queued for the delivery stage.
+    env.publish(&[push("lib", "app", "warm-up")]).await;
+    assert_eq!(receiver.wait_for(1, WAIT).await.len(), 1);
+    assert_eq!(env.metric_when(queued, 1.0, WAIT).await, 1.0);
+    assert_eq!(env.metric(direct), 0.0);
+
+    // Once it has answered quickly, the matching stage makes the first attempts itself.
+    let events: Vec<String> = (0..20)
+        .map(|i| push("lib", "app", &format!("v{i}")))
+        .collect();
+    env.publish(&events).await;
+    let received = receiver.wait_for(21, WAIT).await;
+    assert_eq!(received.len(), 21);
+    let bodies: HashSet<&[u8]> = received.iter().map(|r| r.body.as_slice()).collect();
+    for sent in &events {
+        assert!(bodies.contains(sent.as_bytes()), "every event arrives");
+    }
+    assert_eq!((env.metric(direct), env.metric(queued)), (20.0, 1.0));
+
+    // A direct attempt that fails is retried through the broker, like any other.
+    receiver.script(&[500, 200]);
+    env.publish(&[push("lib", "app", "fails-once")]).await;
+    assert_eq!(receiver.wait_for(23, WAIT).await.len(), 23);
+    assert_eq!(env.metric(direct), 21.0);
+    let retried = "regrelay_deliveries_total{outcome=\"retried\",target_type=\"http\"}";
+    assert_eq!(env.metric_when(retried, 1.0, WAIT).await, 1.0);
+
+    // History: one execution per event, each ending in Success; the retried one ran twice.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let executions = loop {
+        let (executions, total) = env
+            .db
+            .list_executions(
+                policy.id,
+                &regrelay_history::executions::ExecutionQuery {
+                    page_size: 100,
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        let done = executions
+            .iter()
+            .filter(|e| e.status == regrelay_history::executions::TaskStatus::Success)
+            .count();
+        if total == 22 && done == 22 {
+            break executions;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{done} of {total} executions succeeded"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let mut run_counts = Vec::new();
+    for execution in &executions {
+        let (tasks, _) = env.db.list_tasks(execution.id, 1, 10).await.unwrap();
+        run_counts.push(tasks[0].run_count);
+    }
+    run_counts.sort_unstable();
+    assert_eq!(run_counts.iter().filter(|&&n| n == 1).count(), 21);
+    assert_eq!(run_counts.last(), Some(&2));
 }

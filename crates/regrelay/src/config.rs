@@ -79,6 +79,8 @@ pub struct Config {
     /// Wait of a deferred task.
     #[serde(with = "humantime_serde")]
     pub deferral_delay: Duration,
+    /// The matching stage makes first attempts to fast targets itself.
+    pub direct_first_attempt: bool,
     /// Policy cache refresh interval.
     #[serde(with = "humantime_serde")]
     pub policy_refresh_interval: Duration,

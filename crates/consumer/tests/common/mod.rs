@@ -35,6 +35,8 @@ pub struct Options {
     /// The consumer reaches PostgreSQL through a [`TcpProxy`] the test controls (`Env::db_proxy`);
     /// the test's own `Env::db` stays direct.
     pub database_proxy: bool,
+    /// The matching stage attempts fast targets itself (`direct_first_attempt`, on in `serve`).
+    pub direct_first_attempt: bool,
 }
 
 impl Default for Options {
@@ -48,6 +50,7 @@ impl Default for Options {
             matching_prefetch: 16,
             history: true,
             database_proxy: false,
+            direct_first_attempt: true,
         }
     }
 }
@@ -132,6 +135,7 @@ impl Env {
                 deferral_delay: Duration::from_millis(100),
                 policy_refresh_interval: Duration::from_millis(100),
                 allow_private_targets: true,
+                direct_first_attempt: options.direct_first_attempt,
             },
             metrics: ConsumerMetrics::register(&registry).unwrap(),
             history: options.history.then(|| {
@@ -209,6 +213,20 @@ impl Env {
             .lines()
             .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
             .unwrap_or(0.0)
+    }
+
+    /// Waits until `series` reads `value` (counters move just after the step they count, e.g. a
+    /// task's confirm can arrive after the receiver already has its request); returns the last
+    /// reading.
+    pub async fn metric_when(&self, series: &str, value: f64, wait: Duration) -> f64 {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let now = self.metric(series);
+            if now == value || tokio::time::Instant::now() >= deadline {
+                return now;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Takes up to `n` dead letters as JSON.
