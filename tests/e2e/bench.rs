@@ -72,3 +72,38 @@ fn bench_smoke_run_delivers_everything_and_reports_figures() {
         "{stderr}"
     );
 }
+
+#[test]
+fn bench_batched_ingest_sends_several_events_per_request_and_accounts_for_each() {
+    let output = Command::new(BIN)
+        .args([
+            "bench",
+            "--scenario",
+            "batched-ingest",
+            "--events",
+            "305",
+            "--json",
+            "--timeout",
+            "60s",
+        ])
+        .env("REGRELAY_AMQP_URL", amqp_url())
+        .env("REGRELAY_BENCH_DATABASE_ADMIN_URL", admin_database_url())
+        .output()
+        .expect("run regrelay bench");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "exit {:?}\nstdout:\n{stdout}\nstderr:\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: Value = serde_json::from_str(&stdout).expect("one JSON object on stdout");
+    let run = &report["scenarios"][0];
+    assert_eq!(run["batch"], 10, "{run:#}");
+    // 30 requests of ten and one of five: every event accepted and delivered, each correlated to
+    // its own request's answer.
+    assert_eq!(run["ingest"]["accepted"], 305, "{run:#}");
+    assert_eq!(run["deliveries"]["delivered"], 305, "{run:#}");
+    assert_eq!(run["latency_ms"]["samples"], 305, "{run:#}");
+    assert_eq!(report["ok"], true, "{report:#}");
+}

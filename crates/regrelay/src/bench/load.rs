@@ -3,8 +3,9 @@
 //! Design constraints:
 //! - Only the public APIs a registry and an operator use (Harbor's policy API with HTTP Basic, the
 //!   ingest API with the bearer token), so `--target` works against any running installation.
-//! - One event per request, each with a unique tag `b{n}`, so every delivery is correlated to the
-//!   instant its own `202` arrived.
+//! - Each event has a unique tag `b{n}`, so every delivery is correlated to the instant the `202`
+//!   of the request that carried it arrived. One event per request unless `batch` says more (a
+//!   Harbor JSON array, accepted or refused whole).
 //! - Every answer other than `202` is counted by status (or as a transport error) and reported: a
 //!   refused event is never silently left out of the figures.
 
@@ -39,6 +40,8 @@ pub struct Endpoint {
 #[derive(Debug, Clone, Copy)]
 pub struct LoadSettings {
     pub events: usize,
+    /// Events per request.
+    pub batch: usize,
     pub concurrency: usize,
     /// Events per second, or as fast as they are accepted.
     pub rate: Option<f64>,
@@ -52,7 +55,8 @@ pub struct LoadResult {
     pub started: Instant,
     /// When the last answer arrived.
     pub finished: Instant,
-    /// Answers other than `202`, by status (`"transport"` for no answer at all).
+    /// Events not accepted, by the status of the answer to their request (`"transport"` for no
+    /// answer at all).
     pub rejected: BTreeMap<String, usize>,
     /// A few of those answers, for the report.
     pub rejection_samples: Vec<String>,
@@ -156,33 +160,47 @@ pub async fn warm_up(
     Ok(())
 }
 
-/// Sends `settings.events` events, `settings.concurrency` at a time, at `settings.rate` if given.
+/// Sends `settings.events` events in requests of `settings.batch`, `settings.concurrency` requests
+/// at a time, at `settings.rate` events per second if given.
 pub async fn send(
     client: &reqwest::Client,
     endpoint: &Endpoint,
     settings: LoadSettings,
     progress: &ProgressBar,
 ) -> LoadResult {
+    let batch = settings.batch.max(1);
     let ticker = settings.rate.filter(|r| *r > 0.0).map(|rate| {
-        let mut interval = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
+        // One tick per request, so events flow at `rate`.
+        let mut interval = tokio::time::interval(Duration::from_secs_f64(batch as f64 / rate));
         // Fixed rate: a late tick is made up at once, so the mean rate stays the one asked for.
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
         interval
     });
     let started = Instant::now();
     let events = settings.events;
-    let indices = futures::stream::unfold((0, ticker), move |(n, mut ticker)| async move {
-        if n >= events {
+    // Each item: the events `first..end` of one request.
+    let requests = futures::stream::unfold((0, ticker), move |(first, mut ticker)| async move {
+        if first >= events {
             return None;
         }
         if let Some(ticker) = ticker.as_mut() {
             ticker.tick().await;
         }
-        Some((n, (n + 1, ticker)))
+        let end = (first + batch).min(events);
+        Some((first..end, (end, ticker)))
     });
-    let mut answers = std::pin::pin!(indices
-        .map(|n| async move {
-            let outcome = match post_event(client, endpoint, event_body(&format!("b{n}"))).await {
+    let mut answers = std::pin::pin!(requests
+        .map(|range| async move {
+            let body = if batch == 1 {
+                event_body(&format!("b{}", range.start))
+            } else {
+                let events: Vec<String> = range
+                    .clone()
+                    .map(|n| event_body(&format!("b{n}")))
+                    .collect();
+                format!("[{}]", events.join(","))
+            };
+            let outcome = match post_event(client, endpoint, body).await {
                 Ok(response) if response.status() == reqwest::StatusCode::ACCEPTED => {
                     Ok(Instant::now())
                 }
@@ -193,7 +211,7 @@ pub async fn send(
                 }
                 Err(error) => Err(("transport".to_owned(), format!("{error:#}"))),
             };
-            (n, outcome)
+            (range, outcome)
         })
         .buffer_unordered(settings.concurrency.max(1)));
     let mut result = LoadResult {
@@ -203,19 +221,26 @@ pub async fn send(
         rejected: BTreeMap::new(),
         rejection_samples: Vec::new(),
     };
-    while let Some((n, outcome)) = answers.next().await {
+    while let Some((range, outcome)) = answers.next().await {
+        let count = range.len();
         match outcome {
-            Ok(at) => result.accepted_at[n] = Some(at),
+            Ok(at) => {
+                for n in range {
+                    result.accepted_at[n] = Some(at);
+                }
+            }
             Err((status, body)) => {
                 if result.rejection_samples.len() < 5 {
-                    result
-                        .rejection_samples
-                        .push(format!("event b{n}: {status}: {body}"));
+                    result.rejection_samples.push(format!(
+                        "events b{}..b{}: {status}: {body}",
+                        range.start,
+                        range.end - 1
+                    ));
                 }
-                *result.rejected.entry(status).or_default() += 1;
+                *result.rejected.entry(status).or_default() += count;
             }
         }
-        progress.inc(1);
+        progress.inc(count as u64);
     }
     result.finished = Instant::now();
     result

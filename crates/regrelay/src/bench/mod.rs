@@ -45,13 +45,17 @@ use scenario::{Overrides, Settings};
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
     /// Scenario to run: baseline, history-off, two-consumers, fanout-10, fanout-100, slow-receiver,
-    /// dead-target, or all (in that order, one table row each).
+    /// dead-target, batched-ingest, or all (in that order, one table row each).
     #[arg(long, default_value = "baseline")]
     scenario: String,
-    /// Events to send, one per request (default per scenario: 5000 at fan-out 1, 1000 at 10, 100 at
-    /// 100, 3000 for slow-receiver).
+    /// Events to send (default per scenario: 5000 at fan-out 1, 1000 at 10, 100 at 100, 3000 for
+    /// slow-receiver, 20000 for batched-ingest).
     #[arg(long)]
     events: Option<usize>,
+    /// Events per ingest request, sent as one Harbor JSON array (default 1, as Harbor sends them;
+    /// 10 for batched-ingest, like a Distribution registry's notification envelope).
+    #[arg(long)]
+    batch: Option<usize>,
     /// Ingest requests in flight at once (keep-alive connections).
     #[arg(long)]
     concurrency: Option<usize>,
@@ -169,6 +173,7 @@ fn init_stderr_logging() {
 async fn run_async(args: BenchArgs) -> anyhow::Result<()> {
     let overrides = Overrides {
         events: args.events,
+        batch: args.batch,
         concurrency: args.concurrency,
         rate: args.rate,
         fanout: args.fanout,
@@ -270,8 +275,8 @@ async fn run_async(args: BenchArgs) -> anyhow::Result<()> {
 }
 
 fn validate(s: &Settings) -> anyhow::Result<()> {
-    if s.events == 0 || s.concurrency == 0 || s.fanout == 0 || s.consumers == 0 {
-        bail!("--events, --concurrency, --fanout and --consumers must be at least 1");
+    if s.events == 0 || s.batch == 0 || s.concurrency == 0 || s.fanout == 0 || s.consumers == 0 {
+        bail!("--events, --batch, --concurrency, --fanout and --consumers must be at least 1");
     }
     if !(0.0..1.0).contains(&s.receiver_errors) {
         bail!("--receiver-errors must be at least 0 and below 1");
@@ -478,6 +483,7 @@ async fn drive(
         endpoint,
         LoadSettings {
             events: settings.events,
+            batch: settings.batch,
             concurrency: settings.concurrency,
             rate: settings.rate,
         },

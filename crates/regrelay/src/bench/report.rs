@@ -41,7 +41,7 @@ pub struct ScenarioReport {
 pub struct EventFigures {
     pub sent: usize,
     pub accepted: usize,
-    /// Answers other than `202` by status (`transport`: no answer).
+    /// Events not accepted, by the status of their request's answer (`transport`: no answer).
     pub rejected: BTreeMap<String, usize>,
     /// From the first request to the last answer.
     pub ingest_seconds: f64,
@@ -267,7 +267,11 @@ pub fn table(reports: &[ScenarioReport]) -> String {
             };
             vec![
                 s.scenario.clone(),
-                s.events.to_string(),
+                if s.batch > 1 {
+                    format!("{} ({}/req)", s.events, s.batch)
+                } else {
+                    s.events.to_string()
+                },
                 if s.dead_target {
                     format!("{}+1 dead", s.fanout)
                 } else {

@@ -9,8 +9,10 @@ use serde::Serialize;
 pub struct Settings {
     /// The scenario's name (`baseline`, ...).
     pub scenario: String,
-    /// Events sent, one per request.
+    /// Events sent.
     pub events: usize,
+    /// Events per ingest request (a Harbor JSON array when more than one).
+    pub batch: usize,
     /// Requests in flight at once.
     pub concurrency: usize,
     /// Events per second, or `None` for as fast as accepted.
@@ -34,6 +36,7 @@ pub struct Settings {
 #[derive(Debug, Clone, Default)]
 pub struct Overrides {
     pub events: Option<usize>,
+    pub batch: Option<usize>,
     pub concurrency: Option<usize>,
     pub rate: Option<f64>,
     pub fanout: Option<usize>,
@@ -53,6 +56,7 @@ pub const NAMES: &[&str] = &[
     "fanout-100",
     "slow-receiver",
     "dead-target",
+    "batched-ingest",
 ];
 
 /// The scenario `name` with `overrides` applied, or `None` for an unknown name.
@@ -63,6 +67,7 @@ pub fn settings(name: &str, overrides: &Overrides) -> Option<Settings> {
     let baseline = Settings {
         scenario: name.to_owned(),
         events: 5000,
+        batch: 1,
         concurrency: 16,
         rate: None,
         fanout: 1,
@@ -103,10 +108,17 @@ pub fn settings(name: &str, overrides: &Overrides) -> Option<Settings> {
             dead_target: true,
             ..baseline
         },
+        // Fan-out 1 without the ingest request's cost on every event: ten events per request.
+        "batched-ingest" => Settings {
+            events: 20000,
+            batch: 10,
+            ..baseline
+        },
         _ => return None,
     };
     let o = overrides;
     s.events = o.events.unwrap_or(s.events);
+    s.batch = o.batch.unwrap_or(s.batch);
     s.concurrency = o.concurrency.unwrap_or(s.concurrency);
     s.rate = o.rate.or(s.rate);
     s.fanout = o.fanout.unwrap_or(s.fanout);
@@ -134,6 +146,12 @@ mod tests {
         assert!(settings("nope", &Overrides::default()).is_none());
         let dead = settings("dead-target", &Overrides::default()).unwrap();
         assert!(dead.dead_target && dead.fanout == 10);
+        let batched = settings("batched-ingest", &Overrides::default()).unwrap();
+        assert_eq!((batched.batch, batched.fanout), (10, 1));
+        assert_eq!(
+            settings("baseline", &Overrides::default()).unwrap().batch,
+            1
+        );
         let small = settings(
             "fanout-100",
             &Overrides {
