@@ -8,13 +8,26 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use figment::providers::{Env, Format, Toml};
+use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
 /// The embedded defaults.
 pub const DEFAULTS: &str = include_str!("config.default.toml");
+
+/// Keys whose `REGRELAY_*` value is used verbatim, never parsed as a number, bool or list.
+const TEXT_KEYS: &[&str] = &[
+    "amqp_url",
+    "queue_prefix",
+    "database_url",
+    "admin_user",
+    "admin_password",
+    "api_token",
+    "ingest_token",
+    "log_level",
+    "otlp_endpoint",
+];
 
 #[derive(Debug, Deserialize)]
 pub struct Config {
@@ -120,6 +133,13 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Default log filter when RUST_LOG is unset.
     pub log_level: String,
+    /// OTLP/HTTP base URL of an OpenTelemetry collector; `None` turns trace export off.
+    pub otlp_endpoint: Option<String>,
+    /// Longest one span export request may take.
+    #[serde(with = "humantime_serde")]
+    pub otlp_timeout: Duration,
+    /// Share of new traces recorded (parent-based: a sampled parent is always followed).
+    pub trace_sample_ratio: f64,
 }
 
 fn default_max_attempts() -> u32 {
@@ -159,8 +179,10 @@ pub enum LogFormat {
 pub enum ConfigError {
     #[error("configuration file {0} does not exist")]
     MissingFile(String),
+    // Not `#[source]`: figment's message already holds the whole story, and a source would
+    // print it twice in the binary's cause chain.
     #[error("invalid configuration: {0}")]
-    Parse(#[from] Box<figment::Error>),
+    Parse(Box<figment::Error>),
     #[error("invalid configuration: {key}: {message}")]
     Invalid { key: &'static str, message: String },
 }
@@ -175,9 +197,23 @@ impl Config {
             }
             figment = figment.merge(Toml::file(path));
         }
-        // REGRELAY_CONFIG names the file itself; it is not a key.
-        figment = figment.merge(Env::prefixed("REGRELAY_").ignore(&["config"]));
-        let config: Config = figment.extract().map_err(Box::new)?;
+        // REGRELAY_CONFIG names the file itself; it is not a key. Figment parses environment
+        // values (`12345` becomes a number, `true` a bool, `"x"` loses its quotes), which would
+        // refuse or alter a token or password that happens to look like one: text keys are
+        // taken verbatim instead.
+        let mut ignored = vec!["config"];
+        ignored.extend_from_slice(TEXT_KEYS);
+        figment = figment.merge(Env::prefixed("REGRELAY_").ignore(&ignored));
+        let mut verbatim = figment::value::Dict::new();
+        for key in TEXT_KEYS {
+            if let Ok(value) = std::env::var(format!("REGRELAY_{}", key.to_ascii_uppercase())) {
+                verbatim.insert((*key).to_owned(), value.into());
+            }
+        }
+        figment = figment.merge(Serialized::defaults(verbatim));
+        let config: Config = figment
+            .extract()
+            .map_err(|error| ConfigError::Parse(Box::new(error)))?;
         config.validate()?;
         Ok(config)
     }
@@ -230,7 +266,21 @@ impl Config {
         if self.database_max_connections == 0 {
             return Err(invalid("database_max_connections", "must be at least 1"));
         }
+        if let Some(endpoint) = &self.otlp_endpoint {
+            let valid = url::Url::parse(endpoint)
+                .is_ok_and(|url| matches!(url.scheme(), "http" | "https") && url.has_host());
+            if !valid {
+                return Err(invalid(
+                    "otlp_endpoint",
+                    "must be an http:// or https:// URL, the collector's OTLP/HTTP base (e.g. http://otel-collector:4318)",
+                ));
+            }
+        }
+        if !(0.0..=1.0).contains(&self.trace_sample_ratio) {
+            return Err(invalid("trace_sample_ratio", "must be between 0.0 and 1.0"));
+        }
         for (key, value) in [
+            ("otlp_timeout", self.otlp_timeout),
             ("publish_confirm_timeout", self.publish_confirm_timeout),
             ("broker_connect_timeout", self.broker_connect_timeout),
             ("request_timeout", self.request_timeout),
@@ -272,6 +322,89 @@ impl Config {
 #[allow(clippy::result_large_err)] // figment::Jail's closures return its large error type.
 mod tests {
     use super::*;
+
+    #[test]
+    fn secrets_and_other_text_from_the_environment_are_taken_verbatim() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("REGRELAY_INGEST_TOKEN", "12345");
+            jail.set_env("REGRELAY_ADMIN_PASSWORD", "true");
+            jail.set_env("REGRELAY_API_TOKEN", "\"quoted\"");
+            jail.set_env("REGRELAY_ADMIN_USER", "[ops]");
+            // Not a text key: still parsed as a number.
+            jail.set_env("REGRELAY_TRACE_SAMPLE_RATIO", "0.25");
+            let config = Config::load(None).map_err(|e| e.to_string())?;
+            let secret =
+                |s: &Option<SecretString>| s.as_ref().map(|s| s.expose_secret().to_owned());
+            assert_eq!(secret(&config.ingest_token).as_deref(), Some("12345"));
+            assert_eq!(secret(&config.admin_password).as_deref(), Some("true"));
+            assert_eq!(secret(&config.api_token).as_deref(), Some("\"quoted\""));
+            assert_eq!(config.admin_user, "[ops]");
+            assert_eq!(config.trace_sample_ratio, 0.25);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn trace_settings_are_validated() {
+        figment::Jail::expect_with(|jail| {
+            assert!(Config::load(None)
+                .map_err(|e| e.to_string())?
+                .otlp_endpoint
+                .is_none());
+            jail.set_env("REGRELAY_OTLP_ENDPOINT", "otel-collector:4318");
+            let error = Config::load(None).unwrap_err().to_string();
+            assert!(error.contains("otlp_endpoint"), "{error}");
+            jail.set_env("REGRELAY_OTLP_ENDPOINT", "http://otel-collector:4318");
+            jail.set_env("REGRELAY_TRACE_SAMPLE_RATIO", "1.5");
+            let error = Config::load(None).unwrap_err().to_string();
+            assert!(error.contains("trace_sample_ratio"), "{error}");
+            jail.set_env("REGRELAY_TRACE_SAMPLE_RATIO", "0.1");
+            let config = Config::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(
+                config.otlp_endpoint.as_deref(),
+                Some("http://otel-collector:4318")
+            );
+            Ok(())
+        });
+    }
+
+    /// Every key of the defaults file (commented-out optional ones included), plus the two whose
+    /// defaults live in code.
+    fn reference_keys() -> Vec<String> {
+        let mut keys: Vec<String> = DEFAULTS
+            .lines()
+            .filter_map(|line| {
+                let line = line.strip_prefix("# ").unwrap_or(line);
+                let (key, _) = line.split_once(" = ")?;
+                key.chars()
+                    .all(|c| c.is_ascii_lowercase() || c == '_')
+                    .then(|| key.to_owned())
+            })
+            .collect();
+        keys.extend(["max_attempts".to_owned(), "http_timeout".to_owned()]);
+        keys
+    }
+
+    #[test]
+    fn every_key_is_documented_and_has_a_helm_value() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let docs = std::fs::read_to_string(root.join("docs/configuration.md")).unwrap();
+        let values = std::fs::read_to_string(root.join("helm/regrelay/values.yaml")).unwrap();
+        let keys = reference_keys();
+        assert!(keys.len() > 40, "{keys:?}");
+        for key in &keys {
+            assert!(
+                docs.contains(&format!("| `{key}`")),
+                "{key} has no row in docs/configuration.md"
+            );
+            assert!(
+                values
+                    .lines()
+                    .any(|line| line.trim_start().starts_with(&format!("{key}:"))),
+                "{key} has no entry in helm/regrelay/values.yaml"
+            );
+        }
+    }
 
     // figment::Jail serialises environment changes between tests and restores them afterwards.
     #[test]
