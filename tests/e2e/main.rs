@@ -5,6 +5,7 @@
 mod bench;
 mod delivery;
 mod dlq;
+mod traces;
 
 use std::io::Read;
 use std::process::{Child, Command, ExitStatus, Stdio};

@@ -16,6 +16,8 @@ use regrelay_events::distribution::{self, DistributionOutcome};
 use regrelay_events::{parse_harbor_body, EventError};
 use regrelay_producer::{EventMessage, EventSource};
 use serde::Serialize;
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 use uuid::Uuid;
 
 use crate::error::ApiError;
@@ -56,9 +58,32 @@ pub async fn post_events(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let request_id = request_id(&headers);
-    let mut response = match accept(&state, &headers, body, &request_id).await {
-        Ok(accepted) => (StatusCode::ACCEPTED, Json(accepted)).into_response(),
+    // The trace every accepted event continues; a child of the sender's when it sent a
+    // `traceparent` (a producer that traces its own work).
+    let span = tracing::debug_span!(
+        "ingest",
+        otel.kind = "server",
+        request_id = %request_id,
+        events = tracing::field::Empty,
+        http.response.status_code = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+    );
+    let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
+        propagator.extract(&opentelemetry_http::HeaderExtractor(&headers))
+    });
+    // Err only when no OpenTelemetry layer is installed (tracing off).
+    let _ = span.set_parent(parent);
+    let accepted = accept(&state, &headers, body, &request_id)
+        .instrument(span.clone())
+        .await;
+    let _entered = span.enter();
+    let mut response = match accepted {
+        Ok(accepted) => {
+            span.record("events", accepted.accepted);
+            (StatusCode::ACCEPTED, Json(accepted)).into_response()
+        }
         Err(error) => {
+            span.record("otel.status_code", "ERROR");
             tracing::info!(
                 message = "Ingest request refused.",
                 status = error.status().as_u16(),
@@ -71,6 +96,7 @@ pub async fn post_events(
     if let Ok(value) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert(REQUEST_ID_HEADER, value);
     }
+    span.record("http.response.status_code", response.status().as_u16());
     response
 }
 

@@ -35,11 +35,15 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::Channel;
 use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 use regrelay_history::policy::TargetKind;
-use regrelay_producer::{Broker, BrokerError, ConfirmedPublisher, OutgoingMessage, Topology};
+use regrelay_producer::{
+    trace_context, Broker, BrokerError, ConfirmedPublisher, OutgoingMessage, Topology,
+};
 use serde::{Deserialize, Serialize, Serializer};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 use uuid::Uuid;
 
 use crate::dead_letter::{redact_address, SCHEMA};
@@ -569,6 +573,10 @@ impl DeadLetterQueue {
             .encode()
             .map_err(|e| format!("cannot encode the task: {e}"))?;
         let queue = self.topology.deliveries_queue();
+        // The replay continues the trace the delivery was dead-lettered in (when this process
+        // exports traces), so the whole story of a delivery stays in one trace.
+        let span = tracing::debug_span!("replay_dead_letter", delivery_id = %id);
+        let _ = span.set_parent(trace_context::extract(&first.delivery.properties));
         self.publisher
             .publish(vec![OutgoingMessage {
                 exchange: "",
@@ -576,6 +584,7 @@ impl DeadLetterQueue {
                 body: &body,
                 properties: task.properties(&event_type),
             }])
+            .instrument(span)
             .await
             .map_err(|e| format!("cannot publish the replay: {e}"))?;
         // Confirmed: the replay is durable, the dead letter (and any copy of it) may go.

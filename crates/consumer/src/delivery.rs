@@ -20,7 +20,9 @@ use regrelay_events::cloudevents::CloudEventContext;
 use regrelay_history::executions::TaskStatus;
 use regrelay_history::policy::{PayloadFormat, Target, TargetKind};
 use regrelay_producer::topology::bucket_for;
-use regrelay_producer::{OutgoingMessage, PublishError};
+use regrelay_producer::{trace_context, OutgoingMessage, PublishError};
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::attempt::{send_with_report, AttemptReport, AttemptRequest};
 use crate::classify::{classify, AttemptResult, DeliveryOutcome};
@@ -69,8 +71,24 @@ impl Settlement {
 }
 
 pub async fn handle_task(ctx: Arc<DeliveryContext>, delivery: Delivery) {
-    let result = process(&ctx, &delivery.data).await.into_result();
-    crate::stage::settle(&ctx, "delivery", &delivery, result).await;
+    // One span per task message, continuing the trace of whatever published it: the matching
+    // stage, or the attempt before (a retry).
+    let span = tracing::debug_span!(
+        "deliver_task",
+        otel.kind = "consumer",
+        otel.status_code = tracing::field::Empty,
+    );
+    // Err only when no OpenTelemetry layer is installed (tracing off): nothing to continue then.
+    let _ = span.set_parent(trace_context::extract(&delivery.properties));
+    async {
+        let result = process(&ctx, &delivery.data).await.into_result();
+        if result.is_err() {
+            tracing::Span::current().record("otel.status_code", "ERROR");
+        }
+        crate::stage::settle(&ctx, "delivery", &delivery, result).await;
+    }
+    .instrument(span)
+    .await;
 }
 
 async fn process(ctx: &DeliveryContext, body: &[u8]) -> Settlement {
@@ -129,6 +147,35 @@ async fn process(ctx: &DeliveryContext, body: &[u8]) -> Settlement {
 /// message the task came from (the task itself in the delivery stage, the event for the matching
 /// stage's direct first attempts).
 pub(crate) async fn attempt_and_settle(
+    ctx: &DeliveryContext,
+    task: DeliveryTask,
+    event: &regrelay_events::RegistryEvent,
+    cached: &CachedPolicy,
+    target_index: usize,
+    permit: OwnedSemaphorePermit,
+) -> Settlement {
+    // The receiver's host only: a target URL's path or query may be its credential (Slack's is).
+    let host = reqwest::Url::parse(&cached.policy.targets[target_index].address)
+        .ok()
+        .and_then(|url| url.host_str().map(str::to_owned))
+        .unwrap_or_default();
+    let span = tracing::debug_span!(
+        "attempt",
+        otel.kind = "client",
+        delivery_id = %task.delivery_id,
+        policy_id = task.policy_id,
+        attempt = task.attempts + 1,
+        server.address = host,
+        http.response.status_code = tracing::field::Empty,
+        outcome = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+    );
+    attempt_in_span(ctx, task, event, cached, target_index, permit)
+        .instrument(span)
+        .await
+}
+
+async fn attempt_in_span(
     ctx: &DeliveryContext,
     mut task: DeliveryTask,
     event: &regrelay_events::RegistryEvent,
@@ -190,8 +237,24 @@ pub(crate) async fn attempt_and_settle(
         payload: payload.as_deref(),
     };
     let event_type = event.event_type().as_str();
+    let outcome = classify(result);
+    let span = tracing::Span::current();
+    if let AttemptResult::Response { status, .. } = result {
+        span.record("http.response.status_code", status);
+    }
+    span.record(
+        "outcome",
+        match &outcome {
+            DeliveryOutcome::Delivered => "delivered",
+            DeliveryOutcome::Retry { .. } => "retry",
+            DeliveryOutcome::DeadLetter { .. } => "dead_letter",
+        },
+    );
+    if !matches!(outcome, DeliveryOutcome::Delivered) {
+        span.record("otel.status_code", "ERROR");
+    }
 
-    match classify(result) {
+    match outcome {
         DeliveryOutcome::Delivered => {
             let step = attempt.step(
                 &task,

@@ -26,7 +26,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use lapin::message::Delivery;
-use regrelay_producer::{EventMessage, OutgoingMessage};
+use regrelay_producer::{trace_context, EventMessage, OutgoingMessage};
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use regrelay_history::policy::TargetKind;
 
@@ -40,6 +42,21 @@ use crate::stage;
 use crate::task::{DeliveryTask, Trigger};
 
 pub async fn handle_event(ctx: Arc<DeliveryContext>, delivery: Delivery) {
+    // One span per event, continuing the trace of the request that published it.
+    let span = tracing::debug_span!(
+        "match_event",
+        otel.kind = "consumer",
+        event_id = tracing::field::Empty,
+        event_type = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+    );
+    // Err only when no OpenTelemetry layer is installed (tracing off): nothing to continue then.
+    let _ = span.set_parent(trace_context::extract(&delivery.properties));
+    match_event(ctx, delivery).instrument(span).await;
+}
+
+async fn match_event(ctx: Arc<DeliveryContext>, delivery: Delivery) {
+    let span = tracing::Span::current();
     let message = match EventMessage::decode(&delivery.properties, &delivery.data) {
         Ok(message) => message,
         Err(error) => {
@@ -58,7 +75,13 @@ pub async fn handle_event(ctx: Arc<DeliveryContext>, delivery: Delivery) {
             return;
         }
     };
-    stage::settle(&ctx, "matching", &delivery, fan_out(&ctx, &message).await).await;
+    span.record("event_id", tracing::field::display(message.id));
+    span.record("event_type", message.event_type().as_str());
+    let result = fan_out(&ctx, &message).await;
+    if result.is_err() {
+        span.record("otel.status_code", "ERROR");
+    }
+    stage::settle(&ctx, "matching", &delivery, result).await;
 }
 
 /// Matches and publishes the tasks; `Ok` once they are all confirmed.

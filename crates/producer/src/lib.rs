@@ -6,6 +6,7 @@
 //! - [`broker`]: one supervised AMQP connection with a small pool of confirm-mode channels, reconnecting with backoff.
 //! - [`publisher`]: [`EventPublisher`], which returns only once the broker has confirmed every message.
 //! - [`telemetry`]: the metrics this crate feeds.
+//! - [`trace_context`]: W3C trace context in message headers, written on every publish.
 //!
 //! The producer is both the ingest API's back end and a library that a registry-side program can embed:
 //! build a [`Broker`], wrap it in an [`EventPublisher`] and call [`EventPublisher::publish`].
@@ -15,6 +16,7 @@ pub mod message;
 pub mod publisher;
 pub mod telemetry;
 pub mod topology;
+pub mod trace_context;
 
 pub use broker::{Broker, BrokerError, BrokerSettings};
 pub use message::{DecodeError, EventMessage, EventSource, SCHEMA_VERSION};

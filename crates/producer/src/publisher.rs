@@ -76,6 +76,15 @@ impl ConfirmedPublisher {
 
     /// Publishes every message (`mandatory`) and returns once all are confirmed, with the time the
     /// confirms took. Counts failures in `regrelay_publish_failures_total`.
+    ///
+    /// Runs in a `publish` span (OpenTelemetry kind producer) whose context every message carries
+    /// in its headers, so what consumes them continues the same trace.
+    #[tracing::instrument(
+        name = "publish",
+        level = "debug",
+        skip_all,
+        fields(messages = messages.len(), otel.kind = "producer", otel.status_code = tracing::field::Empty)
+    )]
     pub async fn publish(
         &self,
         messages: Vec<OutgoingMessage<'_>>,
@@ -88,6 +97,7 @@ impl ConfirmedPublisher {
                 .publish_confirm_seconds
                 .observe(elapsed.as_secs_f64()),
             Err(error) => {
+                tracing::Span::current().record("otel.status_code", "ERROR");
                 self.broker
                     .metrics()
                     .publish_failures
@@ -117,7 +127,7 @@ impl ConfirmedPublisher {
                     message.routing_key.into(),
                     options,
                     message.body,
-                    message.properties,
+                    crate::trace_context::inject_current(message.properties),
                 )
                 .await?;
             confirms.push(confirm);

@@ -18,10 +18,16 @@ use std::sync::{Mutex, OnceLock, PoisonError};
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 use prometheus::{IntCounter, Registry};
+use tokio::runtime::Handle;
+use tracing::Level;
 use tracing_appender::non_blocking::{ErrorCounter, NonBlockingBuilder, WorkerGuard};
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::filter_fn;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
 
 use crate::config::{Config, LogFormat};
+use crate::traces::{TraceError, TraceExport, TraceSettings};
 
 /// Lines the writer thread may have queued before new ones are dropped.
 const QUEUED_LINES: usize = 64 * 1024;
@@ -29,13 +35,35 @@ const QUEUED_LINES: usize = 64 * 1024;
 /// The process's dropped-line counter, set once by [`init`].
 static DROPPED: OnceLock<ErrorCounter> = OnceLock::new();
 
-/// Keeps the writer thread alive; dropping it flushes the queued lines.
+/// Keeps the writer thread (and the trace exporter, when on) alive; dropping it exports the queued
+/// spans, then flushes the queued lines.
 pub struct LogGuard {
+    traces: Option<TraceExport>,
     _writer: WorkerGuard,
 }
 
-/// Installs the global subscriber. Call once, before the runtime starts.
-pub fn init(config: &Config) -> LogGuard {
+impl Drop for LogGuard {
+    fn drop(&mut self) {
+        if let Some(traces) = self.traces.take() {
+            traces.shutdown();
+        }
+    }
+}
+
+/// Installs the global subscriber: log lines to stdout and, when `otlp_endpoint` is set, spans to
+/// the collector (see [`crate::traces`]), whose export requests run on `runtime`. Call once.
+pub fn init(config: &Config, runtime: Handle) -> Result<LogGuard, TraceError> {
+    let traces = match &config.otlp_endpoint {
+        Some(endpoint) => Some(TraceExport::start(
+            &TraceSettings {
+                endpoint: endpoint.clone(),
+                sample_ratio: config.trace_sample_ratio,
+                timeout: config.otlp_timeout,
+            },
+            runtime,
+        )?),
+        None => None,
+    };
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new(format!("{},lapin=warn", config.log_level)));
     let (writer, guard) = NonBlockingBuilder::default()
@@ -44,14 +72,38 @@ pub fn init(config: &Config) -> LogGuard {
         .thread_name("regrelay-log-writer")
         .finish(std::io::stdout());
     let _ = DROPPED.set(writer.error_counter());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(writer);
-    match config.log_format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
-    }
-    LogGuard { _writer: guard }
+    let lines = tracing_subscriber::fmt::layer().with_writer(writer);
+    let lines = match config.log_format {
+        LogFormat::Json => lines.json().boxed(),
+        LogFormat::Text => lines.boxed(),
+    };
+    // Traces have their own filter, so that quieter logs (`log_level = "warn"`) do not silence
+    // them: regrelay's spans, and its log lines at info and above as span events. The spans are at
+    // debug level, so that at the default log level nothing builds them while traces are off;
+    // `RUST_LOG=regrelay=debug` shows them as log context too.
+    // Source locations and thread names would be attributes on every span: left out.
+    let spans = traces.as_ref().map(|traces| {
+        tracing_opentelemetry::layer()
+            .with_tracer(traces.tracer())
+            .with_location(false)
+            .with_threads(false)
+            .with_filter(filter_fn(|metadata| {
+                let wanted = if metadata.is_span() {
+                    Level::DEBUG
+                } else {
+                    Level::INFO
+                };
+                metadata.target().starts_with("regrelay") && *metadata.level() <= wanted
+            }))
+    });
+    tracing_subscriber::registry()
+        .with(lines.with_filter(filter))
+        .with(spans)
+        .init();
+    Ok(LogGuard {
+        traces,
+        _writer: guard,
+    })
 }
 
 /// Registers `regrelay_log_lines_dropped_total` (always 0 if logging was never initialised).

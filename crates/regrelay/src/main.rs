@@ -17,6 +17,7 @@ mod dlq;
 mod logging;
 mod serve;
 mod shutdown;
+mod traces;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -59,7 +60,7 @@ enum Command {
     /// Load-test regrelay end to end against the real RabbitMQ and PostgreSQL: starts it (or
     /// targets a running one), a receiver and a scenario's policy, sends events, and reports rates,
     /// latency percentiles, CPU time and peak RSS.
-    Bench(bench::BenchArgs),
+    Bench(Box<bench::BenchArgs>),
 }
 
 fn main() -> ExitCode {
@@ -74,7 +75,7 @@ fn main() -> ExitCode {
         // Not `run`: the service logs to stdout, and stdout is the command's output here.
         Command::Dlq { config, command } => dlq::run(config, command),
         // Not `run`: the bench has no service configuration; its stdout is the report.
-        Command::Bench(args) => bench::run(args),
+        Command::Bench(args) => bench::run(*args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -93,14 +94,17 @@ where
     Fut: std::future::Future<Output = anyhow::Result<()>>,
 {
     let config = config::Config::load(config_path.as_deref())?;
-    // Held until the command returns, so queued log lines are flushed before exit.
-    let _logs = logging::init(&config);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
+    // Held until the command returns, so queued spans are exported and queued log lines flushed
+    // before exit; dropped before the runtime, which the span exports run on.
+    let logs = logging::init(&config, runtime.handle().clone())?;
     let result = runtime.block_on(command(config));
     if let Err(error) = &result {
         tracing::error!(message = "Exiting on error.", error = format!("{error:#}"));
     }
+    drop(logs);
+    drop(runtime);
     result
 }

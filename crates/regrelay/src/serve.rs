@@ -60,6 +60,7 @@ pub async fn serve(config: Config, role: Role) -> anyhow::Result<()> {
     shutdown.listen_for_signals();
     let registry = Registry::new();
     crate::logging::register_metrics(&registry).context("cannot register logging metrics")?;
+    crate::traces::register_metrics(&registry).context("cannot register trace export metrics")?;
     let producer_metrics =
         ProducerMetrics::register(&registry).context("cannot register producer metrics")?;
     let topology = Topology::new(config.queue_prefix.clone())?;
