@@ -1,0 +1,144 @@
+#!/usr/bin/env bash
+# Checks the Helm chart without a cluster:
+#   1. helm lint --strict with each helm/regrelay/ci/*-values.yaml;
+#   2. helm template with each of them, and the values that must fail, with their messages;
+#   3. kubernetes-validate --strict on every rendered manifest, per Kubernetes version
+#      (the ServiceMonitor is a CRD with no schema offline: it is checked for shape only);
+#   4. every key of docs/configuration.md is in values.yaml (config: or secrets:), and the
+#      defaults under config: equal crates/regrelay/src/config.default.toml's.
+#
+# Usage: helm/check.sh
+#   HELM=/path/to/helm           helm binary (default: helm on PATH)
+#   KUBERNETES_VALIDATE=...      kubernetes-validate (default: on PATH; pip install kubernetes-validate)
+#   K8S_VERSIONS="1.25.0 1.35.0" Kubernetes versions to validate against
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+HELM=${HELM:-helm}
+KV=${KUBERNETES_VALIDATE:-kubernetes-validate}
+K8S_VERSIONS=${K8S_VERSIONS:-"1.25.0 1.35.0"}
+CHART=helm/regrelay
+OUT=$(mktemp -d)
+trap 'rm -rf "$OUT"' EXIT
+
+step() { printf '\n== %s\n' "$*"; }
+die() { printf 'FAIL: %s\n' "$*" >&2; exit 1; }
+
+step "tools: helm $("$HELM" version --short 2>/dev/null || die "no helm at '$HELM' (set HELM)"), kubernetes-validate $("$KV" --version 2>/dev/null || die "no kubernetes-validate (pip install kubernetes-validate)")"
+
+step "helm lint --strict"
+for values in "$CHART"/ci/*-values.yaml; do
+    "$HELM" lint --strict "$CHART" -f "$values" >"$OUT/lint.log" 2>&1 \
+        || { cat "$OUT/lint.log"; die "helm lint with $values"; }
+    echo "ok   lint -f $values"
+done
+
+step "helm template (must render)"
+for values in "$CHART"/ci/*-values.yaml; do
+    name=$(basename "$values" -values.yaml)
+    "$HELM" template regrelay "$CHART" --namespace regrelay -f "$values" >"$OUT/$name.yaml"
+    echo "ok   template -f $values ($(grep -c '^kind:' "$OUT/$name.yaml") objects)"
+done
+
+step "helm template (must fail, naming the value to set)"
+expect_fail() {
+    local pattern=$1
+    shift
+    if "$HELM" template regrelay "$CHART" "$@" >/dev/null 2>"$OUT/err.log"; then
+        die "rendered, but should have failed with '$pattern': $*"
+    fi
+    grep -q -- "$pattern" "$OUT/err.log" || { cat "$OUT/err.log"; die "failed without '$pattern': $*"; }
+    echo "ok   fails with '$pattern': ${*:-(chart defaults)}"
+}
+DEFAULT=(-f "$CHART/ci/default-values.yaml")
+expect_fail "secrets.ingest_token is required"
+expect_fail "secrets.admin_password is required" --set secrets.ingest_token=abc123token
+expect_fail "secrets.amqp_url is required" --set secrets.ingest_token=abc123token --set secrets.admin_password=pw-abc
+expect_fail "is a secret and would land in a ConfigMap" "${DEFAULT[@]}" --set config.database_url=postgres://x@y/z
+expect_fail "set together with existingSecret" --set existingSecret=creds --set secrets.ingest_token=abc123token
+expect_fail "terminationGracePeriodSeconds" "${DEFAULT[@]}" --set config.shutdown_timeout=1m
+expect_fail "config.listen" "${DEFAULT[@]}" --set config.listen=0.0.0.0:9000
+expect_fail "additional properties 'ingest_tokn' not allowed" "${DEFAULT[@]}" --set secrets.ingest_tokn=x
+# Without the api role, no token is needed.
+"$HELM" template regrelay "$CHART" --set api.enabled=false \
+    --set secrets.amqp_url=amqp://u:p@mq:5672/%2f --set secrets.database_url=postgres://u:p@db/r >/dev/null
+echo "ok   consumer-only renders without ingest_token and admin_password"
+
+step "manifests: no secret in a ConfigMap; split for validation"
+python3 - "$OUT" <<'EOF'
+import os, sys, yaml
+out = sys.argv[1]
+secret_env = {"REGRELAY_" + k.upper() for k in
+              ("ingest_token", "admin_password", "api_token", "amqp_url", "database_url")}
+os.makedirs(f"{out}/docs", exist_ok=True)
+os.makedirs(f"{out}/crd", exist_ok=True)
+for name in sorted(f for f in os.listdir(out) if f.endswith(".yaml")):
+    for i, doc in enumerate(d for d in yaml.safe_load_all(open(f"{out}/{name}")) if d):
+        kind = doc["kind"]
+        if kind == "ConfigMap":
+            leaked = secret_env & set(doc.get("data", {}))
+            assert not leaked, f"{name}: ConfigMap holds secrets {leaked}"
+            assert all(isinstance(v, str) for v in doc["data"].values()), f"{name}: non-string data"
+        if kind in ("Deployment", "Job"):
+            pod = doc["spec"]["template"]["spec"]
+            assert pod["automountServiceAccountToken"] is False, f"{name}: {kind} mounts a token"
+            for c in pod["containers"]:
+                sc = c["securityContext"]
+                assert sc["readOnlyRootFilesystem"] and sc["capabilities"]["drop"] == ["ALL"], name
+            for e in (e for c in pod["containers"] for e in c.get("env", [])):
+                assert e["name"] not in secret_env or "valueFrom" in e, f"{name}: {e['name']} inline"
+        target = "crd" if doc["apiVersion"].startswith("monitoring.coreos.com/") else "docs"
+        with open(f"{out}/{target}/{name[:-5]}-{i:02d}-{kind}.yaml", "w") as f:
+            yaml.safe_dump(doc, f)
+        if target == "crd":
+            spec = doc["spec"]
+            assert spec["selector"]["matchLabels"] and spec["endpoints"][0]["port"] == "http", name
+print("ok   no secret values in ConfigMaps or inline env; security settings present")
+EOF
+
+step "kubernetes-validate --strict"
+for version in $K8S_VERSIONS; do
+    "$KV" --strict --quiet -k "$version" "$OUT"/docs/*.yaml || die "kubernetes-validate against $version"
+    echo "ok   $(ls "$OUT"/docs | wc -l) manifests valid against Kubernetes $version"
+done
+echo "skip $(ls "$OUT"/crd | wc -l) ServiceMonitor manifest(s): a CRD, no schema offline (shape checked above)"
+
+step "configuration keys: docs/configuration.md and config.default.toml against values.yaml"
+python3 - <<'EOF'
+import re, sys, tomllib, yaml
+doc_keys = [m.group(1) for m in (re.match(r"\| `([a-z_]+)`", l) for l in open("docs/configuration.md")) if m]
+toml_path = "crates/regrelay/src/config.default.toml"
+defaults = tomllib.load(open(toml_path, "rb"))
+# Keys without a default appear in that file as comments: "# ingest_token = ...".
+commented = [m.group(1) for m in (re.match(r"#\s*([a-z_]+)\s*=", l) for l in open(toml_path)) if m]
+values = yaml.safe_load(open("helm/regrelay/values.yaml"))
+config, secrets = values["config"], values["secrets"]
+secret_keys = {"ingest_token", "admin_password", "api_token", "amqp_url", "database_url"}
+problems = []
+known = set(doc_keys) | set(defaults) | set(commented)
+for key in sorted(known):
+    section = "secrets" if key in secret_keys else "config"
+    if key not in values[section]:
+        problems.append(f"{key}: not under {section}: in values.yaml")
+for key in config:
+    if key not in known:
+        problems.append(f"config.{key}: neither in docs/configuration.md nor in {toml_path}")
+undocumented = sorted(k for k in set(defaults) | set(commented) if k not in doc_keys)
+defaults.update({"max_attempts": 10, "http_timeout": "3s"})  # documented defaults, not in the file
+compared = 0
+for key, default in defaults.items():
+    if key in secret_keys or key == "listen":
+        continue  # secrets have no default in the chart; the chart sets listen
+    compared += 1
+    if config.get(key) != default:
+        problems.append(f"config.{key}: {config.get(key)!r} in values.yaml, {default!r} in {toml_path}")
+if config.get("allow_private_targets") is not False:
+    problems.append("config.allow_private_targets must default to false")
+if problems:
+    sys.exit("FAIL:\n  " + "\n  ".join(problems))
+print(f"ok   {len(known)} keys (docs table and defaults file) in values.yaml; {compared} defaults equal the file's")
+if undocumented:
+    print(f"note in {toml_path} but not in docs/configuration.md: {', '.join(undocumented)}")
+EOF
+
+step "all checks passed"

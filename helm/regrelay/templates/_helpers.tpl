@@ -1,0 +1,285 @@
+{{/*
+Helpers of the regrelay chart.
+Names and labels follow `helm create`; the rest turns `config:` into REGRELAY_* variables, wires the
+secret keys to the roles that need them, and checks values that would only fail at run time.
+*/}}
+
+{{/* The chart name, overridable. */}}
+{{- define "regrelay.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* The prefix of every resource name: <release>-<chart>, or <release> when it contains the chart name. */}}
+{{- define "regrelay.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* <chart>-<version>, for the helm.sh/chart label. */}}
+{{- define "regrelay.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Labels that select the pods of one component. Argument: (dict "root" $ "component" "api"). */}}
+{{- define "regrelay.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "regrelay.name" .root }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+{{- if .component }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+{{- end }}
+
+{{/* Every label of a resource. Argument: (dict "root" $ "component" "api"); component may be "". */}}
+{{- define "regrelay.labels" -}}
+helm.sh/chart: {{ include "regrelay.chart" .root }}
+{{ include "regrelay.selectorLabels" . }}
+app.kubernetes.io/version: {{ include "regrelay.imageTag" .root | trunc 63 | trimSuffix "-" | quote }}
+app.kubernetes.io/managed-by: {{ .root.Release.Service }}
+app.kubernetes.io/part-of: regrelay
+{{- end }}
+
+{{/* The image tag: image.tag, else the chart's appVersion. */}}
+{{- define "regrelay.imageTag" -}}
+{{- .Values.image.tag | default .Chart.AppVersion | toString }}
+{{- end }}
+
+{{/* The image reference: repository@digest when a digest is given, else repository:tag. */}}
+{{- define "regrelay.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository (include "regrelay.imageTag" .) }}
+{{- end }}
+{{- end }}
+
+{{/* The ServiceAccount of the api and consumer pods. */}}
+{{- define "regrelay.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "regrelay.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* The ServiceAccount of the migration hook Job, which runs before the chart's own resources exist. */}}
+{{- define "regrelay.migrationsServiceAccountName" -}}
+{{- if .Values.migrations.serviceAccountName }}
+{{- .Values.migrations.serviceAccountName }}
+{{- else if and (not .Values.serviceAccount.create) .Values.serviceAccount.name }}
+{{- .Values.serviceAccount.name }}
+{{- else }}
+{{- "default" }}
+{{- end }}
+{{- end }}
+
+{{/* The five secret keys of docs/configuration.md, in one place. */}}
+{{- define "regrelay.secretKeys" -}}
+{{- list "ingest_token" "admin_password" "api_token" "amqp_url" "database_url" | toJson }}
+{{- end }}
+
+{{/* The Secret the pods read: existingSecret, else the chart-managed one. */}}
+{{- define "regrelay.secretName" -}}
+{{- .Values.existingSecret | default (include "regrelay.fullname" .) }}
+{{- end }}
+
+{{/* Whether a value is "unset": null, or a string that is empty after trimming. false and 0 are set. */}}
+{{- define "regrelay.isUnset" -}}
+{{- if or (kindIs "invalid" .) (and (kindIs "string" .) (eq (trim .) "")) }}true{{ end }}
+{{- end }}
+
+{{/*
+A scalar as text for an environment variable. Helm reads every number of values.yaml as float64,
+which toString would print as 1.048576e+06; toJson prints 1048576 (and 2.0 as 2, which regrelay
+reads as 2.0).
+*/}}
+{{- define "regrelay.scalar" -}}
+{{- if or (kindIs "float64" .) (kindIs "float32" .) }}
+{{- toJson . }}
+{{- else }}
+{{- toString . }}
+{{- end }}
+{{- end }}
+
+{{/* REGRELAY_LISTEN: config.listen when given (its port must be containerPort), else 0.0.0.0:<containerPort>. */}}
+{{- define "regrelay.listen" -}}
+{{- $port := include "regrelay.scalar" .Values.containerPort }}
+{{- if include "regrelay.isUnset" .Values.config.listen }}
+{{- printf "0.0.0.0:%s" $port }}
+{{- else }}
+{{- $listen := .Values.config.listen | toString | trim }}
+{{- if not (hasSuffix (printf ":%s" $port) $listen) }}
+{{- fail (printf "config.listen %q must end with :%s, the containerPort the probes and Services use; leave config.listen empty to get 0.0.0.0:%s" $listen $port $port) }}
+{{- end }}
+{{- $listen }}
+{{- end }}
+{{- end }}
+
+{{/*
+The non-secret configuration as a YAML map of REGRELAY_<KEY> to text: every key of `config:` that
+is not unset, plus REGRELAY_LISTEN. Fails when a secret key was put under `config:`.
+*/}}
+{{- define "regrelay.configEnv" -}}
+{{- $secretKeys := include "regrelay.secretKeys" . | fromJsonArray }}
+{{- $env := dict }}
+{{- range $key, $value := .Values.config }}
+{{- if has $key $secretKeys }}
+{{- if not (include "regrelay.isUnset" $value) }}
+{{- fail (printf "config.%s is a secret and would land in a ConfigMap: set secrets.%s (or put it in existingSecret) instead" $key $key) }}
+{{- end }}
+{{- else if and (ne $key "listen") (not (include "regrelay.isUnset" $value)) }}
+{{- $_ := set $env (printf "REGRELAY_%s" (upper $key)) (include "regrelay.scalar" $value) }}
+{{- end }}
+{{- end }}
+{{- $_ := set $env "REGRELAY_LISTEN" (include "regrelay.listen" .) }}
+{{- toYaml $env }}
+{{- end }}
+
+{{/*
+Checks that would otherwise only fail when a pod starts. Included by every template that depends on
+them, so `helm template` and `helm install` stop with a message that names the value to set.
+*/}}
+{{- define "regrelay.validate" -}}
+{{- $secretKeys := include "regrelay.secretKeys" . | fromJsonArray }}
+{{- if .Values.existingSecret }}
+{{- range $key := $secretKeys }}
+{{- if not (include "regrelay.isUnset" (get $.Values.secrets $key)) }}
+{{- fail (printf "secrets.%s is set together with existingSecret %q: put it in that Secret (key existingSecretKeys.%s) and leave secrets.%s empty" $key $.Values.existingSecret $key $key) }}
+{{- end }}
+{{- end }}
+{{- if .Values.api.enabled }}
+{{- if not .Values.existingSecretKeys.ingest_token }}
+{{- fail "existingSecretKeys.ingest_token is empty: the api role refuses to start without an ingest token; name the key of existingSecret that holds it" }}
+{{- end }}
+{{- if not .Values.existingSecretKeys.admin_password }}
+{{- fail "existingSecretKeys.admin_password is empty: the api role refuses to start without an administrator password; name the key of existingSecret that holds it" }}
+{{- end }}
+{{- end }}
+{{- else if .Values.api.enabled }}
+{{- if include "regrelay.isUnset" .Values.secrets.ingest_token }}
+{{- fail "secrets.ingest_token is required: the api role refuses to start without the bearer token producers send to POST /api/v1/events. Set secrets.ingest_token (e.g. --set secrets.ingest_token=$(openssl rand -hex 32)) or existingSecret=<name of a Secret with key ingest_token>" }}
+{{- end }}
+{{- if include "regrelay.isUnset" .Values.secrets.admin_password }}
+{{- fail "secrets.admin_password is required: the api role refuses to start without the policy API administrator's password. Set secrets.admin_password or existingSecret=<name of a Secret with key admin_password>" }}
+{{- end }}
+{{- end }}
+{{- if not .Values.existingSecret }}
+{{- if include "regrelay.isUnset" .Values.secrets.amqp_url }}
+{{- fail "secrets.amqp_url is required: the built-in default (amqp://guest:guest@127.0.0.1:5672/%2f) reaches no broker from a pod. Set secrets.amqp_url (amqp:// or amqps://) or existingSecret=<name of a Secret with key amqp_url>" }}
+{{- end }}
+{{- if include "regrelay.isUnset" .Values.secrets.database_url }}
+{{- fail "secrets.database_url is required: the built-in default (postgres://postgres@127.0.0.1:5432/regrelay) reaches no database from a pod. Set secrets.database_url or existingSecret=<name of a Secret with key database_url>" }}
+{{- end }}
+{{- end }}
+{{- if and .Values.metrics.serviceMonitor.enabled .Values.consumer.enabled (not .Values.consumer.metricsService.enabled) }}
+{{- fail "metrics.serviceMonitor.enabled needs consumer.metricsService.enabled: the ServiceMonitor finds the consumers through that Service" }}
+{{- end }}
+{{- range $component := list "api" "consumer" }}
+{{- $role := get $.Values $component }}
+{{- $shutdown := include "regrelay.durationSeconds" $.Values.config.shutdown_timeout }}
+{{- if and $role.enabled $shutdown }}
+{{- $floor := add (int $shutdown) (int $role.preStopSleepSeconds) }}
+{{- if le (int $role.terminationGracePeriodSeconds) $floor }}
+{{- fail (printf "%s.terminationGracePeriodSeconds (%d) must be larger than %s.preStopSleepSeconds + config.shutdown_timeout (%d s), or pods are killed before they drain; %d is safe" $component (int $role.terminationGracePeriodSeconds) $component $floor (add (mul 2 (int $shutdown)) (int $role.preStopSleepSeconds) 5)) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+Whole seconds (rounded up) of a simple duration such as "15s", "2m", "1500ms", "1h"; empty when the
+text is another form (humantime accepts more), in which case the grace-period check is skipped.
+*/}}
+{{- define "regrelay.durationSeconds" -}}
+{{- $d := . | default "15s" | toString | trim }}
+{{- if regexMatch "^[0-9]+ms$" $d }}
+{{- $ms := trimSuffix "ms" $d | int }}
+{{- div (add $ms 999) 1000 }}
+{{- else if regexMatch "^[0-9]+(s|sec|secs|second|seconds)$" $d }}
+{{- regexFind "^[0-9]+" $d | int }}
+{{- else if regexMatch "^[0-9]+(m|min|mins|minute|minutes)$" $d }}
+{{- mul (regexFind "^[0-9]+" $d | int) 60 }}
+{{- else if regexMatch "^[0-9]+(h|hr|hrs|hour|hours)$" $d }}
+{{- mul (regexFind "^[0-9]+" $d | int) 3600 }}
+{{- end }}
+{{- end }}
+
+{{/*
+Secret environment variables of a component ("api", "consumer" or "migrations"). The api gets every
+key; consumers need only the broker and the database; migrations only the database.
+*/}}
+{{- define "regrelay.secretEnv" -}}
+{{- $root := .root }}
+{{- $keys := list "amqp_url" "database_url" }}
+{{- if eq .component "api" }}
+{{- $keys = list "ingest_token" "admin_password" "api_token" "amqp_url" "database_url" }}
+{{- else if eq .component "migrations" }}
+{{- $keys = list "database_url" }}
+{{- end }}
+{{- $secretName := .secretName | default (include "regrelay.secretName" $root) }}
+{{- range $key := $keys }}
+{{- if $root.Values.existingSecret }}
+{{- $secretKey := get $root.Values.existingSecretKeys $key }}
+{{- if $secretKey }}
+- name: REGRELAY_{{ upper $key }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ $root.Values.existingSecret }}
+      key: {{ $secretKey }}
+      {{- if eq $key "api_token" }}
+      optional: true
+      {{- end }}
+{{- end }}
+{{- else if not (include "regrelay.isUnset" (get $root.Values.secrets $key)) }}
+- name: REGRELAY_{{ upper $key }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ $secretName }}
+      key: {{ $key }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* The chart-managed secret data: every secret key that is set. */}}
+{{- define "regrelay.secretData" -}}
+{{- $data := dict }}
+{{- range $key := include "regrelay.secretKeys" . | fromJsonArray }}
+{{- $value := get $.Values.secrets $key }}
+{{- if not (include "regrelay.isUnset" $value) }}
+{{- $_ := set $data $key (include "regrelay.scalar" $value) }}
+{{- end }}
+{{- end }}
+{{- toYaml $data }}
+{{- end }}
+
+{{/* The pod-level settings shared by every pod. */}}
+{{- define "regrelay.podCommon" -}}
+automountServiceAccountToken: {{ .Values.automountServiceAccountToken }}
+{{- /* Service links would put REGRELAY_*_SERVICE_HOST and friends into the environment, which
+regrelay reads as configuration keys. */}}
+enableServiceLinks: false
+{{- with .Values.imagePullSecrets }}
+imagePullSecrets:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .Values.podSecurityContext }}
+securityContext:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end }}
+
+{{/* Prometheus scrape annotations, when metrics.podAnnotations is on. */}}
+{{- define "regrelay.scrapeAnnotations" -}}
+{{- if .Values.metrics.podAnnotations }}
+prometheus.io/scrape: "true"
+prometheus.io/port: {{ include "regrelay.scalar" .Values.containerPort | quote }}
+prometheus.io/path: /metrics
+{{- end }}
+{{- end }}
