@@ -42,6 +42,10 @@ pub struct ClusterSettings {
     pub consumers: usize,
     /// `REGRELAY_HISTORY_ENABLED`.
     pub history: bool,
+    /// `REGRELAY_OTLP_ENDPOINT`, when set.
+    pub otlp_endpoint: Option<String>,
+    /// `REGRELAY_LOG_LEVEL`.
+    pub log_level: String,
 }
 
 /// A running set of regrelay processes and the scratch resources they use.
@@ -191,12 +195,15 @@ impl Cluster {
             .env("REGRELAY_ADMIN_PASSWORD", &self.admin_password)
             .env("REGRELAY_ALLOW_PRIVATE_TARGETS", "true")
             .env("REGRELAY_HISTORY_ENABLED", settings.history.to_string())
-            .env("REGRELAY_LOG_LEVEL", "warn")
+            .env("REGRELAY_LOG_LEVEL", &settings.log_level)
             .env("REGRELAY_SHUTDOWN_TIMEOUT", "5s")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
+        if let Some(endpoint) = &settings.otlp_endpoint {
+            command.env("REGRELAY_OTLP_ENDPOINT", endpoint);
+        }
         let mut child = command
             .spawn()
             .with_context(|| format!("cannot start {}", exe.display()))?;

@@ -74,6 +74,14 @@ pub struct BenchArgs {
     /// Record delivery history (REGRELAY_HISTORY_ENABLED of the started processes; true/false).
     #[arg(long)]
     history: Option<bool>,
+    /// Export the started processes' spans to this OTLP/HTTP collector (REGRELAY_OTLP_ENDPOINT),
+    /// to measure what tracing costs.
+    #[arg(long)]
+    otlp_endpoint: Option<String>,
+    /// Log level of the started processes (REGRELAY_LOG_LEVEL); at `info` their spans are also
+    /// built for log context.
+    #[arg(long, default_value = "warn")]
+    log_level: String,
     /// The receiver waits this long before answering (e.g. 50ms).
     #[arg(long, value_parser = duration_arg)]
     receiver_delay: Option<Duration>,
@@ -199,8 +207,10 @@ async fn run_async(args: BenchArgs) -> anyhow::Result<()> {
         validate(&settings)?;
         plan.push(settings);
     }
-    if args.target.is_some() && (args.consumers.is_some() || args.history.is_some()) {
-        bail!("--consumers and --history apply to processes the bench starts, not to --target");
+    if args.target.is_some()
+        && (args.consumers.is_some() || args.history.is_some() || args.otlp_endpoint.is_some())
+    {
+        bail!("--consumers, --history and --otlp-endpoint apply to processes the bench starts, not to --target");
     }
 
     let receiver = Receiver::start().await?;
@@ -381,6 +391,8 @@ async fn run_scenario(
                 database_admin_url: args.database_admin_url.clone(),
                 consumers: settings.consumers,
                 history: settings.history,
+                otlp_endpoint: args.otlp_endpoint.clone(),
+                log_level: args.log_level.clone(),
             })
             .await?;
             let endpoint = Endpoint {
