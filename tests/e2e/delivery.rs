@@ -152,20 +152,9 @@ async fn delivered_by_all(services: &[&Service], expected: usize) -> Vec<f64> {
 }
 
 async fn delivered_by(service: &Service) -> f64 {
-    let text = reqwest::get(format!("{}/metrics", service.base))
+    service
+        .metric("regrelay_deliveries_total{outcome=\"delivered\",target_type=\"http\"}")
         .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| {
-            l.strip_prefix("regrelay_deliveries_total{outcome=\"delivered\",target_type=\"http\"}")?
-                .trim()
-                .parse()
-                .ok()
-        })
-        .unwrap_or(0.0)
 }
 
 #[tokio::test]

@@ -129,23 +129,6 @@ fn ancestry(span: &ExportedSpan, all: &[ExportedSpan]) -> Vec<String> {
     names
 }
 
-async fn exports_ok(service: &Service) -> f64 {
-    let text = reqwest::get(format!("{}/metrics", service.base))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| {
-            l.strip_prefix("regrelay_trace_exports_total{result=\"ok\"}")?
-                .trim()
-                .parse()
-                .ok()
-        })
-        .unwrap_or(0.0)
-}
-
 // Multi-threaded: `terminate` blocks its thread until the process exits, and the collector must
 // keep answering the exit's final export meanwhile.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -200,7 +183,9 @@ async fn one_event_is_one_trace_from_ingest_to_every_attempt() {
     // Spans are exported while the service runs, not only at exit.
     let mut exported = 0.0;
     for _ in 0..100 {
-        exported = exports_ok(&consumer).await;
+        exported = consumer
+            .metric("regrelay_trace_exports_total{result=\"ok\"}")
+            .await;
         if exported >= 1.0 {
             break;
         }
