@@ -154,18 +154,16 @@ pub(crate) async fn attempt_and_settle(
     target_index: usize,
     permit: OwnedSemaphorePermit,
 ) -> Settlement {
-    // The receiver's host only: a target URL's path or query may be its credential (Slack's is).
-    let host = reqwest::Url::parse(&cached.policy.targets[target_index].address)
-        .ok()
-        .and_then(|url| url.host_str().map(str::to_owned))
-        .unwrap_or_default();
+    // Field values are evaluated only when the span is built (traces on), so the URL is parsed
+    // only then. The receiver's host only: a target URL's path or query may be its credential
+    // (Slack's is).
     let span = tracing::debug_span!(
         "attempt",
         otel.kind = "client",
         delivery_id = %task.delivery_id,
         policy_id = task.policy_id,
         attempt = task.attempts + 1,
-        server.address = host,
+        server.address = host_of(&cached.policy.targets[target_index].address).as_str(),
         http.response.status_code = tracing::field::Empty,
         outcome = tracing::field::Empty,
         otel.status_code = tracing::field::Empty,
@@ -173,6 +171,13 @@ pub(crate) async fn attempt_and_settle(
     attempt_in_span(ctx, task, event, cached, target_index, permit)
         .instrument(span)
         .await
+}
+
+fn host_of(address: &str) -> String {
+    reqwest::Url::parse(address)
+        .ok()
+        .and_then(|url| url.host_str().map(str::to_owned))
+        .unwrap_or_default()
 }
 
 async fn attempt_in_span(

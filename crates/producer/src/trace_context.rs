@@ -21,8 +21,13 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 /// Adds the current span's trace context to `properties`' headers (replacing any carried over from
 /// an earlier message), if there is a context to add.
 pub fn inject_current(properties: BasicProperties) -> BasicProperties {
-    let context = tracing::Span::current().context();
-    inject(&context, properties)
+    let span = tracing::Span::current();
+    // No span (none is built while traces are off): nothing to carry, and no lookups on the
+    // publish path.
+    if span.is_none() {
+        return properties;
+    }
+    inject(&span.context(), properties)
 }
 
 /// Adds `context` to `properties`' headers through the global propagator.
