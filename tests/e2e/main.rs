@@ -5,6 +5,7 @@
 mod bench;
 mod delivery;
 mod dlq;
+mod policy_changes;
 mod traces;
 
 use std::io::Read;

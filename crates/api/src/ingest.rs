@@ -158,6 +158,11 @@ async fn accept(
     }
 
     if !messages.is_empty() {
+        // Read after the request arrived: every policy write answered before it is included.
+        let generation = state.policy_generation().current().await;
+        for message in &mut messages {
+            message.policy_generation = generation;
+        }
         if let Err(error) = state.publisher().publish(&messages).await {
             metrics.rejected(RejectReason::BrokerUnavailable);
             return Err(ApiError::ServiceUnavailable(format!(

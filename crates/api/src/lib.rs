@@ -13,6 +13,8 @@
 //!   policy not saved yet): a sample event to every target now, each target's result returned.
 //! - [`dead_letters`]: `/api/v1/dead-letters`: list, show, replay and purge dead letters.
 //! - [`configurations`]: `GET`/`PUT /api/v2.0/configurations` (the global `notification_enable` switch).
+//! - [`policy_generation`]: the policy generation stamped on ingested events, so a policy write is
+//!   seen by the next event.
 //! - [`paging`]: Harbor's `page`/`page_size`, `X-Total-Count` and `Link`.
 //! - [`health`]: `/healthz` (the process runs) and `/readyz` (the broker answers).
 //! - [`telemetry`]: the API's metrics, the per-route HTTP metrics layer and `/metrics`.
@@ -28,6 +30,7 @@ pub mod health;
 pub mod ingest;
 pub mod paging;
 pub mod policies;
+pub mod policy_generation;
 pub mod state;
 pub mod telemetry;
 pub mod test_delivery;

@@ -9,6 +9,7 @@ use regrelay_history::Database;
 use regrelay_producer::EventPublisher;
 use secrecy::SecretString;
 
+use crate::policy_generation::PolicyGenerationStamp;
 use crate::telemetry::ApiMetrics;
 
 /// Settings of the ingest endpoint.
@@ -60,6 +61,8 @@ struct Inner {
     /// The process's metrics registry, rendered by `/metrics`.
     registry: Registry,
     metrics: ApiMetrics,
+    /// The policy generation ingest stamps on events (shared by clones of the state).
+    policy_generation: Arc<PolicyGenerationStamp>,
 }
 
 impl AppState {
@@ -71,6 +74,7 @@ impl AppState {
         registry: Registry,
     ) -> Result<Self, prometheus::Error> {
         let metrics = ApiMetrics::register(&registry)?;
+        let policy_generation = Arc::new(PolicyGenerationStamp::new(db.clone(), &registry)?);
         let dead_letters = DeadLetterQueue::new(
             regrelay_producer::ConfirmedPublisher::new(
                 publisher.broker().clone(),
@@ -88,6 +92,7 @@ impl AppState {
                 dead_letters,
                 registry,
                 metrics,
+                policy_generation,
             }),
         })
     }
@@ -116,6 +121,7 @@ impl AppState {
                 dead_letters: shared.dead_letters.clone(),
                 registry: shared.registry.clone(),
                 metrics: shared.metrics.clone(),
+                policy_generation: shared.policy_generation.clone(),
             },
         };
         change(&mut inner);
@@ -160,6 +166,10 @@ impl AppState {
 
     pub fn metrics(&self) -> &ApiMetrics {
         &self.inner.metrics
+    }
+
+    pub fn policy_generation(&self) -> &PolicyGenerationStamp {
+        &self.inner.policy_generation
     }
 }
 

@@ -100,7 +100,28 @@ async fn process(ctx: &DeliveryContext, body: &[u8]) -> Settlement {
         Ok(event) => event,
         Err(error) => return poison(ctx, body, error.to_string()).await,
     };
+    if let Err(error) = ctx.cache.catch_up(task.policy_generation).await {
+        return Settlement::Requeue(format!(
+            "cannot load the policies the task was matched against: {error}"
+        ));
+    }
     let set = ctx.cache.snapshot();
+    if !set.notifications_enabled {
+        // Switched off since this stage took the task (the catch-up above may just have learnt
+        // it; the stage pauses now): no attempt, back to the queue through a retry bucket, so it
+        // waits there without counting against any delivery limit.
+        return match schedule(
+            ctx,
+            &task,
+            event.event_type().as_str(),
+            ctx.settings.deferral_delay,
+        )
+        .await
+        {
+            Ok(_) => Settlement::Ack,
+            Err(error) => Settlement::Requeue(format!("cannot hold the task: {error}")),
+        };
+    }
     let Some((cached, target_index)) =
         set.target(task.policy_id, task.target_index, &task.target_fingerprint)
     else {

@@ -86,6 +86,11 @@ async fn match_event(ctx: Arc<DeliveryContext>, delivery: Delivery) {
 
 /// Matches and publishes the tasks; `Ok` once they are all confirmed.
 async fn fan_out(ctx: &DeliveryContext, message: &EventMessage) -> Result<(), String> {
+    if let Some(generation) = message.policy_generation {
+        ctx.cache.catch_up(generation).await.map_err(|e| {
+            format!("cannot load the policies the event must be matched against: {e}")
+        })?;
+    }
     let started = Instant::now();
     let set = ctx.cache.snapshot();
     let matched = set.matching(&message.event);
@@ -138,6 +143,10 @@ async fn fan_out(ctx: &DeliveryContext, message: &EventMessage) -> Result<(), St
                 Trigger::Event,
             )
             .map_err(|e| format!("cannot build task: {e}"))?;
+            let task = DeliveryTask {
+                policy_generation: set.generation,
+                ..task
+            };
             tasks.push((task, cached.clone(), index));
         }
     }

@@ -5,7 +5,17 @@
 //! - Changes reach every consumer within about `refresh_interval`: the store bumps a single-row
 //!   generation counter in the same transaction as every policy or settings write, and each consumer
 //!   reads that one row every interval, reloading everything only when it changed.
-//! - A database outage keeps the last good copy in use (and counts the failed reloads); deliveries go on.
+//! - A policy write is seen by the next event, not only within `refresh_interval`: ingest stamps
+//!   each event with the store's generation read after the event arrived (and the matching stage
+//!   stamps each task with the generation it matched against). Before matching an event or
+//!   delivering a task, [`PolicyCache::catch_up`] reloads when the stamp is ahead of the copy; the
+//!   reloads of concurrent messages are made once. So an event accepted after a write's `2xx` is
+//!   matched against that write or a later state (docs/delivery.md, "Policy changes").
+//! - A database outage keeps the last good copy in use (and counts the failed reloads); deliveries go
+//!   on. A message whose stamp is ahead of the copy waits for the database instead (the caller's
+//!   outage handling), since matching it against an older copy could drop it silently.
+//! - The copy only moves forward: a reload that read an older generation than the copy's (a slow
+//!   periodic refresh racing a catch-up) is discarded.
 
 use std::collections::HashMap;
 use std::sync::{Arc, PoisonError, RwLock};
@@ -127,6 +137,9 @@ pub struct PolicyCache {
     /// Follows `notifications_enabled`, so the delivery stage can pause and resume without polling.
     enabled: watch::Sender<bool>,
     metrics: ConsumerMetrics,
+    /// Held while reloading, so the many messages that arrive behind one policy write cause one
+    /// reload, not one each.
+    reloading: tokio::sync::Mutex<()>,
 }
 
 impl PolicyCache {
@@ -143,6 +156,7 @@ impl PolicyCache {
             current: RwLock::new(Arc::new(set)),
             enabled,
             metrics,
+            reloading: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -180,15 +194,59 @@ impl PolicyCache {
     /// Reloads if the store's generation moved since the last load.
     pub async fn refresh(&self) -> Result<(), StoreError> {
         let generation = self.db.generation().await?;
-        if generation == self.snapshot().generation {
+        if generation <= self.snapshot().generation {
             return Ok(());
         }
+        let _reloading = self.reloading.lock().await;
+        if generation <= self.snapshot().generation {
+            return Ok(());
+        }
+        self.reload().await.map(|_| ())
+    }
+
+    /// Makes sure the copy is at least at `generation` (a message's stamp), reloading when it is
+    /// behind. `Err` when the store cannot be read: the caller must not match against the older
+    /// copy.
+    pub async fn catch_up(&self, generation: i64) -> Result<(), StoreError> {
+        if generation <= self.snapshot().generation {
+            return Ok(());
+        }
+        let _reloading = self.reloading.lock().await;
+        if generation <= self.snapshot().generation {
+            return Ok(());
+        }
+        self.metrics.policy_catch_ups.inc();
+        let loaded = self.reload().await.inspect_err(|_| {
+            self.metrics
+                .policy_reloads
+                .with_label_values(&["failure"])
+                .inc();
+        })?;
+        if loaded < generation {
+            // The store is behind a stamp it issued: it was restored from a backup or rebuilt.
+            // Waiting would never end; match against what the store has, and say so.
+            tracing::warn!(
+                message = "A message carries a newer policy generation than the store has; matching against the store's.",
+                stamped = generation,
+                store = loaded,
+            );
+        }
+        Ok(())
+    }
+
+    /// Reads everything and installs it unless the copy is already newer; returns the generation
+    /// read. Call with `reloading` held.
+    async fn reload(&self) -> Result<i64, StoreError> {
         let set = read(&self.db).await?;
+        let generation = set.generation;
+        if generation < self.snapshot().generation {
+            return Ok(generation);
+        }
         let enabled = set.notifications_enabled;
         tracing::info!(
             message = "Policies reloaded.",
             policies = set.len(),
-            generation = set.generation,
+            generation,
             notifications_enabled = enabled
         );
         *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(set);
@@ -198,7 +256,7 @@ impl PolicyCache {
             .inc();
         self.metrics.notifications_enabled.set(i64::from(enabled));
         self.enabled.send_replace(enabled);
-        Ok(())
+        Ok(generation)
     }
 }
 

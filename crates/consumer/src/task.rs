@@ -76,8 +76,17 @@ pub struct DeliveryTask {
     /// The last attempt's error (timeout, connection refused, ...), if it failed without a status.
     #[serde(default)]
     pub last_error: Option<String>,
+    /// The policy generation the task was matched against: the delivery stage looks the target up
+    /// in a copy at least that new, so a task made just after a policy write finds its policy in
+    /// every consumer. 0: no requirement (test deliveries, tasks written before this field).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub policy_generation: i64,
     /// The event exactly as received.
     pub event: Box<RawValue>,
+}
+
+fn is_zero(value: &i64) -> bool {
+    *value == 0
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -124,6 +133,7 @@ impl DeliveryTask {
             enqueued_at_ms: now_ms(),
             last_status: None,
             last_error: None,
+            policy_generation: 0,
             event: RawValue::from_string(event.raw_json().to_owned())?,
         })
     }

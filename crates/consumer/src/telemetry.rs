@@ -33,6 +33,9 @@ pub struct ConsumerMetrics {
     pub tasks_created: IntCounterVec,
     /// `regrelay_policy_reloads_total{outcome}`: policy cache reloads (`success`, `failure`).
     pub policy_reloads: IntCounterVec,
+    /// `regrelay_policy_catch_ups_total`: reloads made because an event or task carried a newer
+    /// policy generation than the cache had (a policy write just before the event).
+    pub policy_catch_ups: IntCounter,
     /// `regrelay_notifications_enabled`: the global switch as this consumer last read it.
     pub notifications_enabled: IntGauge,
     /// `regrelay_consumer_errors_total{stage}`: broker or database errors that made a stage put a
@@ -136,6 +139,10 @@ impl ConsumerMetrics {
             ),
             &["outcome"],
         )?;
+        let policy_catch_ups = IntCounter::new(
+            "regrelay_policy_catch_ups_total",
+            "Policy cache reloads made because a message carried a newer policy generation than the cache.",
+        )?;
         let notifications_enabled = IntGauge::new(
             "regrelay_notifications_enabled",
             "1 while webhook notifications are globally enabled (notification_enable).",
@@ -194,6 +201,7 @@ impl ConsumerMetrics {
         registry.register(Box::new(events_matched.clone()))?;
         registry.register(Box::new(tasks_created.clone()))?;
         registry.register(Box::new(policy_reloads.clone()))?;
+        registry.register(Box::new(policy_catch_ups.clone()))?;
         registry.register(Box::new(notifications_enabled.clone()))?;
         registry.register(Box::new(stage_errors.clone()))?;
         for outcome in OUTCOMES {
@@ -231,6 +239,7 @@ impl ConsumerMetrics {
             events_matched,
             tasks_created,
             policy_reloads,
+            policy_catch_ups,
             notifications_enabled,
             stage_errors,
             history_swept,

@@ -34,6 +34,9 @@ pub mod header {
     pub const SOURCE_EVENT_ID: &str = "x-regrelay-source-event-id";
     /// The id of the ingest request that accepted the event (CloudEvents `requestid`).
     pub const REQUEST_ID: &str = "x-regrelay-request-id";
+    /// The policy store's generation when the event was accepted: the consumer that matches the
+    /// event first brings its policy copy at least this far (docs/delivery.md, "Policy changes").
+    pub const POLICY_GENERATION: &str = "x-regrelay-policy-generation";
 }
 
 const CONTENT_TYPE: &str = "application/json";
@@ -69,6 +72,9 @@ pub struct EventMessage {
     pub request_id: String,
     /// When regrelay accepted the event, in milliseconds since the Unix epoch.
     pub accepted_at_ms: u64,
+    /// The policy store's generation read after the event arrived (`None`: unknown, e.g. the
+    /// store could not be read). The event is matched against that generation or a later one.
+    pub policy_generation: Option<i64>,
 }
 
 /// Why a message from the broker is not a usable event message.
@@ -109,7 +115,14 @@ impl EventMessage {
             source,
             request_id: request_id.into(),
             accepted_at_ms,
+            policy_generation: None,
         }
+    }
+
+    /// Stamps the policy generation the event must be matched against (at least).
+    pub fn with_policy_generation(mut self, generation: Option<i64>) -> Self {
+        self.policy_generation = generation;
+        self
     }
 
     pub fn event_type(&self) -> EventType {
@@ -140,6 +153,12 @@ impl EventMessage {
             headers.insert(header::SOURCE_EVENT_ID.into(), long_string(source_event_id));
         }
         headers.insert(header::REQUEST_ID.into(), long_string(&self.request_id));
+        if let Some(generation) = self.policy_generation {
+            headers.insert(
+                header::POLICY_GENERATION.into(),
+                AMQPValue::LongLongInt(generation),
+            );
+        }
         BasicProperties::default()
             .with_message_id(self.id.to_string().into())
             .with_type(self.event_type().as_str().into())
@@ -181,6 +200,10 @@ impl EventMessage {
             source,
             request_id: string(&headers, header::REQUEST_ID).unwrap_or_default(),
             accepted_at_ms: properties.timestamp().unwrap_or(0).saturating_mul(1000),
+            policy_generation: headers
+                .inner()
+                .get(header::POLICY_GENERATION)
+                .and_then(integer),
         })
     }
 }
@@ -234,7 +257,11 @@ mod tests {
         assert_eq!(back.source, msg.source);
         assert_eq!(back.request_id, "req-1");
         assert_eq!(back.event.raw_json(), PUSH);
+        assert_eq!(back.policy_generation, None);
         assert_eq!(msg.routing_key(), "event.PUSH_ARTIFACT.lib");
+        let stamped = msg.clone().with_policy_generation(Some(42));
+        let back = EventMessage::decode(&stamped.properties(), stamped.body()).unwrap();
+        assert_eq!(back.policy_generation, Some(42));
     }
 
     #[test]
