@@ -5,7 +5,12 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use regrelay_history::{Database, HistoryRecorder};
-use regrelay_producer::{Broker, ConfirmedPublisher, Topology};
+use lapin::BasicProperties;
+use regrelay_producer::topology::bucket_for;
+use regrelay_producer::{Broker, ConfirmedPublisher, OutgoingMessage, PublishError, Topology};
+use tokio_util::sync::CancellationToken;
+
+use crate::outage::GaveUp;
 
 use crate::http_client::HttpClients;
 use crate::limiter::TargetLimiter;
@@ -34,6 +39,13 @@ pub struct ConsumerSettings {
     /// The matching stage makes the first attempt of a task itself when the target is fast (see
     /// `matching`), instead of publishing it to the deliveries queue; saves a broker round trip.
     pub direct_first_attempt: bool,
+    /// How long a stage holds a message while waiting out a database or broker outage before it
+    /// parks it in a delay queue (see `outage`).
+    pub outage_hold: Duration,
+    /// How long a delivery that was attempted waits for its history record while the database is
+    /// unavailable before it is settled without it (counted). Both holds stay well below
+    /// RabbitMQ's `consumer_timeout` (30 min).
+    pub history_outage_hold: Duration,
 }
 
 /// See [`DeliveryContext::fanout_budget`]. Enough for dozens of ordinary events at once.
@@ -55,6 +67,8 @@ pub struct DeliveryContext {
     pub metrics: ConsumerMetrics,
     /// Writes delivery history; `None` when history is turned off (`history_enabled = false`).
     pub history: Option<HistoryRecorder>,
+    /// Cancelled when the process stops: no new attempt starts after that, and outage waits end.
+    pub shutdown: CancellationToken,
     /// Delivery tasks the matching stage may be building and publishing at once, across all its
     /// events. The prefetch bounds events, not tasks: at fan-out 100, 64 events in flight are 6400
     /// tasks with their bodies and history records, which is what peak memory tracked.
@@ -83,6 +97,7 @@ impl DeliveryContext {
         settings: ConsumerSettings,
         metrics: ConsumerMetrics,
         history: Option<HistoryRecorder>,
+        shutdown: CancellationToken,
     ) -> Self {
         let direct_attempts = usize::from(settings.delivery_prefetch.max(1));
         Self {
@@ -101,6 +116,7 @@ impl DeliveryContext {
             settings,
             metrics,
             history,
+            shutdown,
             fanout_budget: tokio::sync::Semaphore::new(FANOUT_BUDGET),
             direct_attempts: tokio::sync::Semaphore::new(direct_attempts),
             project_ids: Mutex::new(HashMap::new()),
@@ -143,5 +159,64 @@ impl DeliveryContext {
         } else {
             buckets.remove(&bucket);
         }
+    }
+
+    /// Publishes to the deliveries or dead-letter queue, waiting out an outage for `outage_hold`.
+    /// A publish that comes back unroutable (someone deleted the queue) declares the topology
+    /// again before the next try, as the retry buckets do.
+    pub(crate) async fn publish_patiently<'m>(
+        &self,
+        what: &'static str,
+        build: impl Fn() -> Vec<OutgoingMessage<'m>>,
+    ) -> Result<(), GaveUp<PublishError>> {
+        let build = &build;
+        self.patiently(what, self.settings.outage_hold, || async move {
+            let result = self.publisher.publish(build()).await;
+            if let Err(PublishError::Returned { .. }) = &result {
+                if let Err(error) = self.publisher.broker().redeclare_topology().await {
+                    tracing::warn!(message = "Cannot declare the topology again.", error = %error);
+                }
+            }
+            result.map(|_| ())
+        })
+        .await
+    }
+
+    /// Publishes one message to the retry bucket for `delay` (rounded up) and waits for the
+    /// confirm; returns the bucket. Buckets are declared on first use; if someone deleted one
+    /// since, the publish comes back unroutable and one re-declaration fixes it.
+    pub(crate) async fn publish_to_retry_bucket(
+        &self,
+        delay: Duration,
+        body: &[u8],
+        properties: BasicProperties,
+    ) -> Result<Duration, PublishError> {
+        let bucket = bucket_for(delay);
+        let queue = self.topology.retry_queue(bucket);
+        for attempt in 0..2 {
+            if !self.bucket_declared(bucket) {
+                let channel = self.publisher.broker().open_channel().await?;
+                let declared = self.topology.declare_retry_queue(&channel, bucket).await;
+                let _ = channel.close(200, "declared".into()).await;
+                declared?;
+                self.set_bucket_declared(bucket, true);
+            }
+            let result = self
+                .publisher
+                .publish(vec![OutgoingMessage {
+                    exchange: "",
+                    routing_key: &queue,
+                    body,
+                    properties: properties.clone(),
+                }])
+                .await;
+            match result {
+                Err(PublishError::Returned { .. }) if attempt == 0 => {
+                    self.set_bucket_declared(bucket, false);
+                }
+                other => return other.map(|_| bucket),
+            }
+        }
+        Ok(bucket)
     }
 }

@@ -12,11 +12,13 @@ use chrono::{SecondsFormat, Utc};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::BasicProperties;
 use regrelay_history::policy::{Policy, Target, TargetKind};
-use regrelay_producer::{OutgoingMessage, PublishError};
+use regrelay_producer::OutgoingMessage;
 use serde::Serialize;
 use uuid::Uuid;
 
 use crate::context::DeliveryContext;
+use crate::outage::GaveUp;
+use crate::stage::{Settlement, StageError};
 use crate::task::{text, DeliveryTask};
 
 /// Version tag of the dead-letter body.
@@ -27,7 +29,8 @@ pub struct DeadLetterBody<'a> {
     pub schema: &'static str,
     /// The dead letter's id: the delivery id, or a fresh UUID for poison messages.
     pub id: Uuid,
-    /// A fixed reason (`attempts_exhausted`, `client_error`, `poison`, ...), also a metrics label.
+    /// A fixed reason (`attempts_exhausted`, `client_error`, `poison`, `unstorable`, ...), also a
+    /// metrics label.
     pub reason: &'static str,
     /// What happened, in words.
     pub detail: String,
@@ -51,10 +54,17 @@ impl DeadLetterBody<'static> {
     /// A message that cannot be read at all, taken from `queue`: kept as text with the reason, so it
     /// can be inspected, and never requeued in a loop.
     pub fn poison(queue: String, body: &[u8], detail: String) -> Self {
+        Self::unprocessable("poison", queue, body, detail)
+    }
+
+    /// A message taken from `queue` that can never be processed, for `reason` (`poison`: it cannot
+    /// be read; `unstorable`: the database refuses a value of it; `unencodable`: its delivery task
+    /// cannot be encoded). Kept as text, dead-lettered once.
+    pub fn unprocessable(reason: &'static str, queue: String, body: &[u8], detail: String) -> Self {
         Self {
             schema: SCHEMA,
             id: Uuid::new_v4(),
-            reason: "poison",
+            reason,
             detail,
             dead_lettered_at: now_rfc3339(),
             attempts: 0,
@@ -144,12 +154,11 @@ pub fn redact_address(kind: TargetKind, address: &str) -> String {
 }
 
 impl DeadLetterBody<'_> {
-    /// Publishes the dead letter and waits for the broker's confirm.
-    pub async fn publish(&self, ctx: &DeliveryContext) -> Result<(), PublishError> {
-        let body = serde_json::to_vec(self).map_err(|e| PublishError::Returned {
-            code: 0,
-            text: format!("cannot encode dead letter: {e}"),
-        })?;
+    /// Publishes the dead letter and waits for the broker's confirm, waiting out an outage for
+    /// `outage_hold` (a deleted dead-letter queue is declared again).
+    pub(crate) async fn publish(&self, ctx: &DeliveryContext) -> Result<(), StageError> {
+        let body = serde_json::to_vec(self)
+            .map_err(|error| StageError::Bug("cannot encode a dead letter", error))?;
         let mut headers = FieldTable::default();
         headers.insert("x-regrelay-reason".into(), text(self.reason));
         headers.insert(
@@ -189,14 +198,18 @@ impl DeadLetterBody<'_> {
             .with_timestamp(Utc::now().timestamp().max(0) as u64)
             .with_headers(headers);
         let queue = ctx.topology.dead_letter_queue();
-        ctx.publisher
-            .publish(vec![OutgoingMessage {
+        ctx.publish_patiently("publish_dead_letter", || {
+            vec![OutgoingMessage {
                 exchange: "",
                 routing_key: &queue,
                 body: &body,
-                properties,
-            }])
-            .await?;
+                properties: properties.clone(),
+            }]
+        })
+        .await
+        .map_err(|gave_up| match gave_up {
+            GaveUp::Refused(error) | GaveUp::Outlasted(error) => StageError::Broker(error),
+        })?;
         ctx.metrics
             .dead_letters
             .with_label_values(&[self.reason])
@@ -211,6 +224,15 @@ impl DeadLetterBody<'_> {
             target = self.target.as_ref().map(|t| t.address.as_str()),
         );
         Ok(())
+    }
+
+    /// Publishes the dead letter; the message it replaces is then acked, or parked when the
+    /// broker could not take it.
+    pub(crate) async fn publish_and_settle(&self, ctx: &DeliveryContext) -> Settlement {
+        match self.publish(ctx).await {
+            Ok(()) => Settlement::Ack,
+            Err(error) => Settlement::Requeue(error),
+        }
     }
 }
 

@@ -20,7 +20,7 @@ use regrelay_events::cloudevents::CloudEventContext;
 use regrelay_history::executions::TaskStatus;
 use regrelay_history::policy::{PayloadFormat, Target, TargetKind};
 use regrelay_producer::topology::bucket_for;
-use regrelay_producer::{trace_context, OutgoingMessage, PublishError};
+use regrelay_producer::trace_context;
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
@@ -31,6 +31,8 @@ use crate::dead_letter::{kind_str, now_rfc3339, DeadLetterBody, PolicySummary, T
 use crate::history::{self, redact_snippet, Step};
 use crate::http_client::HttpClients;
 use crate::limiter::Admission;
+use crate::outage::GaveUp;
+use crate::stage::{Settlement, Stage, StageError};
 use crate::policy_cache::CachedPolicy;
 use crate::render::{render_payload, PayloadKind};
 use crate::signing::SigningKey;
@@ -53,23 +55,6 @@ impl Drop for InFlight<'_> {
     }
 }
 
-/// What to do with the message a delivery came from once its attempt is over.
-pub(crate) enum Settlement {
-    Ack,
-    /// Put it back for redelivery (the outcome could not be made durable).
-    Requeue(String),
-}
-
-impl Settlement {
-    /// `Err` with the reason when the message must go back for redelivery.
-    pub(crate) fn into_result(self) -> Result<(), String> {
-        match self {
-            Settlement::Ack => Ok(()),
-            Settlement::Requeue(reason) => Err(reason),
-        }
-    }
-}
-
 pub async fn handle_task(ctx: Arc<DeliveryContext>, delivery: Delivery) {
     // One span per task message, continuing the trace of whatever published it: the matching
     // stage, or the attempt before (a retry).
@@ -81,11 +66,11 @@ pub async fn handle_task(ctx: Arc<DeliveryContext>, delivery: Delivery) {
     // Err only when no OpenTelemetry layer is installed (tracing off): nothing to continue then.
     let _ = span.set_parent(trace_context::extract(&delivery.properties));
     async {
-        let result = process(&ctx, &delivery.data).await.into_result();
-        if result.is_err() {
+        let settlement = process(&ctx, &delivery.data).await;
+        if !matches!(settlement, Settlement::Ack) {
             tracing::Span::current().record("otel.status_code", "ERROR");
         }
-        crate::stage::settle(&ctx, "delivery", &delivery, result).await;
+        crate::stage::settle(&ctx, Stage::Delivery, &delivery, settlement).await;
     }
     .instrument(span)
     .await;
@@ -100,10 +85,13 @@ async fn process(ctx: &DeliveryContext, body: &[u8]) -> Settlement {
         Ok(event) => event,
         Err(error) => return poison(ctx, body, error.to_string()).await,
     };
-    if let Err(error) = ctx.cache.catch_up(task.policy_generation).await {
-        return Settlement::Requeue(format!(
-            "cannot load the policies the task was matched against: {error}"
-        ));
+    let caught_up = ctx
+        .patiently("policy_catch_up", ctx.settings.outage_hold, || {
+            ctx.cache.catch_up(task.policy_generation)
+        })
+        .await;
+    if let Err(GaveUp::Refused(error) | GaveUp::Outlasted(error)) = caught_up {
+        return Settlement::Requeue(StageError::Database(error));
     }
     let set = ctx.cache.snapshot();
     if !set.notifications_enabled {
@@ -119,7 +107,7 @@ async fn process(ctx: &DeliveryContext, body: &[u8]) -> Settlement {
         .await
         {
             Ok(_) => Settlement::Ack,
-            Err(error) => Settlement::Requeue(format!("cannot hold the task: {error}")),
+            Err(error) => Settlement::Requeue(error),
         };
     }
     let Some((cached, target_index)) =
@@ -155,7 +143,7 @@ async fn process(ctx: &DeliveryContext, body: &[u8]) -> Settlement {
             .await
             {
                 Ok(_) => Settlement::Ack,
-                Err(error) => Settlement::Requeue(format!("cannot defer: {error}")),
+                Err(error) => Settlement::Requeue(error),
             };
         }
     };
@@ -175,6 +163,10 @@ pub(crate) async fn attempt_and_settle(
     target_index: usize,
     permit: OwnedSemaphorePermit,
 ) -> Settlement {
+    if ctx.shutdown.is_cancelled() {
+        // Stopping: no new attempt (the message goes back for another consumer or the next start).
+        return Settlement::Requeue(StageError::ShuttingDown);
+    }
     // Field values are evaluated only when the span is built (traces on), so the URL is parsed
     // only then. The receiver's host only: a target URL's path or query may be its credential
     // (Slack's is).
@@ -347,7 +339,7 @@ async fn attempt_in_span(
                         );
                         Settlement::Ack
                     }
-                    Err(error) => Settlement::Requeue(format!("cannot schedule retry: {error}")),
+                    Err(error) => Settlement::Requeue(error),
                 }
             }
             None => {
@@ -520,46 +512,25 @@ pub(crate) fn describe(result: &AttemptResult) -> String {
     }
 }
 
-/// Puts the task in the retry bucket for `delay` (rounded up) and waits for the confirm.
+/// Puts the task in the retry bucket for `delay` (rounded up) and waits for the confirm, waiting
+/// out an outage for `outage_hold`: a nack from a bucket declared a moment ago (its queue has no
+/// leader yet) is retried here, so the attempt is not made again.
 async fn schedule(
     ctx: &DeliveryContext,
     task: &DeliveryTask,
     event_type: &str,
     delay: Duration,
-) -> Result<Duration, PublishError> {
-    let bucket = bucket_for(delay);
-    let body = task.encode().map_err(|e| PublishError::Returned {
-        code: 0,
-        text: format!("cannot encode task: {e}"),
-    })?;
-    let queue = ctx.topology.retry_queue(bucket);
-    // Declared on first use; if someone deleted it since, the publish comes back unroutable, and
-    // one re-declaration fixes it.
-    for attempt in 0..2 {
-        if !ctx.bucket_declared(bucket) {
-            let channel = ctx.publisher.broker().open_channel().await?;
-            let declared = ctx.topology.declare_retry_queue(&channel, bucket).await;
-            let _ = channel.close(200, "declared".into()).await;
-            declared?;
-            ctx.set_bucket_declared(bucket, true);
-        }
-        let result = ctx
-            .publisher
-            .publish(vec![OutgoingMessage {
-                exchange: "",
-                routing_key: &queue,
-                body: &body,
-                properties: task.properties(event_type),
-            }])
-            .await;
-        match result {
-            Err(PublishError::Returned { .. }) if attempt == 0 => {
-                ctx.set_bucket_declared(bucket, false);
-            }
-            other => return other.map(|_| bucket),
-        }
-    }
-    Ok(bucket)
+) -> Result<Duration, StageError> {
+    let body = task
+        .encode()
+        .map_err(|error| StageError::Bug("cannot encode a delivery task", error))?;
+    ctx.patiently("publish_retry", ctx.settings.outage_hold, || {
+        ctx.publish_to_retry_bucket(delay, &body, task.properties(event_type))
+    })
+    .await
+    .map_err(|gave_up| match gave_up {
+        GaveUp::Refused(error) | GaveUp::Outlasted(error) => StageError::Broker(error),
+    })
 }
 
 // The arguments are what a dead letter says; bundling them would only rename them.
@@ -612,20 +583,15 @@ async fn dead_letter(
         task: Some(task),
         original: None,
     };
-    match body.publish(ctx).await {
-        Ok(()) => Settlement::Ack,
-        Err(error) => Settlement::Requeue(format!("cannot dead-letter: {error}")),
-    }
+    body.publish_and_settle(ctx).await
 }
 
 async fn poison(ctx: &DeliveryContext, body: &[u8], error: String) -> Settlement {
-    let dead = DeadLetterBody::poison(
+    DeadLetterBody::poison(
         ctx.topology.deliveries_queue(),
         body,
         format!("delivery task cannot be read: {error}"),
-    );
-    match dead.publish(ctx).await {
-        Ok(()) => Settlement::Ack,
-        Err(error) => Settlement::Requeue(format!("cannot dead-letter poison: {error}")),
-    }
+    )
+    .publish_and_settle(ctx)
+    .await
 }

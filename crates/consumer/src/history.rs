@@ -10,11 +10,16 @@
 //!   [`HistoryRecorder`], so many concurrent deliveries share one transaction.
 //! - A database outage holds deliveries, it does not lose their history: while the database is
 //!   unreachable (or a write takes longer than [`RECORD_ATTEMPT_TIMEOUT`]) the write is retried with
-//!   capped backoff for as long as it takes, and the message stays unacked. The attempt is not made
-//!   again (putting the message back would re-send the webhook on every cycle, and on brokers with
-//!   a quorum-queue delivery limit eventually drop it). Meanwhile the prefetch fills and the
-//!   consumer takes no more work: the backpressure we want. If the process stops meanwhile, the
-//!   message is redelivered and attempted again (at-least-once, same `webhook-id`).
+//!   capped backoff for up to `history_outage_hold`, and the message stays unacked. The attempt is
+//!   not made again (putting the message back would re-send the webhook on every cycle, and on
+//!   brokers with a quorum-queue delivery limit eventually drop it). Meanwhile the prefetch fills
+//!   and the consumer takes no more work: the backpressure we want. If the process stops
+//!   meanwhile, the message is redelivered and attempted again (at-least-once, same `webhook-id`).
+//! - The hold is bounded (default 10 min) well below RabbitMQ's `consumer_timeout` (30 min), past
+//!   which the broker would close the channel and re-send everything in flight: an outage that
+//!   outlasts it settles the delivery without its record, loudly
+//!   (`regrelay_history_records_abandoned_total`, an error log line). The delivery itself is never
+//!   lost for it: delivered stays delivered, a retry or dead letter is still published.
 //! - A write the database refuses for another reason is retried for [`RECORD_PATIENCE`]; then the
 //!   delivery is settled without its record, loudly (`regrelay_history_records_abandoned_total`,
 //!   an error log line): a record that can never be written must not hold a delivery forever.
@@ -177,7 +182,13 @@ pub(crate) async fn record(ctx: &DeliveryContext, step: Step<'_>) {
     let Some(recorder) = &ctx.history else {
         return;
     };
-    record_with(recorder, &ctx.metrics, step.into_record()).await;
+    record_with(
+        recorder,
+        &ctx.metrics,
+        step.into_record(),
+        ctx.settings.history_outage_hold,
+    )
+    .await;
 }
 
 /// Queues steps for writing without waiting for them. For the Pending records of the matching
@@ -205,6 +216,7 @@ async fn record_with(
     recorder: &HistoryRecorder,
     metrics: &ConsumerMetrics,
     record: DeliveryRecord,
+    outage_hold: Duration,
 ) {
     let started = tokio::time::Instant::now();
     let mut delay = Duration::from_millis(100);
@@ -220,9 +232,14 @@ async fn record_with(
                     true,
                 ),
             };
-        if !transient && started.elapsed() + delay >= RECORD_PATIENCE {
+        let patience = if transient {
+            outage_hold
+        } else {
+            RECORD_PATIENCE
+        };
+        if started.elapsed() + delay >= patience {
             metrics.history_records_abandoned.inc();
-            tracing::error!(message = "Delivery history cannot be recorded; settling the delivery without it.", history_key = %record.history_key, error = %error);
+            tracing::error!(message = "Delivery history cannot be recorded; settling the delivery without it.", history_key = %record.history_key, error = %error, waited = ?started.elapsed());
             return;
         }
         metrics.history_record_retries.inc();

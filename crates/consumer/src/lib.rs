@@ -17,7 +17,9 @@
 //! - [`dead_letter_queue`]: operator access to the dead letters: list, show, replay, purge.
 //! - [`history`]: records each delivery's progress (durably, before the message is settled) and
 //!   runs the history retention sweep.
-//! - [`stage`]: the consume loop both stages share (prefetch, pause, clean stop).
+//! - [`stage`]: the consume loop both stages share (prefetch, pause, clean stop) and `settle`, the
+//!   one place a message is acked, parked or put back.
+//! - `outage`: waiting out a database or broker outage for a bounded time (`outage_hold`).
 //! - [`context`]: the handles the stages share, and [`ConsumerSettings`].
 //! - [`telemetry`]: the consumer's metrics.
 //!
@@ -33,6 +35,7 @@ pub mod history;
 pub mod http_client;
 pub mod limiter;
 pub mod matching;
+mod outage;
 pub mod policy_cache;
 pub mod render;
 pub mod retry;
@@ -94,6 +97,7 @@ impl Consumer {
             self.settings.clone(),
             self.metrics.clone(),
             self.history,
+            shutdown.clone(),
         ));
         let sweeper = self.retention.map(|retention| {
             tokio::spawn(history::sweep_until(

@@ -20,7 +20,10 @@
 //!   one slot while waiting for none, so they cannot deadlock one another.
 //! - No direct attempt while notifications are globally disabled: the delivery stage is paused
 //!   then, and the tasks wait in the queue.
-//! - An event that cannot be decoded (poison) is dead-lettered with its reason, never requeued in a loop.
+//! - An event that cannot be decoded (poison), or that can never be fanned out (a project name the
+//!   database refuses, a task that cannot be encoded), is dead-lettered once with its reason, never
+//!   requeued in a loop. A database or broker outage is waited out (`outage`), then the event is
+//!   parked in `<prefix>.events.wait` (`stage::settle`).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -38,7 +41,8 @@ use crate::delivery;
 use crate::history::{self, Step};
 use crate::limiter::Admission;
 use crate::policy_cache::CachedPolicy;
-use crate::stage;
+use crate::outage::GaveUp;
+use crate::stage::{self, Settlement, Stage, StageError};
 use crate::task::{DeliveryTask, Trigger};
 
 pub async fn handle_event(ctx: Arc<DeliveryContext>, delivery: Delivery) {
@@ -60,35 +64,68 @@ async fn match_event(ctx: Arc<DeliveryContext>, delivery: Delivery) {
     let message = match EventMessage::decode(&delivery.properties, &delivery.data) {
         Ok(message) => message,
         Err(error) => {
-            let dead = DeadLetterBody::poison(
+            let dead = DeadLetterBody::unprocessable(
+                "poison",
                 ctx.topology.events_queue(),
                 &delivery.data,
                 format!("event message cannot be read: {error}"),
             );
-            stage::settle(
-                &ctx,
-                "matching",
-                &delivery,
-                dead.publish(&ctx).await.map_err(|e| e.to_string()),
-            )
-            .await;
+            let settlement = dead.publish_and_settle(&ctx).await;
+            stage::settle(&ctx, Stage::Matching, &delivery, settlement).await;
             return;
         }
     };
     span.record("event_id", tracing::field::display(message.id));
     span.record("event_type", message.event_type().as_str());
-    let result = fan_out(&ctx, &message).await;
-    if result.is_err() {
+    let settlement = match fan_out(&ctx, &message).await {
+        Ok(()) => Settlement::Ack,
+        Err(FanOutError::Later(error)) => Settlement::Requeue(error),
+        Err(FanOutError::Unprocessable { reason, detail }) => {
+            // It can never be fanned out (a value the database refuses, a task that cannot be
+            // encoded): dead-lettered once, with the event, never retried in a loop.
+            let mut dead = DeadLetterBody::unprocessable(
+                reason,
+                ctx.topology.events_queue(),
+                &delivery.data,
+                detail,
+            );
+            dead.event_type = Some(message.event_type().as_str().to_owned());
+            dead.project = Some(message.event.project().to_owned());
+            dead.publish_and_settle(&ctx).await
+        }
+    };
+    if !matches!(settlement, Settlement::Ack) {
         span.record("otel.status_code", "ERROR");
     }
-    stage::settle(&ctx, "matching", &delivery, result).await;
+    stage::settle(&ctx, Stage::Matching, &delivery, settlement).await;
 }
 
-/// Matches and publishes the tasks; `Ok` once they are all confirmed.
-async fn fan_out(ctx: &DeliveryContext, message: &EventMessage) -> Result<(), String> {
+/// Why an event was not fanned out.
+enum FanOutError {
+    /// Not now (an outage outlasted `outage_hold`, or the process is stopping): park it.
+    Later(StageError),
+    /// Never: dead-letter it with `reason` (a dead-letter reason, also a metrics label).
+    Unprocessable { reason: &'static str, detail: String },
+}
+
+/// A task on its way to `<prefix>.deliveries`, encoded.
+struct QueuedTask {
+    task: DeliveryTask,
+    kind: TargetKind,
+    body: Vec<u8>,
+}
+
+/// Matches and publishes the tasks; `Ok` once they are all settled durably.
+async fn fan_out(ctx: &DeliveryContext, message: &EventMessage) -> Result<(), FanOutError> {
     if let Some(generation) = message.policy_generation {
-        ctx.cache.catch_up(generation).await.map_err(|e| {
-            format!("cannot load the policies the event must be matched against: {e}")
+        ctx.patiently("policy_catch_up", ctx.settings.outage_hold, || {
+            ctx.cache.catch_up(generation)
+        })
+        .await
+        .map_err(|gave_up| match gave_up {
+            GaveUp::Refused(error) | GaveUp::Outlasted(error) => {
+                FanOutError::Later(StageError::Database(error))
+            }
         })?;
     }
     let started = Instant::now();
@@ -115,11 +152,10 @@ async fn fan_out(ctx: &DeliveryContext, message: &EventMessage) -> Result<(), St
     // targets than the whole budget takes all of it, and runs alone).
     let wanted: usize = matched.iter().map(|c| c.policy.targets.len()).sum();
     let wanted = u32::try_from(wanted.clamp(1, crate::context::FANOUT_BUDGET)).unwrap_or(1);
-    let _budget = ctx
-        .fanout_budget
-        .acquire_many(wanted)
-        .await
-        .map_err(|_| "the fan-out budget is closed".to_owned())?;
+    let Ok(_budget) = ctx.fanout_budget.acquire_many(wanted).await else {
+        return Err(FanOutError::Later(StageError::ShuttingDown));
+    };
+    // Everything that can refuse the event for good happens here, before any side effect.
     // (task, its policy, the target's index in it)
     let mut tasks = Vec::new();
     for cached in &matched {
@@ -127,9 +163,17 @@ async fn fan_out(ctx: &DeliveryContext, message: &EventMessage) -> Result<(), St
         let project_id = match &policy.project {
             Some(project) => project.id,
             None => ctx
-                .project_id(message.event.project())
+                .patiently("project_id", ctx.settings.outage_hold, || {
+                    ctx.project_id(message.event.project())
+                })
                 .await
-                .map_err(|e| format!("cannot resolve project id: {e}"))?,
+                .map_err(|gave_up| match gave_up {
+                    GaveUp::Outlasted(error) => FanOutError::Later(StageError::Database(error)),
+                    GaveUp::Refused(error) => FanOutError::Unprocessable {
+                        reason: "unstorable",
+                        detail: format!("the event's project cannot be stored: {error}"),
+                    },
+                })?,
         };
         for (index, target) in policy.targets.iter().enumerate() {
             let task = DeliveryTask::new(
@@ -142,23 +186,38 @@ async fn fan_out(ctx: &DeliveryContext, message: &EventMessage) -> Result<(), St
                 &target.address,
                 Trigger::Event,
             )
-            .map_err(|e| format!("cannot build task: {e}"))?;
+            .map_err(|error| FanOutError::Unprocessable {
+                reason: "unencodable",
+                detail: format!("cannot build a delivery task: {error}"),
+            })?;
             let task = DeliveryTask {
                 policy_generation: set.generation,
                 ..task
             };
-            tasks.push((task, cached.clone(), index));
+            let body = task.encode().map_err(|error| FanOutError::Unprocessable {
+                reason: "unencodable",
+                detail: format!("cannot encode a delivery task: {error}"),
+            })?;
+            tasks.push((task, body, cached.clone(), index));
         }
     }
     let event_type = message.event_type().as_str();
     let direct_allowed = ctx.settings.direct_first_attempt && set.notifications_enabled;
     let mut queued = Vec::new();
     let mut direct = Vec::new();
-    for (task, cached, index) in tasks {
+    for (task, body, cached, index) in tasks {
         if direct_allowed && ctx.limiter.is_fast(&task.target_fingerprint) {
-            direct.push(attempt_directly(ctx, task, &message.event, cached, index));
+            direct.push(attempt_directly(
+                ctx,
+                task,
+                body,
+                &message.event,
+                cached,
+                index,
+            ));
         } else {
-            queued.push((task, cached.policy.targets[index].kind));
+            let kind = cached.policy.targets[index].kind;
+            queued.push(QueuedTask { task, kind, body });
         }
     }
     let task_count = queued.len() + direct.len();
@@ -166,8 +225,10 @@ async fn fan_out(ctx: &DeliveryContext, message: &EventMessage) -> Result<(), St
         queue_tasks(ctx, queued, event_type),
         futures::future::join_all(direct)
     );
-    published?;
-    attempted.into_iter().collect::<Result<Vec<()>, String>>()?;
+    published.map_err(FanOutError::Later)?;
+    for outcome in attempted {
+        outcome?;
+    }
     tracing::debug!(
         message = "Event fanned out.",
         event_id = %message.id,
@@ -183,80 +244,76 @@ async fn fan_out(ctx: &DeliveryContext, message: &EventMessage) -> Result<(), St
 async fn attempt_directly(
     ctx: &DeliveryContext,
     task: DeliveryTask,
+    body: Vec<u8>,
     event: &regrelay_events::RegistryEvent,
     cached: Arc<CachedPolicy>,
     target_index: usize,
-) -> Result<(), String> {
-    let _attempting = ctx
-        .direct_attempts
-        .acquire()
-        .await
-        .map_err(|_| "the direct attempt bound is closed".to_owned())?;
+) -> Result<(), FanOutError> {
+    let Ok(_attempting) = ctx.direct_attempts.acquire().await else {
+        return Err(FanOutError::Later(StageError::ShuttingDown));
+    };
     let permit = match ctx.limiter.admit(&task.target_fingerprint).await {
         Admission::Go(permit) => permit,
         Admission::Saturated => {
             let kind = cached.policy.targets[target_index].kind;
             let event_type = event.event_type().as_str();
-            return queue_tasks(ctx, vec![(task, kind)], event_type).await;
+            return queue_tasks(ctx, vec![QueuedTask { task, kind, body }], event_type)
+                .await
+                .map_err(FanOutError::Later);
         }
     };
     ctx.metrics
         .tasks_created
         .with_label_values(&["direct"])
         .inc();
-    delivery::attempt_and_settle(ctx, task, event, &cached, target_index, permit)
-        .await
-        .into_result()
+    match delivery::attempt_and_settle(ctx, task, event, &cached, target_index, permit).await {
+        Settlement::Ack => Ok(()),
+        Settlement::Requeue(error) => Err(FanOutError::Later(error)),
+    }
 }
 
-/// Publishes tasks to `<prefix>.deliveries` and waits for the confirms; their Pending history
-/// records are queued without waiting (see `history::record_in_background`): the outcome of every
-/// delivery is recorded, durably, by the delivery stage. A task delivered before its Pending record
-/// lands is fine: the store never lets a record with fewer attempts overwrite one with more.
+/// Publishes tasks to `<prefix>.deliveries` and waits for the confirms (waiting out an outage for
+/// `outage_hold`); their Pending history records are queued without waiting (see
+/// `history::record_in_background`): the outcome of every delivery is recorded, durably, by the
+/// delivery stage. A task delivered before its Pending record lands is fine: the store never lets
+/// a record with fewer attempts overwrite one with more.
 async fn queue_tasks(
     ctx: &DeliveryContext,
-    tasks: Vec<(DeliveryTask, TargetKind)>,
+    tasks: Vec<QueuedTask>,
     event_type: &str,
-) -> Result<(), String> {
+) -> Result<(), StageError> {
     if tasks.is_empty() {
         return Ok(());
     }
     let steps = tasks
         .iter()
-        .map(|(task, kind)| Step {
-            task,
+        .map(|queued| Step {
+            task: &queued.task,
             event_type,
-            kind: *kind,
+            kind: queued.kind,
             status: regrelay_history::executions::TaskStatus::Pending,
             status_message: String::new(),
             payload: None,
             attempt: None,
         })
         .collect();
-    let bodies = tasks
-        .iter()
-        .map(|(task, _)| task.encode())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("cannot encode task: {e}"))?;
-    let queue = ctx.topology.deliveries_queue();
-    let outgoing = tasks
-        .iter()
-        .zip(&bodies)
-        .map(|((task, _), body)| OutgoingMessage {
-            exchange: "",
-            routing_key: &queue,
-            body,
-            properties: task.properties(event_type),
-        })
-        .collect();
-    let publish = async {
-        ctx.publisher
-            .publish(outgoing)
-            .await
-            .map_err(|e| format!("cannot publish delivery tasks: {e}"))
-    };
     history::record_in_background(ctx, steps);
-    publish.await?;
+    let queue = ctx.topology.deliveries_queue();
+    ctx.publish_patiently("publish_tasks", || {
+        tasks
+            .iter()
+            .map(|queued| OutgoingMessage {
+                exchange: "",
+                routing_key: &queue,
+                body: &queued.body,
+                properties: queued.task.properties(event_type),
+            })
+            .collect()
+    })
+    .await
+    .map_err(|gave_up| match gave_up {
+        GaveUp::Refused(error) | GaveUp::Outlasted(error) => StageError::Broker(error),
+    })?;
     ctx.metrics
         .tasks_created
         .with_label_values(&["queued"])

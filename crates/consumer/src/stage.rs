@@ -132,33 +132,176 @@ pub async fn consume_until<F, Fut>(
     }
 }
 
-/// Settles a message a stage took: acks it once its outcome is durable (`Ok`), or, when that
-/// could not be done (a broker or database error), counts the error, waits a moment, so an outage
-/// is waited out rather than spun on, and puts the message back for redelivery. Either way a
-/// message is never dropped: if even the ack or nack fails, the channel is gone and RabbitMQ
-/// redelivers it.
-pub(crate) async fn settle(
-    ctx: &DeliveryContext,
-    stage: &'static str,
-    delivery: &Delivery,
-    result: Result<(), String>,
-) {
-    match result {
-        Ok(()) => {
-            if let Err(error) = delivery.ack(BasicAckOptions::default()).await {
-                tracing::warn!(message = "Cannot ack a message; it will be redelivered.", stage, error = %error);
-            }
-        }
-        Err(reason) => {
-            ctx.metrics.stage_errors.with_label_values(&[stage]).inc();
-            tracing::warn!(message = "Message not settled; requeueing it.", stage, reason = %reason);
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            let _ = delivery
-                .nack(BasicNackOptions {
-                    requeue: true,
-                    ..BasicNackOptions::default()
-                })
-                .await;
+/// Which stage a message belongs to: where it is parked, and the `stage` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    Matching,
+    Delivery,
+}
+
+impl Stage {
+    pub const ALL: [Stage; 2] = [Stage::Matching, Stage::Delivery];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Matching => "matching",
+            Stage::Delivery => "delivery",
         }
     }
 }
+
+/// What a stage's handler decided about the message it took.
+#[derive(Debug)]
+pub(crate) enum Settlement {
+    /// Its outcome is durable (delivered, retry or dead letter confirmed, tasks confirmed): ack.
+    Ack,
+    /// Its outcome could not be made durable now: park it for later (or, stopping, put it back).
+    Requeue(StageError),
+}
+
+/// Why a message could not be settled now. Each is a state of the world, not of the message: the
+/// message is fine and is tried again later. (A message that can never be processed is
+/// dead-lettered by its handler, with its reason, and acked.)
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum StageError {
+    #[error("the database is unavailable")]
+    Database(#[source] regrelay_history::StoreError),
+    #[error("the broker did not take a message")]
+    Broker(#[source] regrelay_producer::PublishError),
+    #[error("the process is stopping")]
+    ShuttingDown,
+    /// Something regrelay itself cannot do (a value its own types cannot encode).
+    #[error("{0}")]
+    Bug(&'static str, #[source] serde_json::Error),
+}
+
+impl StageError {
+    /// The `error_type` label of `regrelay_consumer_errors_total`.
+    pub(crate) fn error_type(&self) -> &'static str {
+        match self {
+            StageError::Database(_) => "database",
+            StageError::Broker(_) => "broker",
+            StageError::ShuttingDown => "shutdown",
+            StageError::Bug(..) => "bug",
+        }
+    }
+
+    pub(crate) const TYPES: [&'static str; 4] = ["database", "broker", "shutdown", "bug"];
+}
+
+/// An error with its causes, `a: b: c`, for log lines.
+pub(crate) fn cause_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// Settles a message a stage took, in one exhaustive match:
+/// - `Ack`: acked.
+/// - `Requeue` while stopping: put back (nack), for another consumer or the next start.
+/// - `Requeue` for an outage the handler already waited out for `outage_hold`: parked, i.e. a copy
+///   is published to the stage's delay queue (`<prefix>.events.wait`, or a retry bucket for a
+///   task) and confirmed, then the message is acked; it comes back as a fresh message, with
+///   nothing counted against the queue's delivery limit. Only if even that fails (the broker is
+///   in trouble) is it put back after a pause, which the queue's `x-delivery-limit` bounds: past
+///   it RabbitMQ dead-letters the message into `<prefix>.dead-letter` (reason `delivery_limit`).
+///
+/// If the ack or nack itself fails, the channel is gone and RabbitMQ redelivers the message.
+pub(crate) async fn settle(
+    ctx: &DeliveryContext,
+    stage: Stage,
+    delivery: &Delivery,
+    settlement: Settlement,
+) {
+    let error = match settlement {
+        Settlement::Ack => {
+            if let Err(error) = delivery.ack(BasicAckOptions::default()).await {
+                tracing::warn!(message = "Cannot ack a message; it will be redelivered.", stage = stage.as_str(), error = %error);
+            }
+            return;
+        }
+        Settlement::Requeue(error) => error,
+    };
+    ctx.metrics
+        .stage_errors
+        .with_label_values(&[stage.as_str(), error.error_type()])
+        .inc();
+    let requeue = BasicNackOptions {
+        requeue: true,
+        ..BasicNackOptions::default()
+    };
+    if matches!(error, StageError::ShuttingDown) {
+        tracing::info!(
+            message = "Stopping: message put back for redelivery.",
+            stage = stage.as_str()
+        );
+        let _ = delivery.nack(requeue).await;
+        return;
+    }
+    match park(ctx, stage, delivery).await {
+        Ok(queue) => {
+            ctx.metrics
+                .messages_parked
+                .with_label_values(&[stage.as_str()])
+                .inc();
+            tracing::warn!(
+                message = "Message not settled; parked in a delay queue until the outage is over.",
+                stage = stage.as_str(),
+                error = %cause_chain(&error),
+                queue = %queue,
+            );
+            if let Err(ack_error) = delivery.ack(BasicAckOptions::default()).await {
+                // The parked copy and the redelivered original may both come back: at-least-once.
+                tracing::warn!(message = "Cannot ack a parked message; it will be redelivered too.", stage = stage.as_str(), error = %ack_error);
+            }
+        }
+        Err(park_error) => {
+            tracing::warn!(
+                message = "Message not settled and cannot be parked; putting it back.",
+                stage = stage.as_str(),
+                error = %cause_chain(&error),
+                park_error = %cause_chain(&park_error),
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let _ = delivery.nack(requeue).await;
+        }
+    }
+}
+
+/// Publishes a copy of `delivery` (body and properties unchanged) to the stage's delay queue and
+/// waits for the confirm; returns the queue's name.
+async fn park(
+    ctx: &DeliveryContext,
+    stage: Stage,
+    delivery: &Delivery,
+) -> Result<String, regrelay_producer::PublishError> {
+    match stage {
+        Stage::Matching => {
+            let queue = ctx.topology.events_wait_queue();
+            ctx.publisher
+                .publish(vec![regrelay_producer::OutgoingMessage {
+                    exchange: "",
+                    routing_key: &queue,
+                    body: &delivery.data,
+                    properties: delivery.properties.clone(),
+                }])
+                .await?;
+            Ok(queue)
+        }
+        Stage::Delivery => {
+            let bucket = ctx
+                .publish_to_retry_bucket(PARK_DELAY, &delivery.data, delivery.properties.clone())
+                .await?;
+            Ok(ctx.topology.retry_queue(bucket))
+        }
+    }
+}
+
+/// How long a parked delivery task waits before it is taken again (a retry bucket; not counted as
+/// an attempt).
+pub(crate) const PARK_DELAY: Duration = Duration::from_secs(10);

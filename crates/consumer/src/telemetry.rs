@@ -38,9 +38,15 @@ pub struct ConsumerMetrics {
     pub policy_catch_ups: IntCounter,
     /// `regrelay_notifications_enabled`: the global switch as this consumer last read it.
     pub notifications_enabled: IntGauge,
-    /// `regrelay_consumer_errors_total{stage}`: broker or database errors that made a stage put a
-    /// message back for redelivery.
+    /// `regrelay_consumer_errors_total{stage,error_type}`: messages a stage could not settle
+    /// (`error_type`: `database`, `broker`, `shutdown`); each was parked or put back.
     pub stage_errors: IntCounterVec,
+    /// `regrelay_messages_parked_total{stage}`: messages parked in a delay queue after an outage
+    /// outlasted `outage_hold`.
+    pub messages_parked: IntCounterVec,
+    /// `regrelay_outage_retries_total{call}`: retries of a call that failed because the database
+    /// or the broker was unavailable (the message waits meanwhile).
+    pub outage_retries: IntCounterVec,
     /// `regrelay_history_swept_total{rule}`: executions deleted by the retention sweep, by the rule
     /// that removed them (`count`, `age`).
     pub history_swept: IntCounterVec,
@@ -150,9 +156,23 @@ impl ConsumerMetrics {
         let stage_errors = IntCounterVec::new(
             Opts::new(
                 "regrelay_consumer_errors_total",
-                "Broker or database errors that made a consumer stage put a message back, by stage.",
+                "Messages a consumer stage could not settle for now (parked or put back), by stage and error type.",
+            ),
+            &["stage", "error_type"],
+        )?;
+        let messages_parked = IntCounterVec::new(
+            Opts::new(
+                "regrelay_messages_parked_total",
+                "Messages parked in a delay queue because an outage outlasted outage_hold, by stage.",
             ),
             &["stage"],
+        )?;
+        let outage_retries = IntCounterVec::new(
+            Opts::new(
+                "regrelay_outage_retries_total",
+                "Retries of a call that failed because the database or the broker was unavailable, by call.",
+            ),
+            &["call"],
         )?;
         let history_swept = IntCounterVec::new(
             Opts::new(
@@ -204,6 +224,11 @@ impl ConsumerMetrics {
         registry.register(Box::new(policy_catch_ups.clone()))?;
         registry.register(Box::new(notifications_enabled.clone()))?;
         registry.register(Box::new(stage_errors.clone()))?;
+        registry.register(Box::new(messages_parked.clone()))?;
+        registry.register(Box::new(outage_retries.clone()))?;
+        for call in crate::outage::CALLS {
+            outage_retries.with_label_values(&[call]);
+        }
         for outcome in OUTCOMES {
             for target_type in TARGET_TYPES {
                 deliveries.with_label_values(&[outcome, target_type]);
@@ -225,8 +250,11 @@ impl ConsumerMetrics {
         {
             dead_letters.with_label_values(&[reason]);
         }
-        for stage in ["matching", "delivery"] {
-            stage_errors.with_label_values(&[stage]);
+        for stage in crate::stage::Stage::ALL {
+            messages_parked.with_label_values(&[stage.as_str()]);
+            for error_type in crate::stage::StageError::TYPES {
+                stage_errors.with_label_values(&[stage.as_str(), error_type]);
+            }
         }
         Ok(Self {
             deliveries,
@@ -242,6 +270,8 @@ impl ConsumerMetrics {
             policy_catch_ups,
             notifications_enabled,
             stage_errors,
+            messages_parked,
+            outage_retries,
             history_swept,
             history_sweeps,
             history_record_retries,

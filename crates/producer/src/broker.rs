@@ -158,6 +158,22 @@ impl Broker {
         Ok(live.connection.create_channel().await?)
     }
 
+    /// Declares the topology again on the current connection: after a publish came back
+    /// unroutable because someone deleted a queue, this brings it back (and the publish is
+    /// retried). Returns the outdated work queues (see [`Topology::declare_on`]).
+    pub async fn redeclare_topology(&self) -> Result<Vec<String>, BrokerError> {
+        let live = match self.current() {
+            Some(live) if live.connection.status().connected() => live,
+            _ => self.reconnect().await?,
+        };
+        let outdated = self.topology.declare_on(&live.connection).await?;
+        tracing::warn!(
+            message = "Topology declared again after an unroutable publish.",
+            prefix = self.topology.prefix()
+        );
+        Ok(outdated)
+    }
+
     /// Readiness: a real round trip to the broker that also proves the topology exists.
     pub async fn check(&self) -> Result<(), BrokerError> {
         let channel = self.publish_channel().await?;
@@ -293,7 +309,17 @@ impl Broker {
                 .await?;
             channels.push(channel);
         }
-        self.topology.declare(&channels[0]).await?;
+        let outdated = self.topology.declare_on(&connection).await?;
+        self.metrics
+            .topology_outdated_queues
+            .set(i64::try_from(outdated.len()).unwrap_or(i64::MAX));
+        for queue in &outdated {
+            tracing::error!(
+                message = "A work queue has an older regrelay's arguments; using it as it is.",
+                queue = %queue,
+                what_to_do = %crate::topology::outdated_queue_advice(&self.topology, queue),
+            );
+        }
         Ok(Live {
             connection,
             channels,

@@ -3,7 +3,9 @@
 //! Label values come from fixed sets (event types, [`PublishFailure`] reasons, connect outcomes), never
 //! from URLs or error texts, so the series count stays bounded.
 
-use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGaugeVec, Opts, Registry};
+use prometheus::{
+    Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
 
 /// Handles on the producer's metrics. Cloning shares the series.
 #[derive(Clone)]
@@ -18,6 +20,9 @@ pub struct ProducerMetrics {
     pub broker_connects: IntCounterVec,
     /// `regrelay_broker_connected{role}`: 1 while the connection is up.
     pub broker_connected: IntGaugeVec,
+    /// `regrelay_topology_outdated_queues`: work queues found with an older regrelay's arguments
+    /// (no delivery limit or dead-letter target) at the last connect; the log says what to do.
+    pub topology_outdated_queues: IntGauge,
 }
 
 /// Why a publish failed; the `reason` label of `regrelay_publish_failures_total`.
@@ -93,7 +98,12 @@ impl ProducerMetrics {
         registry.register(Box::new(publish_failures.clone()))?;
         registry.register(Box::new(publish_confirm_seconds.clone()))?;
         registry.register(Box::new(broker_connects.clone()))?;
+        let topology_outdated_queues = IntGauge::new(
+            "regrelay_topology_outdated_queues",
+            "Work queues declared by an older regrelay (no delivery limit or dead-letter target), as found at the last connect.",
+        )?;
         registry.register(Box::new(broker_connected.clone()))?;
+        registry.register(Box::new(topology_outdated_queues.clone()))?;
         // Touch every known series so dashboards show zeros instead of gaps.
         for failure in PublishFailure::ALL {
             publish_failures.with_label_values(&[failure.as_str()]);
@@ -107,6 +117,7 @@ impl ProducerMetrics {
             publish_confirm_seconds,
             broker_connects,
             broker_connected,
+            topology_outdated_queues,
         })
     }
 }

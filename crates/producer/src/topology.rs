@@ -7,12 +7,22 @@
 //!   with the same arguments, so the order in which processes start never matters.
 //! - Queues are quorum queues: replicated, durable, and they keep a message until a consumer acks it.
 //!   A classic mirrored queue would lose confirmed messages on some failovers; a quorum queue does not.
+//! - The broker never drops a message: the two work queues (`<prefix>.events`,
+//!   `<prefix>.deliveries`) carry an explicit `x-delivery-limit` ([`DELIVERY_LIMIT`]) and
+//!   dead-letter into `<prefix>.dead-letter` (at-least-once), so a message returned too often lands
+//!   there with reason `delivery_limit` on 3.10 as on 4.x (whose default limit of 20 otherwise
+//!   *drops* it). regrelay itself never returns a message in a loop (consumer `stage`): the limit
+//!   is the backstop for crashes and broker trouble.
+//! - A queue declared by an older regrelay without those arguments cannot be changed in place
+//!   (RabbitMQ refuses a re-declaration with other arguments): [`Topology::declare_on`] then uses
+//!   it as it is and reports it, and the broker logs what the operator must do
+//!   ([`outdated_queue_advice`]).
 
 use std::time::Duration;
 
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{Channel, ExchangeKind};
+use lapin::{Channel, Connection, ExchangeKind};
 use regrelay_events::EventType;
 
 /// The exchange and queue names of one installation, derived from its prefix.
@@ -65,6 +75,14 @@ impl Topology {
         format!("{}.events", self.prefix)
     }
 
+    /// Where the matching stage parks an event it cannot match while the database or the broker is
+    /// down (after holding it for `outage_hold`): a TTL queue ([`EVENTS_WAIT`]) that dead-letters
+    /// it back into [`Self::events_queue`] (directly, not through the exchange, so operators' own
+    /// bindings see each event once).
+    pub fn events_wait_queue(&self) -> String {
+        format!("{}.events.wait", self.prefix)
+    }
+
     /// The quorum queue of delivery tasks: one message per (event, policy, target), fanned out by the
     /// consumers' matching stage and taken by their delivery stage.
     pub fn deliveries_queue(&self) -> String {
@@ -86,6 +104,7 @@ impl Topology {
     pub fn queues(&self) -> Vec<String> {
         let mut queues = vec![
             self.events_queue(),
+            self.events_wait_queue(),
             self.deliveries_queue(),
             self.dead_letter_queue(),
         ];
@@ -98,8 +117,68 @@ impl Topology {
         vec![self.events_exchange()]
     }
 
-    /// Declares the exchanges, queues and bindings, idempotently.
+    /// Declares the exchanges, queues and bindings, idempotently, on one channel. Fails (and the
+    /// broker closes the channel) if a queue exists with other arguments; [`Self::declare_on`]
+    /// copes with that.
     pub async fn declare(&self, channel: &Channel) -> Result<(), lapin::Error> {
+        self.declare_exchange(channel).await?;
+        for queue in [self.events_queue(), self.deliveries_queue()] {
+            channel
+                .queue_declare(
+                    queue.as_str().into(),
+                    QueueDeclareOptions::durable(),
+                    self.work_queue_arguments(),
+                )
+                .await?;
+        }
+        self.declare_rest(channel).await
+    }
+
+    /// Declares everything like [`Self::declare`], each work queue on a channel of its own. A work
+    /// queue that exists with the arguments of an older regrelay (no delivery limit, no
+    /// dead-letter target) is used as it is: it is checked passively and its name returned, so the
+    /// caller tells the operator. Any other failure is an error.
+    pub async fn declare_on(&self, connection: &Connection) -> Result<Vec<String>, lapin::Error> {
+        let mut outdated = Vec::new();
+        for queue in [self.events_queue(), self.deliveries_queue()] {
+            let channel = connection.create_channel().await?;
+            let declared = channel
+                .queue_declare(
+                    queue.as_str().into(),
+                    QueueDeclareOptions::durable(),
+                    self.work_queue_arguments(),
+                )
+                .await;
+            match declared {
+                Ok(_) => {
+                    let _ = channel.close(200, "declared".into()).await;
+                }
+                Err(error) if is_precondition_failed(&error) => {
+                    let channel = connection.create_channel().await?;
+                    channel
+                        .queue_declare(
+                            queue.as_str().into(),
+                            QueueDeclareOptions {
+                                passive: true,
+                                ..QueueDeclareOptions::default()
+                            },
+                            FieldTable::default(),
+                        )
+                        .await?;
+                    let _ = channel.close(200, "checked".into()).await;
+                    outdated.push(queue);
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        let channel = connection.create_channel().await?;
+        self.declare_exchange(&channel).await?;
+        self.declare_rest(&channel).await?;
+        let _ = channel.close(200, "declared".into()).await;
+        Ok(outdated)
+    }
+
+    async fn declare_exchange(&self, channel: &Channel) -> Result<(), lapin::Error> {
         let durable = ExchangeDeclareOptions {
             durable: true,
             ..ExchangeDeclareOptions::default()
@@ -111,14 +190,11 @@ impl Topology {
                 durable,
                 FieldTable::default(),
             )
-            .await?;
-        channel
-            .queue_declare(
-                self.events_queue().into(),
-                QueueDeclareOptions::durable(),
-                quorum_arguments(),
-            )
-            .await?;
+            .await
+    }
+
+    /// The binding, the events wait queue and the dead-letter queue (after the work queues).
+    async fn declare_rest(&self, channel: &Channel) -> Result<(), lapin::Error> {
         channel
             .queue_bind(
                 self.events_queue().into(),
@@ -128,16 +204,74 @@ impl Topology {
                 FieldTable::default(),
             )
             .await?;
-        for queue in [self.deliveries_queue(), self.dead_letter_queue()] {
-            channel
-                .queue_declare(
-                    queue.as_str().into(),
-                    QueueDeclareOptions::durable(),
-                    quorum_arguments(),
-                )
-                .await?;
-        }
+        channel
+            .queue_declare(
+                self.events_wait_queue().into(),
+                QueueDeclareOptions::durable(),
+                self.delay_arguments(EVENTS_WAIT, &self.events_queue()),
+            )
+            .await?;
+        channel
+            .queue_declare(
+                self.dead_letter_queue().into(),
+                QueueDeclareOptions::durable(),
+                quorum_arguments(),
+            )
+            .await?;
         Ok(())
+    }
+
+    /// The work queues' arguments: quorum, at most [`DELIVERY_LIMIT`] deliveries, then into the
+    /// dead-letter queue, at-least-once (which needs `reject-publish` overflow; there is no length
+    /// limit, so publishing is never refused for it).
+    pub fn work_queue_arguments(&self) -> FieldTable {
+        let mut args = quorum_arguments();
+        args.insert(
+            "x-delivery-limit".into(),
+            AMQPValue::LongLongInt(DELIVERY_LIMIT),
+        );
+        args.insert(
+            "x-dead-letter-exchange".into(),
+            AMQPValue::LongString("".into()),
+        );
+        args.insert(
+            "x-dead-letter-routing-key".into(),
+            AMQPValue::LongString(self.dead_letter_queue().into()),
+        );
+        args.insert(
+            "x-dead-letter-strategy".into(),
+            AMQPValue::LongString("at-least-once".into()),
+        );
+        args.insert(
+            "x-overflow".into(),
+            AMQPValue::LongString("reject-publish".into()),
+        );
+        args
+    }
+
+    /// A delay queue: holds each message for `ttl`, then dead-letters it into `target` through the
+    /// default exchange, at-least-once.
+    fn delay_arguments(&self, ttl: Duration, target: &str) -> FieldTable {
+        let mut args = quorum_arguments();
+        let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
+        args.insert("x-message-ttl".into(), AMQPValue::LongLongInt(ttl_ms));
+        args.insert(
+            "x-dead-letter-exchange".into(),
+            AMQPValue::LongString("".into()),
+        );
+        args.insert(
+            "x-dead-letter-routing-key".into(),
+            AMQPValue::LongString(target.into()),
+        );
+        args.insert(
+            "x-dead-letter-strategy".into(),
+            AMQPValue::LongString("at-least-once".into()),
+        );
+        args.insert(
+            "x-overflow".into(),
+            AMQPValue::LongString("reject-publish".into()),
+        );
+        args
     }
 
     /// Declares the delay queue of one retry bucket. Declared on first use rather than at start-up,
@@ -153,34 +287,45 @@ impl Topology {
         channel: &Channel,
         bucket: Duration,
     ) -> Result<(), lapin::Error> {
-        let mut args = quorum_arguments();
-        let ttl_ms = i64::try_from(bucket.as_millis()).unwrap_or(i64::MAX);
-        args.insert("x-message-ttl".into(), AMQPValue::LongLongInt(ttl_ms));
-        args.insert(
-            "x-dead-letter-exchange".into(),
-            AMQPValue::LongString("".into()),
-        );
-        args.insert(
-            "x-dead-letter-routing-key".into(),
-            AMQPValue::LongString(self.deliveries_queue().into()),
-        );
-        args.insert(
-            "x-dead-letter-strategy".into(),
-            AMQPValue::LongString("at-least-once".into()),
-        );
-        args.insert(
-            "x-overflow".into(),
-            AMQPValue::LongString("reject-publish".into()),
-        );
         channel
             .queue_declare(
                 self.retry_queue(bucket).into(),
                 QueueDeclareOptions::durable(),
-                args,
+                self.delay_arguments(bucket, &self.deliveries_queue()),
             )
             .await?;
         Ok(())
     }
+}
+
+/// Deliveries a work queue allows a message before RabbitMQ dead-letters it (reason
+/// `delivery_limit`): RabbitMQ 4.x's default, set explicitly so 3.x behaves the same and 4.x
+/// dead-letters instead of dropping. Only crashes, lost connections and broker trouble return a
+/// message; regrelay's own outage handling parks messages in delay queues instead.
+pub const DELIVERY_LIMIT: i64 = 20;
+
+/// How long an event parked in `<prefix>.events.wait` waits before it is matched again.
+pub const EVENTS_WAIT: Duration = Duration::from_secs(10);
+
+/// What an operator must do about a work queue declared by an older regrelay, in words for the
+/// start-up log (its arguments cannot be changed in place).
+pub fn outdated_queue_advice(topology: &Topology, queue: &str) -> String {
+    let dead_letter = topology.dead_letter_queue();
+    format!(
+        "queue {queue} was declared by an older regrelay without a delivery limit or dead-letter target, \
+         so on RabbitMQ 4.x a message returned {DELIVERY_LIMIT} times would be dropped. Either apply a policy \
+         (keeps every message, no downtime): rabbitmqctl set_policy --apply-to queues regrelay-{queue} '^{pattern}$' \
+         '{{\"delivery-limit\":{DELIVERY_LIMIT},\"dead-letter-exchange\":\"\",\"dead-letter-routing-key\":\"{dead_letter}\",\"dead-letter-strategy\":\"at-least-once\",\"overflow\":\"reject-publish\"}}' \
+         (this warning then stays, the protection applies); or stop the api processes, wait until the queue is empty \
+         (rabbitmqctl list_queues name messages), delete it (rabbitmqctl delete_queue {queue}) and restart regrelay, \
+         which declares it with the new arguments",
+        pattern = queue.replace('.', "\\."),
+    )
+}
+
+/// Whether RabbitMQ refused a declaration because the object exists with other arguments.
+pub fn is_precondition_failed(error: &lapin::Error) -> bool {
+    matches!(error.kind(), lapin::ErrorKind::ProtocolError(amqp) if amqp.get_id() == 406)
 }
 
 /// The delays RabbitMQ can hold a retry for: one TTL queue per bucket. A computed delay is rounded

@@ -97,6 +97,14 @@ pub struct Config {
     /// Policy cache refresh interval.
     #[serde(with = "humantime_serde")]
     pub policy_refresh_interval: Duration,
+    /// How long a stage waits out a database or broker outage holding a message, before it parks
+    /// the message in a delay queue.
+    #[serde(with = "humantime_serde")]
+    pub outage_hold: Duration,
+    /// How long an attempted delivery waits for its history record while the database is down,
+    /// before it is settled without it.
+    #[serde(with = "humantime_serde")]
+    pub history_outage_hold: Duration,
     /// Record delivery history in PostgreSQL.
     pub history_enabled: bool,
     /// Most history records written in one transaction.
@@ -219,6 +227,7 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        const MAX_HOLD: Duration = Duration::from_secs(25 * 60);
         let invalid = |key, message: &str| ConfigError::Invalid {
             key,
             message: message.to_owned(),
@@ -253,6 +262,19 @@ impl Config {
                 "retry_initial_delay",
                 "must not exceed retry_max_delay",
             ));
+        }
+        // RabbitMQ closes a channel that holds a message unacked for `consumer_timeout` (30 min by
+        // default) and re-sends everything it held: stay well below it.
+        for (key, hold) in [
+            ("outage_hold", self.outage_hold),
+            ("history_outage_hold", self.history_outage_hold),
+        ] {
+            if hold > MAX_HOLD {
+                return Err(invalid(
+                    key,
+                    "must be at most 25m (RabbitMQ's consumer_timeout is 30 min)",
+                ));
+            }
         }
         if self.matching_prefetch == 0 || self.delivery_prefetch == 0 {
             return Err(invalid(

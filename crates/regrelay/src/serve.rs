@@ -160,6 +160,8 @@ pub async fn serve(config: Config, role: Role) -> anyhow::Result<()> {
                 policy_refresh_interval: config.policy_refresh_interval,
                 allow_private_targets: config.allow_private_targets,
                 direct_first_attempt: config.direct_first_attempt,
+                outage_hold: config.outage_hold,
+                history_outage_hold: config.history_outage_hold,
             },
             metrics: consumer_metrics,
             history: config.history_enabled.then(|| {

@@ -37,6 +37,9 @@ pub struct Options {
     pub database_proxy: bool,
     /// The matching stage attempts fast targets itself (`direct_first_attempt`, on in `serve`).
     pub direct_first_attempt: bool,
+    /// `outage_hold` and `history_outage_hold`.
+    pub outage_hold: Duration,
+    pub history_outage_hold: Duration,
 }
 
 impl Default for Options {
@@ -51,6 +54,8 @@ impl Default for Options {
             history: true,
             database_proxy: false,
             direct_first_attempt: true,
+            outage_hold: Duration::from_secs(30),
+            history_outage_hold: Duration::from_secs(600),
         }
     }
 }
@@ -136,6 +141,8 @@ impl Env {
                 policy_refresh_interval: Duration::from_millis(100),
                 allow_private_targets: true,
                 direct_first_attempt: options.direct_first_attempt,
+                outage_hold: options.outage_hold,
+                history_outage_hold: options.history_outage_hold,
             },
             metrics: ConsumerMetrics::register(&registry).unwrap(),
             history: options.history.then(|| {
