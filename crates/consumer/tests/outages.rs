@@ -1,0 +1,233 @@
+//! Outages and refusals never turn into loss or a requeue loop, with RabbitMQ 4.x's quorum-queue
+//! delivery limit simulated on this machine's 3.10 (a RabbitMQ policy setting `delivery-limit` 20
+//! on the work queues, removed again even when the test fails).
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::{event, http_target, spec, Env, Options};
+use lapin::options::BasicPublishOptions;
+use regrelay_events::{EventType, RegistryEvent};
+use regrelay_producer::{EventMessage, EventSource};
+use regrelay_testkit::TestReceiver;
+
+/// A RabbitMQ policy on this test's work queues, cleared on drop.
+struct DeliveryLimitPolicy {
+    name: String,
+}
+
+impl DeliveryLimitPolicy {
+    fn set(prefix: &str, limit: u32) -> Self {
+        let name = format!("{prefix}-delivery-limit");
+        let pattern = format!("^{}\\.(events|deliveries)$", prefix.replace('.', "\\."));
+        let output = Command::new("rabbitmqctl")
+            .args([
+                "set_policy",
+                "--apply-to",
+                "queues",
+                &name,
+                &pattern,
+                &format!("{{\"delivery-limit\":{limit}}}"),
+            ])
+            .output()
+            .expect("run rabbitmqctl (the tests run as root next to the broker)");
+        assert!(
+            output.status.success(),
+            "rabbitmqctl set_policy: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Self { name }
+    }
+}
+
+impl Drop for DeliveryLimitPolicy {
+    fn drop(&mut self) {
+        let _ = Command::new("rabbitmqctl")
+            .args(["clear_policy", &self.name])
+            .output();
+    }
+}
+
+#[tokio::test]
+async fn a_database_outage_of_forty_seconds_loses_nothing_under_a_delivery_limit() {
+    const EVENTS: usize = 5;
+    let env = Env::start(
+        "outage-limit",
+        Options {
+            database_proxy: true,
+            // Shorter than the outage: events are parked (and come back) several times.
+            outage_hold: Duration::from_secs(3),
+            ..Options::default()
+        },
+    )
+    .await;
+    let _limit = DeliveryLimitPolicy::set(env.broker.prefix(), 20);
+    let proxy = env.db_proxy.as_ref().unwrap();
+    let receiver = TestReceiver::start().await;
+    // System-wide: every event needs its project's id, which needs the database.
+    env.policy(
+        None,
+        spec(
+            "everything",
+            vec![http_target(receiver.url("/hook"))],
+            &[EventType::PushArtifact],
+        ),
+    )
+    .await;
+
+    proxy.set_refusing(true);
+    proxy.sever();
+    let events: Vec<String> = (0..EVENTS)
+        .map(|i| event("PUSH_ARTIFACT", &format!("fresh{i}"), "app", "v1"))
+        .collect();
+    env.publish(&events).await;
+    tokio::time::sleep(Duration::from_secs(40)).await;
+    assert_eq!(receiver.count(), 0, "nothing can be matched without the database");
+    assert!(
+        env.metric("regrelay_messages_parked_total{stage=\"matching\"}") >= EVENTS as f64,
+        "events are parked, not requeued in a loop"
+    );
+    proxy.set_refusing(false);
+
+    let requests = receiver.wait_for(EVENTS, Duration::from_secs(60)).await;
+    let mut projects: Vec<String> = requests
+        .iter()
+        .map(|r| r.json()["event_data"]["repository"]["namespace"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    projects.sort();
+    projects.dedup();
+    assert_eq!(projects.len(), EVENTS, "every event delivered: {projects:?}");
+    let dead = env.dead_letters(EVENTS, Duration::from_millis(500)).await;
+    assert!(dead.is_empty(), "nothing dead-lettered: {dead:?}");
+}
+
+#[tokio::test]
+async fn an_event_the_database_refuses_is_dead_lettered_once_not_looped() {
+    let env = Env::start("outage-refused", Options::default()).await;
+    let _limit = DeliveryLimitPolicy::set(env.broker.prefix(), 20);
+    let receiver = TestReceiver::start().await;
+    env.policy(
+        None,
+        spec(
+            "everything",
+            vec![http_target(receiver.url("/hook"))],
+            &[EventType::PushArtifact],
+        ),
+    )
+    .await;
+    // A namespace with a control character: published as ingest would publish an event (the body
+    // swapped in after the message was built, so this holds whether or not ingest refuses it).
+    let good = event("PUSH_ARTIFACT", "lib", "app", "v1");
+    let message = EventMessage::new(
+        RegistryEvent::from_json(&good).unwrap(),
+        EventSource::Harbor,
+        "test-request",
+    );
+    let bad = event("PUSH_ARTIFACT", "bad\u{1}name", "app", "v1");
+    env.broker
+        .channel()
+        .basic_publish(
+            env.broker.topology.events_exchange().as_str().into(),
+            "event.PUSH_ARTIFACT.bad".into(),
+            BasicPublishOptions::default(),
+            bad.as_bytes(),
+            message.properties(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    // A good event after it is delivered: the consumer is not stuck on the bad one.
+    env.publish(&[event("PUSH_ARTIFACT", "lib", "app", "after")])
+        .await;
+    receiver.wait_for(1, Duration::from_secs(10)).await;
+    let dead = env.dead_letters(2, Duration::from_secs(5)).await;
+    assert_eq!(dead.len(), 1, "dead-lettered exactly once: {dead:?}");
+    assert!(
+        dead[0]["reason"] == "unstorable" || dead[0]["reason"] == "poison",
+        "{}",
+        dead[0]
+    );
+    assert_eq!(dead[0]["original"]["body"], bad);
+    assert_eq!(
+        env.broker
+            .depth(&env.broker.topology.events_queue())
+            .await,
+        0
+    );
+    assert_eq!(
+        env.metric("regrelay_consumer_errors_total{stage=\"matching\",error_type=\"database\"}"),
+        0.0
+    );
+}
+
+#[tokio::test]
+async fn a_deleted_core_queue_is_declared_again_and_nothing_is_lost() {
+    let env = Env::start(
+        "outage-deleted-queue",
+        Options {
+            // Every task goes through the deliveries queue.
+            direct_first_attempt: false,
+            ..Options::default()
+        },
+    )
+    .await;
+    let receiver = TestReceiver::start().await;
+    let refusing = TestReceiver::start().await;
+    refusing.set_default_status(400);
+    env.policy(
+        Some("lib"),
+        spec(
+            "two",
+            vec![
+                http_target(receiver.url("/ok")),
+                http_target(refusing.url("/refuses")),
+            ],
+            &[EventType::PushArtifact],
+        ),
+    )
+    .await;
+    for queue in [
+        env.broker.topology.deliveries_queue(),
+        env.broker.topology.dead_letter_queue(),
+    ] {
+        env.broker
+            .channel()
+            .queue_delete(queue.as_str().into(), Default::default())
+            .await
+            .unwrap();
+    }
+    env.publish(&[event("PUSH_ARTIFACT", "lib", "app", "v1")])
+        .await;
+    // The task publish came back unroutable, the topology was declared again, and it went through;
+    // the 400 became a dead letter in the re-declared dead-letter queue.
+    assert_eq!(receiver.wait_for(1, Duration::from_secs(20)).await.len(), 1);
+    let dead = env.dead_letters(1, Duration::from_secs(20)).await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0]["reason"], "client_error");
+}
+
+#[tokio::test]
+async fn the_first_retry_into_a_new_bucket_does_not_repeat_the_attempt() {
+    let env = Env::start("outage-fresh-bucket", Options::default()).await;
+    let receiver = TestReceiver::start().await;
+    receiver.script(&[503]);
+    env.policy(
+        Some("lib"),
+        spec(
+            "retry",
+            vec![http_target(receiver.url("/hook"))],
+            &[EventType::PushArtifact],
+        ),
+    )
+    .await;
+    env.publish(&[event("PUSH_ARTIFACT", "lib", "app", "v1")])
+        .await;
+    receiver.wait_for(2, Duration::from_secs(10)).await;
+    let delivered = "regrelay_deliveries_total{outcome=\"delivered\",target_type=\"http\"}";
+    assert_eq!(env.metric_when(delivered, 1.0, Duration::from_secs(5)).await, 1.0);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(receiver.count(), 2, "one failed attempt, one retry, nothing more");
+}
