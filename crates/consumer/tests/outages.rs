@@ -231,3 +231,48 @@ async fn the_first_retry_into_a_new_bucket_does_not_repeat_the_attempt() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(receiver.count(), 2, "one failed attempt, one retry, nothing more");
 }
+
+#[tokio::test]
+async fn a_work_queue_of_an_older_release_is_used_and_reported() {
+    use lapin::options::QueueDeclareOptions;
+    use lapin::types::{AMQPValue, FieldTable};
+    use regrelay_producer::{Broker, BrokerSettings, ProducerMetrics};
+
+    let broker = regrelay_testkit::TestBroker::new("outdated-queue").await;
+    // The events queue as an older regrelay declared it: quorum, nothing else.
+    let mut legacy = FieldTable::default();
+    legacy.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
+    broker
+        .channel()
+        .queue_declare(
+            broker.topology.events_queue().as_str().into(),
+            QueueDeclareOptions::durable(),
+            legacy,
+        )
+        .await
+        .unwrap();
+    let registry = prometheus::Registry::new();
+    let metrics = ProducerMetrics::register(&registry).unwrap();
+    let handle = Broker::new(
+        BrokerSettings {
+            url: regrelay_testkit::amqp_url(),
+            connection_name: "regrelay-test-outdated".into(),
+            role: "publish",
+            publish_channels: 1,
+            connect_timeout: Duration::from_secs(2),
+            reconnect_min_delay: Duration::from_millis(50),
+            reconnect_max_delay: Duration::from_millis(500),
+        },
+        broker.topology.clone(),
+        metrics.clone(),
+    );
+    // Connecting declares the rest and keeps the old queue (a re-declaration would be refused).
+    handle.check().await.expect("connects and the topology is usable");
+    assert_eq!(metrics.topology_outdated_queues.get(), 1);
+    assert_eq!(broker.depth(&broker.topology.deliveries_queue()).await, 0);
+    assert_eq!(broker.depth(&broker.topology.events_wait_queue()).await, 0);
+    handle.close().await;
+}
