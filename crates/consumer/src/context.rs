@@ -4,8 +4,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use regrelay_history::{Database, HistoryRecorder};
 use lapin::BasicProperties;
+use regrelay_history::{Database, HistoryRecorder};
 use regrelay_producer::topology::bucket_for;
 use regrelay_producer::{Broker, ConfirmedPublisher, OutgoingMessage, PublishError, Topology};
 use tokio_util::sync::CancellationToken;

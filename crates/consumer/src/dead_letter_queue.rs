@@ -36,7 +36,7 @@ use lapin::Channel;
 use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 use regrelay_history::policy::TargetKind;
 use regrelay_producer::{
-    trace_context, Broker, BrokerError, ConfirmedPublisher, OutgoingMessage, Topology,
+    trace_context, Broker, BrokerError, ConfirmedPublisher, EventMessage, OutgoingMessage, Topology,
 };
 use serde::{Deserialize, Serialize, Serializer};
 use serde_json::value::RawValue;
@@ -557,6 +557,7 @@ impl DeadLetterQueue {
         let id = first.letter.summary.id;
         let task = match &first.task {
             Stored::Task(task) => task,
+            Stored::Event => return self.replay_event(scan, indexes).await,
             Stored::Poison => {
                 return Err("poison message: it holds no delivery task to replay; inspect it with `regrelay dlq show`, then purge it".to_owned())
             }
@@ -608,6 +609,48 @@ impl DeadLetterQueue {
         Ok(())
     }
 
+    /// Replays an event message RabbitMQ dead-lettered from the events queue: the same body and
+    /// properties (its id, headers, trace) back onto `<prefix>.events`, then the dead letter is
+    /// acked. The matching stage fans it out again (same delivery ids).
+    async fn replay_event(&self, scan: &mut Scan, indexes: &[usize]) -> Result<(), String> {
+        let first = &scan.held[indexes[0]];
+        let id = first.letter.summary.id;
+        let mut properties = first.delivery.properties.clone();
+        if let Some(headers) = properties.headers().clone() {
+            let mut kept = FieldTable::default();
+            for (key, value) in headers.inner() {
+                if !key.as_str().starts_with("x-death")
+                    && !key.as_str().starts_with("x-first-death")
+                    && !key.as_str().starts_with("x-last-death")
+                {
+                    kept.insert(key.clone(), value.clone());
+                }
+            }
+            properties = properties.with_headers(kept);
+        }
+        let queue = self.topology.events_queue();
+        self.publisher
+            .publish(vec![OutgoingMessage {
+                exchange: "",
+                routing_key: &queue,
+                body: &first.delivery.data,
+                properties,
+            }])
+            .await
+            .map_err(|e| format!("cannot publish the replay: {e}"))?;
+        for &index in indexes {
+            let held = &mut scan.held[index];
+            if let Err(error) = held.delivery.ack(BasicAckOptions::default()).await {
+                return Err(format!(
+                    "replayed, but the dead letter could not be removed ({error}); it stays on the queue and a second replay would match the event again"
+                ));
+            }
+            held.settled = true;
+        }
+        tracing::info!(message = "Dead-lettered event replayed.", event_id = %id);
+        Ok(())
+    }
+
     /// Takes messages from the queue, holding each, until the queue is empty, the scan limit is
     /// reached, or `stop` (called with each newly held message) says so.
     async fn scan(&self, mut stop: impl FnMut(&Held) -> bool) -> Result<Scan, DeadLetterError> {
@@ -624,7 +667,7 @@ impl DeadLetterQueue {
                 .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: false })
                 .await?;
             let Some(message) = got else { break };
-            let held = Held::read(&queue, message.delivery);
+            let held = Held::read(&self.topology, message.delivery);
             let done = stop(&held);
             scan.held.push(held);
             if done {
@@ -755,6 +798,9 @@ struct Held {
 /// What a dead letter carries for replay.
 enum Stored {
     Task(Box<DeliveryTask>),
+    /// An event message RabbitMQ itself dead-lettered from `<prefix>.events` (its delivery limit
+    /// was reached): replayed by publishing it to the events queue again, unchanged.
+    Event,
     /// A message that was never a task (poison).
     Poison,
     /// A body or task this version cannot read.
@@ -834,7 +880,9 @@ struct Body {
 const UNREADABLE_NAMESPACE: Uuid = Uuid::from_u128(0x8c1f_2b7e_54a9_4d63_a0e2_7f19_c3d8_6b45);
 
 impl Held {
-    fn read(queue: &str, delivery: Delivery) -> Self {
+    fn read(topology: &Topology, delivery: Delivery) -> Self {
+        let queue = topology.dead_letter_queue();
+        let queue = queue.as_str();
         let properties = &delivery.properties;
         let message_id = properties.message_id().as_ref().map(|s| s.to_string());
         let message = MessageInfo {
@@ -904,6 +952,9 @@ impl Held {
                 };
                 (summary, task)
             }
+            Err(_) if first_death(properties).is_some() => {
+                broker_dead_letter(topology, &delivery, fallback_id, now)
+            }
             Err(error) => {
                 let summary = DeadLetterSummary {
                     id: fallback_id,
@@ -935,6 +986,101 @@ impl Held {
             settled: false,
         }
     }
+}
+
+/// `(reason, queue)` of the first time RabbitMQ dead-lettered a message (`x-first-death-*`).
+fn first_death(properties: &lapin::BasicProperties) -> Option<(String, String)> {
+    let headers = properties.headers().as_ref()?;
+    let text = |key: &str| match headers.inner().get(key)? {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
+        _ => None,
+    };
+    Some((
+        text("x-first-death-reason")?,
+        text("x-first-death-queue").unwrap_or_default(),
+    ))
+}
+
+/// A message RabbitMQ moved here itself (a work queue's delivery limit, `delivery_limit`): the
+/// original event message or delivery task, unchanged, with `x-death` headers.
+fn broker_dead_letter(
+    topology: &Topology,
+    delivery: &Delivery,
+    fallback_id: Uuid,
+    now: DateTime<Utc>,
+) -> (DeadLetterSummary, Stored) {
+    let (reason, from) = first_death(&delivery.properties).unwrap_or_default();
+    let dead_lettered_at = delivery
+        .properties
+        .headers()
+        .as_ref()
+        .and_then(|headers| match headers.inner().get("x-death")? {
+            AMQPValue::FieldArray(deaths) => {
+                deaths.as_slice().first().and_then(|death| match death {
+                    AMQPValue::FieldTable(death) => match death.inner().get("time")? {
+                        AMQPValue::Timestamp(at) => i64::try_from(*at)
+                            .ok()
+                            .and_then(|at| DateTime::<Utc>::from_timestamp(at, 0)),
+                        _ => None,
+                    },
+                    _ => None,
+                })
+            }
+            _ => None,
+        })
+        .map(|at| at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_default();
+    let mut summary = DeadLetterSummary {
+        id: fallback_id,
+        age_seconds: age_at(&dead_lettered_at, now).map(|d| d.as_secs()),
+        reason,
+        detail: format!("dead-lettered by RabbitMQ from {from}"),
+        dead_lettered_at,
+        attempts: 0,
+        last_status: None,
+        last_error: None,
+        event_type: None,
+        project: None,
+        policy: None,
+        target: None,
+        replayable: false,
+    };
+    let stored = if from == topology.deliveries_queue() {
+        match DeliveryTask::decode(&delivery.data) {
+            Ok(task) => {
+                summary.id = task.delivery_id;
+                summary.attempts = task.attempts;
+                summary.last_status = task.last_status;
+                summary.last_error = task.last_error.clone();
+                if let Ok(event) = task.registry_event() {
+                    summary.event_type = Some(event.event_type().as_str().to_owned());
+                    summary.project = Some(event.project().to_owned());
+                }
+                summary.policy = Some(PolicyRef {
+                    id: task.policy_id,
+                    name: String::new(),
+                    project: None,
+                });
+                Stored::Task(Box::new(task))
+            }
+            Err(error) => Stored::Unreadable(error.to_string()),
+        }
+    } else if from == topology.events_queue() {
+        match EventMessage::decode(&delivery.properties, &delivery.data) {
+            Ok(message) => {
+                summary.id = message.id;
+                summary.event_type = Some(message.event_type().as_str().to_owned());
+                summary.project = Some(message.event.project().to_owned());
+                Stored::Event
+            }
+            Err(error) => Stored::Unreadable(error.to_string()),
+        }
+    } else {
+        Stored::Unreadable(format!("dead-lettered from {from:?}, not a work queue"))
+    };
+    summary.replayable = matches!(stored, Stored::Task(_) | Stored::Event);
+    (summary, stored)
 }
 
 /// A stored address redacted once more (idempotent on an address that already is).

@@ -32,10 +32,10 @@ use crate::history::{self, redact_snippet, Step};
 use crate::http_client::HttpClients;
 use crate::limiter::Admission;
 use crate::outage::GaveUp;
-use crate::stage::{Settlement, Stage, StageError};
 use crate::policy_cache::CachedPolicy;
 use crate::render::{render_payload, PayloadKind};
 use crate::signing::SigningKey;
+use crate::stage::{Settlement, Stage, StageError};
 use crate::task::DeliveryTask;
 use tokio::sync::OwnedSemaphorePermit;
 

@@ -40,8 +40,8 @@ use crate::dead_letter::DeadLetterBody;
 use crate::delivery;
 use crate::history::{self, Step};
 use crate::limiter::Admission;
-use crate::policy_cache::CachedPolicy;
 use crate::outage::GaveUp;
+use crate::policy_cache::CachedPolicy;
 use crate::stage::{self, Settlement, Stage, StageError};
 use crate::task::{DeliveryTask, Trigger};
 
@@ -105,7 +105,10 @@ enum FanOutError {
     /// Not now (an outage outlasted `outage_hold`, or the process is stopping): park it.
     Later(StageError),
     /// Never: dead-letter it with `reason` (a dead-letter reason, also a metrics label).
-    Unprocessable { reason: &'static str, detail: String },
+    Unprocessable {
+        reason: &'static str,
+        detail: String,
+    },
 }
 
 /// A task on its way to `<prefix>.deliveries`, encoded.

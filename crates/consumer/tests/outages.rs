@@ -84,7 +84,11 @@ async fn a_database_outage_of_forty_seconds_loses_nothing_under_a_delivery_limit
         .collect();
     env.publish(&events).await;
     tokio::time::sleep(Duration::from_secs(40)).await;
-    assert_eq!(receiver.count(), 0, "nothing can be matched without the database");
+    assert_eq!(
+        receiver.count(),
+        0,
+        "nothing can be matched without the database"
+    );
     assert!(
         env.metric("regrelay_messages_parked_total{stage=\"matching\"}") >= EVENTS as f64,
         "events are parked, not requeued in a loop"
@@ -94,11 +98,20 @@ async fn a_database_outage_of_forty_seconds_loses_nothing_under_a_delivery_limit
     let requests = receiver.wait_for(EVENTS, Duration::from_secs(60)).await;
     let mut projects: Vec<String> = requests
         .iter()
-        .map(|r| r.json()["event_data"]["repository"]["namespace"].as_str().unwrap_or_default().to_owned())
+        .map(|r| {
+            r.json()["event_data"]["repository"]["namespace"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
+        })
         .collect();
     projects.sort();
     projects.dedup();
-    assert_eq!(projects.len(), EVENTS, "every event delivered: {projects:?}");
+    assert_eq!(
+        projects.len(),
+        EVENTS,
+        "every event delivered: {projects:?}"
+    );
     let dead = env.dead_letters(EVENTS, Duration::from_millis(500)).await;
     assert!(dead.is_empty(), "nothing dead-lettered: {dead:?}");
 }
@@ -152,9 +165,7 @@ async fn an_event_the_database_refuses_is_dead_lettered_once_not_looped() {
     );
     assert_eq!(dead[0]["original"]["body"], bad);
     assert_eq!(
-        env.broker
-            .depth(&env.broker.topology.events_queue())
-            .await,
+        env.broker.depth(&env.broker.topology.events_queue()).await,
         0
     );
     assert_eq!(
@@ -227,9 +238,17 @@ async fn the_first_retry_into_a_new_bucket_does_not_repeat_the_attempt() {
         .await;
     receiver.wait_for(2, Duration::from_secs(10)).await;
     let delivered = "regrelay_deliveries_total{outcome=\"delivered\",target_type=\"http\"}";
-    assert_eq!(env.metric_when(delivered, 1.0, Duration::from_secs(5)).await, 1.0);
+    assert_eq!(
+        env.metric_when(delivered, 1.0, Duration::from_secs(5))
+            .await,
+        1.0
+    );
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(receiver.count(), 2, "one failed attempt, one retry, nothing more");
+    assert_eq!(
+        receiver.count(),
+        2,
+        "one failed attempt, one retry, nothing more"
+    );
 }
 
 #[tokio::test]
@@ -270,9 +289,109 @@ async fn a_work_queue_of_an_older_release_is_used_and_reported() {
         metrics.clone(),
     );
     // Connecting declares the rest and keeps the old queue (a re-declaration would be refused).
-    handle.check().await.expect("connects and the topology is usable");
+    handle
+        .check()
+        .await
+        .expect("connects and the topology is usable");
     assert_eq!(metrics.topology_outdated_queues.get(), 1);
     assert_eq!(broker.depth(&broker.topology.deliveries_queue()).await, 0);
     assert_eq!(broker.depth(&broker.topology.events_wait_queue()).await, 0);
     handle.close().await;
+}
+
+#[tokio::test]
+async fn an_event_past_its_delivery_limit_is_dead_lettered_by_the_broker_and_replayable() {
+    use lapin::options::{BasicGetOptions, BasicNackOptions};
+    use regrelay_consumer::dead_letter_queue::{
+        DeadLetterFilter, DeadLetterMetrics, DeadLetterQueue, ReplaySelection,
+    };
+    use regrelay_producer::{Broker, BrokerSettings, ConfirmedPublisher, ProducerMetrics};
+    use std::sync::Arc;
+
+    let broker = regrelay_testkit::TestBroker::new("limit-dead-letter").await;
+    broker.declare().await;
+    // A limit of 1 (the lower of the policy and the queue's own 20 applies).
+    let _limit = DeliveryLimitPolicy::set(broker.prefix(), 1);
+    let message = EventMessage::new(
+        RegistryEvent::from_json(&event("PUSH_ARTIFACT", "lib", "app", "v1")).unwrap(),
+        EventSource::Harbor,
+        "test-request",
+    );
+    broker
+        .channel()
+        .basic_publish(
+            broker.topology.events_exchange().as_str().into(),
+            message.routing_key().as_str().into(),
+            BasicPublishOptions::default(),
+            message.body(),
+            message.properties(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    // A consumer that keeps putting it back (what a crash loop looks like to the broker).
+    let events = broker.topology.events_queue();
+    for _ in 0..50 {
+        let got = broker
+            .channel()
+            .basic_get(events.as_str().into(), BasicGetOptions { no_ack: false })
+            .await
+            .unwrap();
+        match got {
+            Some(got) => {
+                got.delivery
+                    .nack(BasicNackOptions {
+                        requeue: true,
+                        ..BasicNackOptions::default()
+                    })
+                    .await
+                    .unwrap();
+            }
+            None if broker.depth(&broker.topology.dead_letter_queue()).await == 1 => break,
+            None => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+    assert_eq!(
+        broker.depth(&broker.topology.dead_letter_queue()).await,
+        1,
+        "the broker dead-letters instead of dropping"
+    );
+
+    let registry = prometheus::Registry::new();
+    let publish = Arc::new(Broker::new(
+        BrokerSettings {
+            url: regrelay_testkit::amqp_url(),
+            connection_name: "regrelay-test-limit".into(),
+            role: "publish",
+            publish_channels: 1,
+            connect_timeout: Duration::from_secs(2),
+            reconnect_min_delay: Duration::from_millis(50),
+            reconnect_max_delay: Duration::from_millis(200),
+        },
+        broker.topology.clone(),
+        ProducerMetrics::register(&registry).unwrap(),
+    ));
+    let queue = DeadLetterQueue::new(
+        ConfirmedPublisher::new(publish, Duration::from_secs(5)),
+        DeadLetterMetrics::register(&registry).unwrap(),
+    );
+    let letters = queue.list(&DeadLetterFilter::default(), 10).await.unwrap();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].reason, "delivery_limit");
+    assert_eq!(letters[0].id, message.id);
+    assert_eq!(letters[0].project.as_deref(), Some("lib"));
+    assert!(letters[0].replayable);
+
+    let report = queue
+        .replay(&ReplaySelection::Ids(vec![message.id]))
+        .await
+        .unwrap();
+    assert_eq!(report.replayed, vec![message.id], "{report:?}");
+    let back = broker.take(&events, 1, Duration::from_secs(5)).await;
+    assert_eq!(back.len(), 1);
+    let decoded =
+        EventMessage::decode(&back[0].delivery.properties, &back[0].delivery.data).unwrap();
+    assert_eq!(decoded.id, message.id);
+    assert_eq!(broker.depth(&broker.topology.dead_letter_queue()).await, 0);
 }

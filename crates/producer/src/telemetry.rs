@@ -3,9 +3,7 @@
 //! Label values come from fixed sets (event types, [`PublishFailure`] reasons, connect outcomes), never
 //! from URLs or error texts, so the series count stays bounded.
 
-use prometheus::{
-    Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-};
+use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 /// Handles on the producer's metrics. Cloning shares the series.
 #[derive(Clone)]
