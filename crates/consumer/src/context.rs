@@ -46,6 +46,9 @@ pub struct ConsumerSettings {
     /// unavailable before it is settled without it (counted). Both holds stay well below
     /// RabbitMQ's `consumer_timeout` (30 min).
     pub history_outage_hold: Duration,
+    /// Bytes of message bodies each stage may hold at once (see `byte_budget`): the prefetch
+    /// shrinks when messages are large.
+    pub max_in_flight_bytes: usize,
 }
 
 /// See [`DeliveryContext::fanout_budget`]. Enough for dozens of ordinary events at once.

@@ -17,6 +17,7 @@
 //! - [`dead_letter_queue`]: operator access to the dead letters: list, show, replay, purge.
 //! - [`history`]: records each delivery's progress (durably, before the message is settled) and
 //!   runs the history retention sweep.
+//! - [`byte_budget`]: bounds the bytes of message bodies a stage holds; adapts the prefetch.
 //! - [`stage`]: the consume loop both stages share (prefetch, pause, clean stop) and `settle`, the
 //!   one place a message is acked, parked or put back.
 //! - `outage`: waiting out a database or broker outage for a bounded time (`outage_hold`).
@@ -26,6 +27,7 @@
 //! [`Consumer::run`] runs both stages and the policy refresher until shutdown.
 
 pub mod attempt;
+pub mod byte_budget;
 pub mod classify;
 pub mod context;
 pub mod dead_letter;
@@ -117,6 +119,7 @@ impl Consumer {
             "matching",
             topology.events_queue(),
             self.settings.matching_prefetch,
+            self.settings.max_in_flight_bytes,
             None,
             shutdown.clone(),
             matching::handle_event,
@@ -126,6 +129,7 @@ impl Consumer {
             "delivery",
             topology.deliveries_queue(),
             self.settings.delivery_prefetch,
+            self.settings.max_in_flight_bytes,
             Some(cache.enabled()),
             shutdown.clone(),
             delivery::handle_task,

@@ -2,7 +2,8 @@
 //! handler per message, and stop cleanly.
 //!
 //! Design constraints:
-//! - In-flight work is bounded by the AMQP prefetch, not by a separate counter.
+//! - In-flight work is bounded by the AMQP prefetch, not by a separate counter, and by bytes
+//!   (`max_in_flight_bytes`, see `byte_budget`): the prefetch adapts to the sizes seen.
 //! - On shutdown or pause the loop cancels its consumer and lets the handlers already running reach
 //!   their ack or nack before closing the channel. Anything unacked when a process dies is redelivered
 //!   by RabbitMQ, so a kill -9 loses nothing (it may duplicate).
@@ -22,6 +23,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::byte_budget::ByteBudget;
 use crate::context::DeliveryContext;
 
 /// Consumes `queue` until `shutdown`, pausing while `enabled` is false (when given).
@@ -30,6 +32,7 @@ pub async fn consume_until<F, Fut>(
     name: &'static str,
     queue: String,
     prefetch: u16,
+    max_in_flight_bytes: usize,
     mut enabled: Option<watch::Receiver<bool>>,
     shutdown: CancellationToken,
     handler: F,
@@ -38,6 +41,7 @@ pub async fn consume_until<F, Fut>(
     Fut: Future<Output = ()> + Send + 'static,
 {
     let handler = Arc::new(handler);
+    let budget = ByteBudget::new(max_in_flight_bytes);
     loop {
         if shutdown.is_cancelled() {
             return;
@@ -67,9 +71,10 @@ pub async fn consume_until<F, Fut>(
                 }
             }
         };
+        let subscribed = budget.prefetch_for(prefetch);
         let consumer = async {
             channel
-                .basic_qos(prefetch, BasicQosOptions::default())
+                .basic_qos(subscribed, BasicQosOptions::default())
                 .await?;
             channel
                 .basic_consume(
@@ -91,8 +96,9 @@ pub async fn consume_until<F, Fut>(
                 }
             }
         };
-        tracing::info!(message = "Consuming.", stage = name, queue = %queue, prefetch);
+        tracing::info!(message = "Consuming.", stage = name, queue = %queue, prefetch = subscribed);
         let handlers = TaskTracker::new();
+        let mut resubscribe = false;
         loop {
             let paused = async {
                 match enabled.as_mut() {
@@ -107,8 +113,21 @@ pub async fn consume_until<F, Fut>(
                 () = paused => break,
                 next = consumer.next() => match next {
                     Some(Ok(delivery)) => {
-                        let handler = handler.clone();
-                        handlers.spawn(handler(ctx.clone(), delivery));
+                        let size = delivery.data.len();
+                        budget.observe(size);
+                        let held = tokio::select! {
+                            held = budget.admit(size) => held,
+                            () = shutdown.cancelled() => break,
+                        };
+                        let handle = handler(ctx.clone(), delivery);
+                        handlers.spawn(async move {
+                            handle.await;
+                            drop(held);
+                        });
+                        if budget.should_resubscribe(prefetch, subscribed) {
+                            resubscribe = true;
+                            break;
+                        }
                     }
                     Some(Err(error)) => {
                         tracing::warn!(message = "Consumer stream failed; reconnecting.", stage = name, error = %error);
@@ -127,6 +146,22 @@ pub async fn consume_until<F, Fut>(
             .basic_cancel(consumer.tag(), BasicCancelOptions::default())
             .await;
         handlers.close();
+        if resubscribe {
+            // Message sizes changed the prefetch that fits `max_in_flight_bytes`: subscribe again
+            // at once on a new channel; this one closes once its handlers have settled.
+            tracing::info!(
+                message = "Resubscribing with another prefetch for the message sizes seen.",
+                stage = name,
+                prefetch = budget.prefetch_for(prefetch),
+                was = subscribed
+            );
+            ctx.metrics.prefetch_changes.with_label_values(&[name]).inc();
+            tokio::spawn(async move {
+                handlers.wait().await;
+                let _ = channel.close(200, "resubscribed".into()).await;
+            });
+            continue;
+        }
         handlers.wait().await;
         let _ = channel.close(200, "stage stopped".into()).await;
     }

@@ -41,6 +41,9 @@ pub struct ConsumerMetrics {
     /// `regrelay_consumer_errors_total{stage,error_type}`: messages a stage could not settle
     /// (`error_type`: `database`, `broker`, `shutdown`); each was parked or put back.
     pub stage_errors: IntCounterVec,
+    /// `regrelay_consumer_prefetch_changes_total{stage}`: resubscriptions with another prefetch
+    /// because message sizes changed what fits `max_in_flight_bytes`.
+    pub prefetch_changes: IntCounterVec,
     /// `regrelay_messages_parked_total{stage}`: messages parked in a delay queue after an outage
     /// outlasted `outage_hold`.
     pub messages_parked: IntCounterVec,
@@ -160,6 +163,13 @@ impl ConsumerMetrics {
             ),
             &["stage", "error_type"],
         )?;
+        let prefetch_changes = IntCounterVec::new(
+            Opts::new(
+                "regrelay_consumer_prefetch_changes_total",
+                "Resubscriptions of a consumer stage with another prefetch because message sizes changed what fits max_in_flight_bytes, by stage.",
+            ),
+            &["stage"],
+        )?;
         let messages_parked = IntCounterVec::new(
             Opts::new(
                 "regrelay_messages_parked_total",
@@ -225,6 +235,7 @@ impl ConsumerMetrics {
         registry.register(Box::new(notifications_enabled.clone()))?;
         registry.register(Box::new(stage_errors.clone()))?;
         registry.register(Box::new(messages_parked.clone()))?;
+        registry.register(Box::new(prefetch_changes.clone()))?;
         registry.register(Box::new(outage_retries.clone()))?;
         for call in crate::outage::CALLS {
             outage_retries.with_label_values(&[call]);
@@ -252,6 +263,7 @@ impl ConsumerMetrics {
         }
         for stage in crate::stage::Stage::ALL {
             messages_parked.with_label_values(&[stage.as_str()]);
+            prefetch_changes.with_label_values(&[stage.as_str()]);
             for error_type in crate::stage::StageError::TYPES {
                 stage_errors.with_label_values(&[stage.as_str(), error_type]);
             }
@@ -271,6 +283,7 @@ impl ConsumerMetrics {
             notifications_enabled,
             stage_errors,
             messages_parked,
+            prefetch_changes,
             outage_retries,
             history_swept,
             history_sweeps,

@@ -105,6 +105,8 @@ pub struct Config {
     /// before it is settled without it.
     #[serde(with = "humantime_serde")]
     pub history_outage_hold: Duration,
+    /// Bytes of message bodies each consumer stage may hold at once.
+    pub max_in_flight_bytes: usize,
     /// Record delivery history in PostgreSQL.
     pub history_enabled: bool,
     /// Most history records written in one transaction.
@@ -275,6 +277,9 @@ impl Config {
                     "must be at most 25m (RabbitMQ's consumer_timeout is 30 min)",
                 ));
             }
+        }
+        if self.max_in_flight_bytes < 65536 {
+            return Err(invalid("max_in_flight_bytes", "must be at least 65536"));
         }
         if self.matching_prefetch == 0 || self.delivery_prefetch == 0 {
             return Err(invalid(

@@ -162,6 +162,7 @@ pub async fn serve(config: Config, role: Role) -> anyhow::Result<()> {
                 direct_first_attempt: config.direct_first_attempt,
                 outage_hold: config.outage_hold,
                 history_outage_hold: config.history_outage_hold,
+                max_in_flight_bytes: config.max_in_flight_bytes,
             },
             metrics: consumer_metrics,
             history: config.history_enabled.then(|| {

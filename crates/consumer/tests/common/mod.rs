@@ -143,6 +143,7 @@ impl Env {
                 direct_first_attempt: options.direct_first_attempt,
                 outage_hold: options.outage_hold,
                 history_outage_hold: options.history_outage_hold,
+                max_in_flight_bytes: 4 << 20,
             },
             metrics: ConsumerMetrics::register(&registry).unwrap(),
             history: options.history.then(|| {

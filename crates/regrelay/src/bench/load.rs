@@ -45,6 +45,8 @@ pub struct LoadSettings {
     pub concurrency: usize,
     /// Events per second, or as fast as they are accepted.
     pub rate: Option<f64>,
+    /// Pad each event to about this many bytes (0: no padding).
+    pub event_bytes: usize,
 }
 
 /// What the sending phase saw.
@@ -169,6 +171,7 @@ pub async fn send(
     progress: &ProgressBar,
 ) -> LoadResult {
     let batch = settings.batch.max(1);
+    let event_bytes = settings.event_bytes;
     let ticker = settings.rate.filter(|r| *r > 0.0).map(|rate| {
         // One tick per request, so events flow at `rate`.
         let mut interval = tokio::time::interval(Duration::from_secs_f64(batch as f64 / rate));
@@ -192,11 +195,11 @@ pub async fn send(
     let mut answers = std::pin::pin!(requests
         .map(|range| async move {
             let body = if batch == 1 {
-                event_body(&format!("b{}", range.start))
+                padded(event_body(&format!("b{}", range.start)), event_bytes)
             } else {
                 let events: Vec<String> = range
                     .clone()
-                    .map(|n| event_body(&format!("b{n}")))
+                    .map(|n| padded(event_body(&format!("b{n}")), event_bytes))
                     .collect();
                 format!("[{}]", events.join(","))
             };
@@ -258,6 +261,21 @@ async fn post_event(
         .body(body)
         .send()
         .await?)
+}
+
+/// `event` with an `x_padding` string field making it about `bytes` long (unchanged when it is
+/// already longer). Harbor events keep unknown fields, so the padding travels to every receiver.
+fn padded(event: String, bytes: usize) -> String {
+    let filler = bytes.saturating_sub(event.len() + 16);
+    if filler == 0 {
+        return event;
+    }
+    let mut out = event;
+    out.pop(); // the closing brace
+    out.push_str(",\"x_padding\":\"");
+    out.extend(std::iter::repeat_n('x', filler));
+    out.push_str("\"}");
+    out
 }
 
 /// One Harbor `PUSH_ARTIFACT` event in [`PROJECT`] with `tag`.

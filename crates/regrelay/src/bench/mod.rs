@@ -88,6 +88,10 @@ pub struct BenchArgs {
     /// Fraction of receiver answers that are 500 (0.0–1.0); the service retries them.
     #[arg(long)]
     receiver_errors: Option<f64>,
+    /// Pad each event to about this many bytes of JSON (an `x_padding` field; at most the api's
+    /// max_body_bytes), to measure memory with large events.
+    #[arg(long)]
+    event_bytes: Option<usize>,
     /// Longest wait for all deliveries, from the first event sent.
     #[arg(long, value_parser = duration_arg, default_value = "120s")]
     timeout: Duration,
@@ -190,6 +194,7 @@ async fn run_async(args: BenchArgs) -> anyhow::Result<()> {
         history: args.history,
         receiver_delay: args.receiver_delay,
         receiver_errors: args.receiver_errors,
+        event_bytes: args.event_bytes,
     };
     let names: Vec<&str> = if args.scenario == "all" {
         scenario::NAMES.to_vec()
@@ -498,6 +503,7 @@ async fn drive(
             batch: settings.batch,
             concurrency: settings.concurrency,
             rate: settings.rate,
+            event_bytes: settings.event_bytes,
         },
         &sending,
     )

@@ -30,6 +30,8 @@ pub struct Settings {
     pub receiver_delay: Duration,
     /// Fraction of receiver answers that are `500`.
     pub receiver_errors: f64,
+    /// Each event padded to about this many bytes of JSON (0: the plain ~400-byte push).
+    pub event_bytes: usize,
 }
 
 /// Flags given on the command line; each one set overrides every scenario's value.
@@ -45,6 +47,7 @@ pub struct Overrides {
     pub history: Option<bool>,
     pub receiver_delay: Option<Duration>,
     pub receiver_errors: Option<f64>,
+    pub event_bytes: Option<usize>,
 }
 
 /// The scenarios in the order `--scenario all` runs them.
@@ -76,6 +79,7 @@ pub fn settings(name: &str, overrides: &Overrides) -> Option<Settings> {
         history: true,
         receiver_delay: Duration::ZERO,
         receiver_errors: 0.0,
+        event_bytes: 0,
     };
     let mut s = match name {
         "baseline" => baseline,
@@ -127,6 +131,7 @@ pub fn settings(name: &str, overrides: &Overrides) -> Option<Settings> {
     s.history = o.history.unwrap_or(s.history);
     s.receiver_delay = o.receiver_delay.unwrap_or(s.receiver_delay);
     s.receiver_errors = o.receiver_errors.unwrap_or(s.receiver_errors);
+    s.event_bytes = o.event_bytes.unwrap_or(s.event_bytes);
     Some(s)
 }
 
