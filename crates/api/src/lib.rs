@@ -46,7 +46,8 @@ pub use server::{serve, ServerSettings};
 pub use state::{AdminSettings, AppState, IngestSettings, TestDeliverySettings};
 
 /// The whole HTTP application: health and metrics always; ingest and the policy API when the state
-/// carries their settings.
+/// carries their settings. Every error answer (`4xx`, `5xx`) carries Harbor's error body, whether a
+/// handler, an extractor's rejection, the method router (`405`) or the timeout layer (`408`) made it.
 pub fn app(state: AppState, request_timeout: Duration) -> Router {
     let mut router = Router::new()
         .route("/healthz", get(health::healthz))
@@ -78,6 +79,7 @@ pub fn app(state: AppState, request_timeout: Duration) -> Router {
     }
     router
         .fallback(error::not_found)
+        .method_not_allowed_fallback(error::method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             telemetry::track_http,
@@ -86,5 +88,7 @@ pub fn app(state: AppState, request_timeout: Duration) -> Router {
             axum::http::StatusCode::REQUEST_TIMEOUT,
             request_timeout,
         ))
+        // Outermost, so it also sees the timeout layer's 408.
+        .layer(axum::middleware::from_fn(error::harbor_error_body))
         .with_state(state)
 }
