@@ -140,7 +140,8 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         if let ApiError::Internal(detail) = &self {
             // The detail stays in the log; the client gets a generic message.
-            tracing::error!(message = "Internal error.", error = %detail);
+            // Cut and control characters replaced: the detail may quote a caller's text.
+            tracing::error!(message = "Internal error.", error = %clip(detail, MAX_MESSAGE_CHARS));
         }
         let message = self.to_string();
         let body = ErrorBody {
