@@ -9,7 +9,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::{json, Map, Value};
 
-use crate::error::ApiError;
+use crate::error::{echo, ApiError};
 use crate::state::AppState;
 
 pub fn router() -> Router<AppState> {
@@ -32,12 +32,17 @@ async fn put_configurations(
     State(state): State<AppState>,
     body: Result<Json<Map<String, Value>>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let Json(body) =
-        body.map_err(|e| ApiError::BadRequest(format!("invalid configuration body: {e}")))?;
+    let Json(body) = body.map_err(|e| {
+        ApiError::BadRequest(format!(
+            "invalid configuration body: {}",
+            echo(&e.body_text())
+        ))
+    })?;
     for key in body.keys() {
         if key != "notification_enable" {
             return Err(ApiError::BadRequest(format!(
-                "unsupported configuration key {key}: regrelay manages only notification_enable"
+                "unsupported configuration key {}: regrelay manages only notification_enable",
+                echo(key)
             )));
         }
     }

@@ -33,7 +33,7 @@ use regrelay_history::policies::PolicyQuery;
 use regrelay_history::policy::Policy;
 use serde::Serialize;
 
-use crate::error::ApiError;
+use crate::error::{echo, ApiError};
 use crate::paging::{paging_headers, ListParams};
 use crate::policies::{self, harbor_time};
 use crate::state::AppState;
@@ -197,7 +197,8 @@ fn parse_query(params: &ListParams) -> Result<ExecutionQuery, ApiError> {
         if term.fuzzy {
             return Err(ApiError::BadRequest(format!(
                 "fuzzy match is not supported for {}: use {}=<value>",
-                term.key, term.key
+                echo(&term.key),
+                echo(&term.key)
             )));
         }
         match term.key.as_str() {
@@ -209,7 +210,7 @@ fn parse_query(params: &ListParams) -> Result<ExecutionQuery, ApiError> {
                         .ok_or_else(|| {
                             ApiError::BadRequest(format!(
                                 "unsupported status {:?}: use Pending, Scheduled, Running, Stopped, Error or Success",
-                                term.value
+                                echo(&term.value)
                             ))
                         })?,
                 )
@@ -226,14 +227,15 @@ fn parse_query(params: &ListParams) -> Result<ExecutionQuery, ApiError> {
                         .map_err(|_| {
                             ApiError::BadRequest(format!(
                                 "unsupported trigger {:?}: use EVENT, MANUAL or RETRY",
-                                term.value
+                                echo(&term.value)
                             ))
                         })?,
                 )
             }
             other => {
                 return Err(ApiError::BadRequest(format!(
-                    "unsupported query key {other}: use status, event_type or trigger"
+                    "unsupported query key {}: use status, event_type or trigger",
+                    echo(other)
                 )))
             }
         }
@@ -243,7 +245,8 @@ fn parse_query(params: &ListParams) -> Result<ExecutionQuery, ApiError> {
         None | Some("") | Some("-id") | Some("-start_time") | Some("-creation_time") => {}
         Some(other) => {
             return Err(ApiError::BadRequest(format!(
-                "unsupported sort {other}: executions are listed newest first (-id)"
+                "unsupported sort {}: executions are listed newest first (-id)",
+                echo(other)
             )))
         }
     }
@@ -254,7 +257,7 @@ fn parse_id(what: &str, id: &str) -> Result<i64, ApiError> {
     id.parse::<i64>()
         .ok()
         .filter(|id| *id > 0)
-        .ok_or_else(|| ApiError::BadRequest(format!("invalid {what} id {id:?}")))
+        .ok_or_else(|| ApiError::BadRequest(format!("invalid {what} id {:?}", echo(id))))
 }
 
 /// The policy a project path names; 404 when the project or the policy is not there.

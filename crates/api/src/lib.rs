@@ -18,6 +18,8 @@
 //! - [`paging`]: Harbor's `page`/`page_size`, `X-Total-Count` and `Link`.
 //! - [`health`]: `/healthz` (the process runs) and `/readyz` (the broker answers).
 //! - [`telemetry`]: the API's metrics, the per-route HTTP metrics layer and `/metrics`.
+//! - [`server`]: [`serve`], the connection loop: header-read and idle timeouts, a connection cap,
+//!   graceful shutdown with a drain timeout.
 //!
 //! [`app`] builds the router (tests drive it on port 0); [`serve`] runs it until shutdown.
 
@@ -31,23 +33,24 @@ pub mod ingest;
 pub mod paging;
 pub mod policies;
 pub mod policy_generation;
+pub mod server;
 pub mod state;
 pub mod telemetry;
 pub mod test_delivery;
 
-use std::future::Future;
 use std::time::Duration;
 
 use axum::routing::{get, post};
 use axum::Router;
-use tokio::net::TcpListener;
 use tower_http::timeout::TimeoutLayer;
 
 pub use error::ApiError;
+pub use server::{serve, ServerSettings};
 pub use state::{AdminSettings, AppState, IngestSettings, TestDeliverySettings};
 
 /// The whole HTTP application: health and metrics always; ingest and the policy API when the state
-/// carries their settings.
+/// carries their settings. Every error answer (`4xx`, `5xx`) carries Harbor's error body, whether a
+/// handler, an extractor's rejection, the method router (`405`) or the timeout layer (`408`) made it.
 pub fn app(state: AppState, request_timeout: Duration) -> Router {
     let mut router = Router::new()
         .route("/healthz", get(health::healthz))
@@ -79,6 +82,7 @@ pub fn app(state: AppState, request_timeout: Duration) -> Router {
     }
     router
         .fallback(error::not_found)
+        .method_not_allowed_fallback(error::method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             telemetry::track_http,
@@ -87,34 +91,7 @@ pub fn app(state: AppState, request_timeout: Duration) -> Router {
             axum::http::StatusCode::REQUEST_TIMEOUT,
             request_timeout,
         ))
+        // Outermost, so it also sees the timeout layer's 408.
+        .layer(axum::middleware::from_fn(error::harbor_error_body))
         .with_state(state)
-}
-
-/// Serves [`app`] on `listener` until `shutdown` resolves, then lets in-flight requests finish for up
-/// to `drain` before returning.
-pub async fn serve(
-    listener: TcpListener,
-    state: AppState,
-    request_timeout: Duration,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-    drain: Duration,
-) -> std::io::Result<()> {
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let server =
-        axum::serve(listener, app(state, request_timeout)).with_graceful_shutdown(async move {
-            shutdown.await;
-            let _ = stop_tx.send(true);
-        });
-    let mut stop_rx = stop_rx;
-    let drain_deadline = async move {
-        let _ = stop_rx.wait_for(|stopped| *stopped).await;
-        tokio::time::sleep(drain).await;
-    };
-    tokio::select! {
-        result = server => result,
-        () = drain_deadline => {
-            tracing::warn!(message = "HTTP requests still running after the drain timeout; closing.", drain = ?drain);
-            Ok(())
-        }
-    }
 }

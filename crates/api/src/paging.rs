@@ -4,7 +4,7 @@
 use axum::http::{HeaderMap, HeaderValue};
 use serde::Deserialize;
 
-use crate::error::ApiError;
+use crate::error::{echo, ApiError};
 
 pub const DEFAULT_PAGE_SIZE: u64 = 10;
 pub const MAX_PAGE_SIZE: u64 = 100;
@@ -36,15 +36,24 @@ impl ListParams {
         Ok(Page { page, size })
     }
 
-    /// `key=value` / `key=~value` pairs of Harbor's `q`, comma-separated.
+    /// `key=value` / `key=~value` pairs of Harbor's `q`, comma-separated. A control character
+    /// anywhere in `q` is refused (`400`): PostgreSQL refuses NUL, so it must not get that far.
     pub fn query_terms(&self) -> Result<Vec<QueryTerm>, ApiError> {
         let Some(q) = self.q.as_deref().filter(|q| !q.trim().is_empty()) else {
             return Ok(Vec::new());
         };
+        if q.chars().any(char::is_control) {
+            return Err(ApiError::BadRequest(
+                "invalid query: q contains a control character".into(),
+            ));
+        }
         q.split(',')
             .map(|term| {
                 let (key, value) = term.split_once('=').ok_or_else(|| {
-                    ApiError::BadRequest(format!("invalid query {term:?}: expected key=value"))
+                    ApiError::BadRequest(format!(
+                        "invalid query {:?}: expected key=value",
+                        echo(term)
+                    ))
                 })?;
                 let (fuzzy, value) = match value.strip_prefix('~') {
                     Some(rest) => (true, rest),
@@ -74,7 +83,8 @@ fn parse_positive(name: &str, value: Option<&str>, default: u64) -> Result<u64, 
         Some(text) => match text.parse::<u64>() {
             Ok(n) if n >= 1 => Ok(n),
             _ => Err(ApiError::BadRequest(format!(
-                "{name} must be a positive integer, got {text:?}"
+                "{name} must be a positive integer, got {:?}",
+                echo(text)
             ))),
         },
     }

@@ -29,7 +29,7 @@ use regrelay_history::Project;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::error::ApiError;
+use crate::error::{echo, ApiError};
 use crate::paging::{paging_headers, ListParams};
 use crate::state::AppState;
 
@@ -206,8 +206,8 @@ pub(crate) fn spec_from(
     existing: Option<&Policy>,
     creator: &str,
 ) -> Result<PolicySpec, ApiError> {
-    let event_types =
-        parse_event_types(&body.event_types).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let event_types = parse_event_types(&body.event_types)
+        .map_err(|e| ApiError::BadRequest(echo(&e.to_string()).into_owned()))?;
     let mut targets = Vec::with_capacity(body.targets.len());
     for target in body.targets {
         let kind =
@@ -238,7 +238,8 @@ pub(crate) fn spec_from(
                     Some(stored) => value.clone_from(stored),
                     None => {
                         return Err(ApiError::BadRequest(format!(
-                            "header {name} has the redacted placeholder as its value but no stored value to keep"
+                            "header {} has the redacted placeholder as its value but no stored value to keep",
+                            echo(name)
                         )))
                     }
                 }
@@ -276,16 +277,22 @@ fn parse_body(
     body: Result<Json<PolicyIn>, axum::extract::rejection::JsonRejection>,
 ) -> Result<PolicyIn, ApiError> {
     body.map(|Json(b)| b)
-        .map_err(|e| ApiError::BadRequest(format!("invalid policy body: {}", e.body_text())))
+        .map_err(|e| ApiError::BadRequest(format!("invalid policy body: {}", echo(&e.body_text()))))
 }
 
-/// Which project a Harbor path names.
+/// Which project a Harbor path names. A name with a control character is refused (`400`) before
+/// it reaches PostgreSQL (which refuses NUL).
 pub(crate) async fn resolve_project(
     state: &AppState,
     headers: &HeaderMap,
     project: &str,
     create: bool,
 ) -> Result<Option<Project>, ApiError> {
+    if project.chars().any(char::is_control) {
+        return Err(ApiError::BadRequest(
+            "invalid project name: it contains a control character".into(),
+        ));
+    }
     let by_name = headers
         .get("x-is-resource-name")
         .and_then(|v| v.to_str().ok())
@@ -293,7 +300,7 @@ pub(crate) async fn resolve_project(
     if !by_name && !project.is_empty() && project.bytes().all(|b| b.is_ascii_digit()) {
         let id: i64 = project
             .parse()
-            .map_err(|_| ApiError::BadRequest(format!("invalid project id {project}")))?;
+            .map_err(|_| ApiError::BadRequest(format!("invalid project id {}", echo(project))))?;
         return match state.db().find_project_by_id(id).await? {
             Some(p) => Ok(Some(p)),
             None => Err(ApiError::NotFound(format!("project {id} not found"))),
@@ -328,13 +335,14 @@ fn parse_query(params: &ListParams) -> Result<PolicyQuery, ApiError> {
                 query.enabled = Some(term.value.parse().map_err(|_| {
                     ApiError::BadRequest(format!(
                         "enabled must be true or false, got {:?}",
-                        term.value
+                        echo(&term.value)
                     ))
                 })?)
             }
             other => {
                 return Err(ApiError::BadRequest(format!(
-                    "unsupported query key {other}: use name or enabled"
+                    "unsupported query key {}: use name or enabled",
+                    echo(other)
                 )))
             }
         }
@@ -346,7 +354,8 @@ fn parse_query(params: &ListParams) -> Result<PolicyQuery, ApiError> {
         Some("-name") => PolicySort::NameDesc,
         Some(other) => {
             return Err(ApiError::BadRequest(format!(
-                "unsupported sort {other}: use name, -name, creation_time or -creation_time"
+                "unsupported sort {}: use name, -name, creation_time or -creation_time",
+                echo(other)
             )))
         }
     };
@@ -382,7 +391,7 @@ async fn create(
         .db()
         .create_policy(project.map(|p| p.id), &spec)
         .await?;
-    tracing::info!(message = "Webhook policy created.", policy_id = policy.id, project = project.map(|p| p.name.as_str()), name = %policy.name);
+    tracing::info!(message = "Webhook policy created.", policy_id = policy.id, project = project.map(|p| echo(&p.name).into_owned()), name = %echo(&policy.name));
     let location = format!("{}/{}", path.trim_end_matches('/'), policy.id);
     let mut response = StatusCode::CREATED.into_response();
     if let Ok(value) = HeaderValue::from_str(&location) {
@@ -443,7 +452,7 @@ pub(crate) fn parse_id(id: &str) -> Result<i64, ApiError> {
     id.parse::<i64>()
         .ok()
         .filter(|id| *id > 0)
-        .ok_or_else(|| ApiError::BadRequest(format!("invalid policy id {id:?}")))
+        .ok_or_else(|| ApiError::BadRequest(format!("invalid policy id {:?}", echo(id))))
 }
 
 /// The user name the request authenticated as, for `creator`.

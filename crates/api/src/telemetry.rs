@@ -1,12 +1,14 @@
 //! The API's metrics: ingest counters, per-route HTTP metrics, and the `/metrics` endpoint.
 //!
-//! Label values come from fixed sets: event types, [`RejectReason`], ignore reasons, and the route
-//! *pattern* (`MatchedPath`), never the raw path, so a scan of random URLs cannot explode the series.
+//! Label values come from fixed sets: event types, [`RejectReason`], ignore reasons, the route
+//! *pattern* (`MatchedPath`), never the raw path, and the method among the standard ones or
+//! `other` ([`method_label`]), so a scan of random URLs or invented methods cannot explode the
+//! series.
 
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use prometheus::{
@@ -144,19 +146,34 @@ pub async fn track_http(State(state): State<AppState>, request: Request, next: N
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| "unmatched".to_owned());
-    let method = request.method().as_str().to_owned();
+    let method = method_label(request.method());
     let started = Instant::now();
     let response = next.run(request).await;
     let metrics = state.metrics();
     metrics
         .http_duration
-        .with_label_values(&[&method, &route])
+        .with_label_values(&[method, &route])
         .observe(started.elapsed().as_secs_f64());
     metrics
         .http_requests
-        .with_label_values(&[&method, &route, response.status().as_str()])
+        .with_label_values(&[method, &route, response.status().as_str()])
         .inc();
     response
+}
+
+/// The `method` label: a standard method's name, `other` for any other (HTTP lets a client invent
+/// methods, and each would be a new series).
+pub fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
 }
 
 /// `GET /metrics` in Prometheus text format.

@@ -21,7 +21,7 @@ use regrelay_history::policy::{Policy, Target};
 use regrelay_history::Project;
 use serde::{Deserialize, Serialize};
 
-use crate::error::ApiError;
+use crate::error::{echo, ApiError};
 use crate::policies::{creator, not_found, parse_id, resolve_project, spec_from, PolicyIn};
 use crate::state::AppState;
 
@@ -101,7 +101,7 @@ fn event_type(requested: Option<&str>) -> Result<EventType, ApiError> {
         None => Ok(EventType::PushArtifact),
         Some(name) => name
             .parse::<EventType>()
-            .map_err(|e| ApiError::BadRequest(e.to_string())),
+            .map_err(|_| ApiError::BadRequest(format!("unsupported event type {}", echo(name)))),
     }
 }
 
@@ -111,7 +111,7 @@ fn parse_optional(body: &[u8]) -> Result<TestRequest, ApiError> {
         return Ok(TestRequest::default());
     }
     serde_json::from_slice(body)
-        .map_err(|e| ApiError::BadRequest(format!("invalid test body: {e}")))
+        .map_err(|e| ApiError::BadRequest(format!("invalid test body: {}", echo(&e.to_string()))))
 }
 
 async fn run(
@@ -179,8 +179,9 @@ async fn unsaved(
     project: ProjectRef<'_>,
     body: &[u8],
 ) -> Result<Json<TestResponse>, ApiError> {
-    let mut request: UnsavedTestRequest = serde_json::from_slice(body)
-        .map_err(|e| ApiError::BadRequest(format!("invalid test body: {e}")))?;
+    let mut request: UnsavedTestRequest = serde_json::from_slice(body).map_err(|e| {
+        ApiError::BadRequest(format!("invalid test body: {}", echo(&e.to_string())))
+    })?;
     let event_type = event_type(request.event_type.as_deref())?;
     // Validated as a create would be (Harbor's messages); a name is not needed to test.
     if request.policy.name.trim().is_empty() {

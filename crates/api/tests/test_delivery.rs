@@ -189,3 +189,73 @@ async fn a_bad_test_request_gets_a_clear_error() {
         "no failed request reached the receiver"
     );
 }
+
+/// A receiver that holds every request for a while and records how many it held at once.
+struct CountingReceiver {
+    base: String,
+    max_in_flight: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl CountingReceiver {
+    async fn start(hold: std::time::Duration) -> Self {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::Arc;
+        let in_flight = Arc::new(AtomicUsize::new(0));
+        let max_in_flight = Arc::new(AtomicUsize::new(0));
+        let (now, max) = (in_flight.clone(), max_in_flight.clone());
+        let app = axum::Router::new().fallback(move || {
+            let (now, max) = (now.clone(), max.clone());
+            async move {
+                let current = now.fetch_add(1, Ordering::SeqCst) + 1;
+                max.fetch_max(current, Ordering::SeqCst);
+                tokio::time::sleep(hold).await;
+                now.fetch_sub(1, Ordering::SeqCst);
+                "ok"
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Self {
+            base,
+            max_in_flight,
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_test_delivery_to_many_targets_calls_a_bounded_number_at_once_in_target_order() {
+    let (_broker, api) = setup("test-delivery-bounded").await;
+    // Long enough that unbounded calls would all overlap.
+    let receiver = CountingReceiver::start(std::time::Duration::from_millis(200)).await;
+    let addresses: Vec<String> = (0..32).map(|i| format!("{}/t{i}", receiver.base)).collect();
+    let targets: Vec<Value> = addresses
+        .iter()
+        .map(|a| json!({"type": "http", "address": a}))
+        .collect();
+    let reply = api
+        .admin(
+            Method::POST,
+            "/api/v1/system/webhook/policies/test",
+            Some(json!({"targets": targets})),
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    let body = reply.json();
+    assert_eq!(body["success"], true, "{body}");
+    let got: Vec<&str> = body["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["target"]["address"].as_str().unwrap())
+        .collect();
+    assert_eq!(got, addresses, "results come in target order");
+    let max = receiver
+        .max_in_flight
+        .load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        max <= regrelay_consumer::test_delivery::TEST_DELIVERY_CONCURRENCY,
+        "{max} targets were called at once"
+    );
+    assert!(max > 1, "targets are still called concurrently: {max}");
+}

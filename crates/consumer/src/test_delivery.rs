@@ -9,8 +9,12 @@
 //! - Nothing goes through RabbitMQ: a test is answered synchronously, and a failed one is not
 //!   dead-lettered (the user sees the failure in the response).
 //! - The answer shows the receiver's response with the target's credentials blanked, like history.
+//! - At most [`TEST_DELIVERY_CONCURRENCY`] targets are called at once (a policy has at most
+//!   `MAX_TARGETS`), so one test cannot open a connection to every target at the same moment;
+//!   results come back in the policy's target order.
 
 use chrono::Utc;
+use futures::StreamExt;
 use regrelay_events::cloudevents::CloudEventContext;
 use regrelay_events::samples::sample_event;
 use regrelay_events::EventType;
@@ -25,6 +29,9 @@ use crate::dead_letter::TargetSummary;
 use crate::delivery::{describe, prepare, send_prepared};
 use crate::history::{attempt_log, redact_snippet, vendor_type};
 use crate::http_client::HttpClients;
+
+/// Targets one test delivery calls at once.
+pub const TEST_DELIVERY_CONCURRENCY: usize = 8;
 
 /// Where a test delivery goes and how.
 pub struct TestDelivery<'a> {
@@ -64,8 +71,9 @@ pub enum TestDeliveryError {
     History(#[from] StoreError),
 }
 
-/// Sends the sample to every target (concurrently) and, when `history` is given and the policy
-/// is saved, records each attempt as an execution with trigger `MANUAL`.
+/// Sends the sample to every target ([`TEST_DELIVERY_CONCURRENCY`] at a time, results in target
+/// order) and, when `history` is given and the policy is saved, records each attempt as an
+/// execution with trigger `MANUAL`.
 pub async fn run_test_delivery(
     test: TestDelivery<'_>,
     history: Option<&Database>,
@@ -73,34 +81,43 @@ pub async fn run_test_delivery(
     let now = Utc::now();
     let event = sample_event(test.event_type, test.project, now.timestamp())
         .map_err(|e| TestDeliveryError::Sample(test.event_type.as_str(), e.to_string()))?;
-    let attempts = test.targets.iter().map(|target| {
-        let event = &event;
-        async move {
-            let delivery_id = Uuid::new_v4();
-            let context = CloudEventContext {
-                id: delivery_id,
-                project_id: test.project_id,
-                policy_id: test.policy_id.unwrap_or(0),
-                request_id: format!("test-{delivery_id}"),
-            };
-            match prepare(target, event, &context) {
-                Ok(prepared) => {
-                    let payload = String::from_utf8_lossy(&prepared.body).into_owned();
-                    let report = send_prepared(
-                        test.clients,
-                        target,
-                        prepared,
-                        delivery_id,
-                        test.allow_private_targets,
-                    )
-                    .await;
-                    (target, delivery_id, Ok((report, payload)))
+    // Collected first: a lazy `map` inside the stream trips the compiler's `Send` proof of the
+    // handler's future (a higher-ranked lifetime it cannot name).
+    let attempts: Vec<_> = test
+        .targets
+        .iter()
+        .map(|target| {
+            let event = &event;
+            async move {
+                let delivery_id = Uuid::new_v4();
+                let context = CloudEventContext {
+                    id: delivery_id,
+                    project_id: test.project_id,
+                    policy_id: test.policy_id.unwrap_or(0),
+                    request_id: format!("test-{delivery_id}"),
+                };
+                match prepare(target, event, &context) {
+                    Ok(prepared) => {
+                        let payload = String::from_utf8_lossy(&prepared.body).into_owned();
+                        let report = send_prepared(
+                            test.clients,
+                            target,
+                            prepared,
+                            delivery_id,
+                            test.allow_private_targets,
+                        )
+                        .await;
+                        (target, delivery_id, Ok((report, payload)))
+                    }
+                    Err(unsendable) => (target, delivery_id, Err(unsendable.detail)),
                 }
-                Err(unsendable) => (target, delivery_id, Err(unsendable.detail)),
             }
-        }
-    });
-    let outcomes = futures::future::join_all(attempts).await;
+        })
+        .collect();
+    let outcomes: Vec<_> = futures::stream::iter(attempts)
+        .buffered(TEST_DELIVERY_CONCURRENCY)
+        .collect()
+        .await;
 
     let mut results = Vec::with_capacity(outcomes.len());
     let mut records = Vec::new();

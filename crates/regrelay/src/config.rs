@@ -136,6 +136,14 @@ pub struct Config {
     /// Longest an HTTP request may take.
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
+    /// Longest a client may take to send a request's head; then the connection is closed.
+    #[serde(with = "humantime_serde")]
+    pub http_header_read_timeout: Duration,
+    /// A keep-alive connection idle this long between requests is closed.
+    #[serde(with = "humantime_serde")]
+    pub http_idle_timeout: Duration,
+    /// HTTP connections served at once; over it the server stops accepting until one closes.
+    pub http_max_connections: usize,
     /// Drain time after SIGTERM.
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
@@ -290,6 +298,15 @@ impl Config {
         if self.per_target_concurrency == 0 {
             return Err(invalid("per_target_concurrency", "must be at least 1"));
         }
+        if self.http_max_connections == 0 {
+            return Err(invalid("http_max_connections", "must be at least 1"));
+        }
+        if self.http_idle_timeout > self.http_header_read_timeout {
+            return Err(invalid(
+                "http_idle_timeout",
+                "must not exceed http_header_read_timeout: the header-read timer also runs while a keep-alive connection waits for its next request, so a longer idle timeout would never be reached",
+            ));
+        }
         if self.database_max_connections == 0 {
             return Err(invalid("database_max_connections", "must be at least 1"));
         }
@@ -311,6 +328,8 @@ impl Config {
             ("publish_confirm_timeout", self.publish_confirm_timeout),
             ("broker_connect_timeout", self.broker_connect_timeout),
             ("request_timeout", self.request_timeout),
+            ("http_header_read_timeout", self.http_header_read_timeout),
+            ("http_idle_timeout", self.http_idle_timeout),
             ("http_timeout", self.http_timeout),
             ("retry_initial_delay", self.retry_initial_delay),
             ("policy_refresh_interval", self.policy_refresh_interval),
@@ -477,6 +496,26 @@ mod tests {
             let config =
                 Config::load(Some(Path::new("regrelay.toml"))).map_err(|e| e.to_string())?;
             assert_eq!(config.queue_prefix, "fromenv");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn http_connection_limits_load_and_are_validated() {
+        figment::Jail::expect_with(|jail| {
+            let config = Config::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(config.http_header_read_timeout, Duration::from_secs(10));
+            assert_eq!(config.http_idle_timeout, Duration::from_secs(5));
+            assert_eq!(config.http_max_connections, 1024);
+            jail.set_env("REGRELAY_HTTP_IDLE_TIMEOUT", "30s");
+            let error = Config::load(None).unwrap_err().to_string();
+            assert!(error.contains("http_idle_timeout"), "{error}");
+            jail.set_env("REGRELAY_HTTP_HEADER_READ_TIMEOUT", "1m");
+            let config = Config::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(config.http_idle_timeout, Duration::from_secs(30));
+            jail.set_env("REGRELAY_HTTP_MAX_CONNECTIONS", "0");
+            let error = Config::load(None).unwrap_err().to_string();
+            assert!(error.contains("http_max_connections"), "{error}");
             Ok(())
         });
     }

@@ -215,9 +215,14 @@ pub async fn serve(config: Config, role: Role) -> anyhow::Result<()> {
     let api = shutdown.tracker.spawn(regrelay_api::serve(
         listener,
         state,
-        config.request_timeout,
+        regrelay_api::ServerSettings {
+            request_timeout: config.request_timeout,
+            header_read_timeout: config.http_header_read_timeout,
+            idle_timeout: config.http_idle_timeout,
+            max_connections: config.http_max_connections,
+            drain: config.shutdown_timeout,
+        },
         async move { token.cancelled_owned().await },
-        config.shutdown_timeout,
     ));
     shutdown.tracker.close();
     let result = api.await.context("API task panicked")?;

@@ -22,6 +22,9 @@ pub const MAX_BODY: usize = 64 * 1024;
 
 pub struct TestApi {
     pub base: String,
+    /// The server task: it ends when the shutdown given to [`Self::start_with`] resolves and the
+    /// drain is over.
+    pub server: tokio::task::JoinHandle<std::io::Result<()>>,
     pub client: reqwest::Client,
     pub db: Database,
     // Dropped last: the server may still hold connections until the test ends.
@@ -64,6 +67,24 @@ impl Reply {
 impl TestApi {
     /// Starts the API against `amqp` with `topology` and the database `choice`.
     pub async fn start(amqp: String, topology: Topology, choice: DatabaseChoice) -> Self {
+        Self::start_with(
+            amqp,
+            topology,
+            choice,
+            regrelay_api::ServerSettings::with_defaults(Duration::from_secs(1)),
+            std::future::pending(),
+        )
+        .await
+    }
+
+    /// [`Self::start`] with the server's connection settings and a shutdown signal.
+    pub async fn start_with(
+        amqp: String,
+        topology: Topology,
+        choice: DatabaseChoice,
+        server: regrelay_api::ServerSettings,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Self {
         let (db, database) = match choice {
             DatabaseChoice::Fresh(name) => {
                 let database = TestDatabase::create(name).await;
@@ -115,15 +136,10 @@ impl TestApi {
             });
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
-        tokio::spawn(regrelay_api::serve(
-            listener,
-            state,
-            Duration::from_secs(30),
-            std::future::pending(),
-            Duration::from_secs(1),
-        ));
+        let server = tokio::spawn(regrelay_api::serve(listener, state, server, shutdown));
         Self {
             base,
+            server,
             client: reqwest::Client::new(),
             db,
             _database: database,

@@ -6,6 +6,7 @@
 //! - [`Target`], [`TargetKind`], [`PayloadFormat`]: where a policy delivers, and in which format.
 //! - [`Filters`], [`CompiledFilters`] (module `filter`): repository and tag globs with TCR's rules.
 //! - [`parse_event_types`]: event type names to [`EventType`]s, Harbor's message on an unknown one.
+//! - [`echo`]: a caller's text made safe to quote in an error message or a log line.
 //!
 //! Design constraints:
 //! - Messages are Harbor's, word for word, where Harbor has one: Harbor's API clients show them to
@@ -15,9 +16,16 @@
 //!   The API shows [`REDACTED`] in their place.
 //! - A spec that passes [`PolicySpec::validate`] is deliverable: its addresses parse as http(s) URLs,
 //!   its headers are valid HTTP and cannot override the headers regrelay sets, its globs compile.
+//! - A spec that passes is storable: no text field holds a control character (PostgreSQL refuses
+//!   NUL, and a line break in a name or address only ever causes trouble; a description may hold
+//!   tabs and line breaks), and every list and text is within the maxima below (docs/delivery.md,
+//!   "Limits"), so a policy's size, and the work one test delivery or one event makes, are bounded.
+//! - Messages quote a caller's text through [`echo`] only: cut to [`ECHO_MAX_CHARS`], control
+//!   characters replaced, so an error or a log line cannot be made huge or forged.
 
 mod filter;
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
@@ -34,6 +42,24 @@ pub const REDACTED: &str = "********";
 
 /// Longest policy name accepted (Harbor's column is `varchar(256)`).
 pub const MAX_NAME_CHARS: usize = 256;
+/// Longest description accepted.
+pub const MAX_DESCRIPTION_CHARS: usize = 4096;
+/// Most targets of one policy (one event makes one delivery per target).
+pub const MAX_TARGETS: usize = 32;
+/// Longest target address.
+pub const MAX_ADDRESS_CHARS: usize = 2048;
+/// Most custom headers of one target.
+pub const MAX_HEADERS: usize = 32;
+/// Longest custom header name.
+pub const MAX_HEADER_NAME_CHARS: usize = 256;
+/// Longest custom header value, `auth_header` and signing secret, in bytes.
+pub const MAX_HEADER_VALUE_BYTES: usize = 4096;
+/// Most patterns per filter list (`repositories`, `tags`).
+pub const MAX_FILTER_PATTERNS: usize = 64;
+/// Longest filter pattern.
+pub const MAX_FILTER_PATTERN_CHARS: usize = 256;
+/// Longest piece of a caller's text quoted in an error message or a log line ([`echo`]).
+pub const ECHO_MAX_CHARS: usize = 128;
 
 /// Headers regrelay sets itself on every delivery, or that frame the request; a target's custom
 /// headers may not replace them. `webhook-*` (the signature headers) are refused too.
@@ -60,17 +86,17 @@ pub enum PolicyError {
     UnknownEventType(#[from] UnknownEventType),
     #[error("empty notification target with policy {0}")]
     EmptyTargets(String),
-    #[error("invalid scheme: {0}")]
+    #[error("invalid scheme: {}", echo(.0))]
     InvalidScheme(String),
-    #[error("invalid address {address:?}: {reason}")]
+    #[error("invalid address {:?}: {reason}", echo(.address))]
     InvalidAddress { address: String, reason: String },
     #[error("unsupported target type")]
     UnsupportedTargetType,
     #[error("set payload format is not allowed for slack")]
     PayloadFormatForSlack,
-    #[error("unsupported payload format type: {0}")]
+    #[error("unsupported payload format type: {}", echo(.0))]
     UnsupportedPayloadFormat(String),
-    #[error("invalid header name {0:?}")]
+    #[error("invalid header name {:?}", echo(.0))]
     InvalidHeaderName(String),
     /// The value is not echoed: it may be a credential.
     #[error(
@@ -83,10 +109,70 @@ pub enum PolicyError {
     DuplicateHeader(String),
     #[error("header {0} conflicts with auth_header, which is sent as Authorization; set only one")]
     AuthorizationConflict(String),
-    #[error("invalid repository filter {pattern:?}: {reason}")]
+    #[error("invalid repository filter {:?}: {reason}", echo(.pattern))]
     InvalidRepositoryFilter { pattern: String, reason: String },
-    #[error("invalid tag filter {pattern:?}: {reason}")]
+    #[error("invalid tag filter {:?}: {reason}", echo(.pattern))]
     InvalidTagFilter { pattern: String, reason: String },
+    /// `field` names the field, never its value.
+    #[error("{0} contains a control character")]
+    ControlCharacter(&'static str),
+    #[error("description is too long: at most {MAX_DESCRIPTION_CHARS} characters")]
+    DescriptionTooLong,
+    #[error("too many targets: at most {MAX_TARGETS}")]
+    TooManyTargets,
+    #[error("address is too long: at most {MAX_ADDRESS_CHARS} characters")]
+    AddressTooLong,
+    /// The value is not echoed: it is a credential.
+    #[error("invalid auth_header: header values must be visible ASCII without line breaks")]
+    InvalidAuthHeader,
+    #[error("auth_header is too long: at most {MAX_HEADER_VALUE_BYTES} bytes")]
+    AuthHeaderTooLong,
+    #[error("secret is too long: at most {MAX_HEADER_VALUE_BYTES} bytes")]
+    SecretTooLong,
+    #[error("too many headers on a target: at most {MAX_HEADERS}")]
+    TooManyHeaders,
+    #[error("header name {:?} is too long: at most {MAX_HEADER_NAME_CHARS} characters", echo(.0))]
+    HeaderNameTooLong(String),
+    #[error("the value of header {} is too long: at most {MAX_HEADER_VALUE_BYTES} bytes", echo(.0))]
+    HeaderValueTooLong(String),
+    #[error("too many {0} filters: at most {MAX_FILTER_PATTERNS}")]
+    TooManyFilterPatterns(&'static str),
+    #[error("a {0} filter is too long: at most {MAX_FILTER_PATTERN_CHARS} characters")]
+    FilterPatternTooLong(&'static str),
+}
+
+/// A caller's text as an error message or a log line may quote it: at most [`ECHO_MAX_CHARS`]
+/// characters (cut on a character boundary, `…` added) and control characters replaced by `�`,
+/// so a quote can neither grow a message without bound nor break a log line.
+pub fn echo(text: &str) -> Cow<'_, str> {
+    clip(text, ECHO_MAX_CHARS)
+}
+
+/// [`echo`] with another length: at most `max_chars` characters of `text`, control characters
+/// replaced. Borrowed when nothing had to change.
+pub fn clip(text: &str, max_chars: usize) -> Cow<'_, str> {
+    let mut chars = text.char_indices();
+    let cut = chars.nth(max_chars).map(|(index, _)| index);
+    let kept = cut.map_or(text, |index| &text[..index]);
+    if cut.is_none() && !kept.chars().any(char::is_control) {
+        return Cow::Borrowed(text);
+    }
+    let mut out: String = kept
+        .chars()
+        .map(|c| if c.is_control() { '\u{FFFD}' } else { c })
+        .collect();
+    if cut.is_some() {
+        out.push('…');
+    }
+    Cow::Owned(out)
+}
+
+/// `Err(ControlCharacter(field))` when `text` holds one.
+fn no_control(text: &str, field: &'static str) -> Result<(), PolicyError> {
+    if text.chars().any(char::is_control) {
+        return Err(PolicyError::ControlCharacter(field));
+    }
+    Ok(())
 }
 
 /// How a target is called: a generic HTTP endpoint or a Slack incoming webhook.
@@ -241,9 +327,33 @@ impl fmt::Debug for Target {
 impl Target {
     /// Checks the address, the payload format and the custom headers.
     pub fn validate(&self) -> Result<(), PolicyError> {
+        if self.address.chars().count() > MAX_ADDRESS_CHARS {
+            return Err(PolicyError::AddressTooLong);
+        }
+        // Before parsing: the URL parser drops tabs and line breaks silently, but the stored
+        // address would keep them.
+        no_control(&self.address, "address")?;
         validate_address(&self.address)?;
         if self.kind == TargetKind::Slack && self.payload_format != PayloadFormat::Default {
             return Err(PolicyError::PayloadFormatForSlack);
+        }
+        if let Some(auth_header) = self.auth_header.as_deref().filter(|h| !h.is_empty()) {
+            if auth_header.len() > MAX_HEADER_VALUE_BYTES {
+                return Err(PolicyError::AuthHeaderTooLong);
+            }
+            // Sent as `Authorization`: a value that is not a valid header value would fail every
+            // attempt.
+            if auth_header.chars().any(char::is_control)
+                || http::HeaderValue::from_str(auth_header).is_err()
+            {
+                return Err(PolicyError::InvalidAuthHeader);
+            }
+        }
+        if let Some(secret) = self.secret.as_deref() {
+            if secret.len() > MAX_HEADER_VALUE_BYTES {
+                return Err(PolicyError::SecretTooLong);
+            }
+            no_control(secret, "secret")?;
         }
         self.validate_headers()
     }
@@ -251,8 +361,17 @@ impl Target {
     fn validate_headers(&self) -> Result<(), PolicyError> {
         let has_auth_header = self.kind == TargetKind::Http
             && self.auth_header.as_deref().is_some_and(|h| !h.is_empty());
+        if self.headers.len() > MAX_HEADERS {
+            return Err(PolicyError::TooManyHeaders);
+        }
         let mut seen = BTreeSet::new();
         for (name, value) in &self.headers {
+            if name.chars().count() > MAX_HEADER_NAME_CHARS {
+                return Err(PolicyError::HeaderNameTooLong(name.clone()));
+            }
+            if value.len() > MAX_HEADER_VALUE_BYTES {
+                return Err(PolicyError::HeaderValueTooLong(name.clone()));
+            }
             let parsed = http::HeaderName::from_bytes(name.as_bytes())
                 .map_err(|_| PolicyError::InvalidHeaderName(name.clone()))?;
             // `HeaderName` is lowercase.
@@ -266,8 +385,9 @@ impl Target {
             if !seen.insert(lower.to_owned()) {
                 return Err(PolicyError::DuplicateHeader(name.clone()));
             }
-            http::HeaderValue::from_str(value)
-                .map_err(|_| PolicyError::InvalidHeaderValue(name.clone()))?;
+            if value.chars().any(char::is_control) || http::HeaderValue::from_str(value).is_err() {
+                return Err(PolicyError::InvalidHeaderValue(name.clone()));
+            }
         }
         Ok(())
     }
@@ -283,14 +403,50 @@ impl PolicySpec {
         if self.name.chars().count() > MAX_NAME_CHARS {
             return Err(PolicyError::NameTooLong);
         }
+        no_control(&self.name, "name")?;
+        if self.description.chars().count() > MAX_DESCRIPTION_CHARS {
+            return Err(PolicyError::DescriptionTooLong);
+        }
+        // A description is free text: tabs and line breaks are fine.
+        if self
+            .description
+            .chars()
+            .any(|c| c.is_control() && !matches!(c, '\t' | '\n' | '\r'))
+        {
+            return Err(PolicyError::ControlCharacter("description"));
+        }
         if self.event_types.is_empty() {
             return Err(PolicyError::EmptyEventTypes);
         }
         if self.targets.is_empty() {
             return Err(PolicyError::EmptyTargets(self.name.clone()));
         }
+        if self.targets.len() > MAX_TARGETS {
+            return Err(PolicyError::TooManyTargets);
+        }
         for target in &self.targets {
             target.validate()?;
+        }
+        for (kind, patterns) in [
+            ("repository", &self.filters.repositories),
+            ("tag", &self.filters.tags),
+        ] {
+            if patterns.len() > MAX_FILTER_PATTERNS {
+                return Err(PolicyError::TooManyFilterPatterns(kind));
+            }
+            for pattern in patterns {
+                if pattern.chars().count() > MAX_FILTER_PATTERN_CHARS {
+                    return Err(PolicyError::FilterPatternTooLong(kind));
+                }
+                no_control(
+                    pattern,
+                    if kind == "tag" {
+                        "a tag filter"
+                    } else {
+                        "a repository filter"
+                    },
+                )?;
+            }
         }
         CompiledFilters::compile(&self.filters)?;
         Ok(())
@@ -500,6 +656,160 @@ mod tests {
             |s| s.filters.tags = vec![" ".into()],
             Err("invalid tag filter \" \": empty pattern"),
         );
+    }
+
+    #[test]
+    fn control_characters_are_refused_where_they_would_be_stored() {
+        check(
+            |s| s.name = "a\u{0}b".into(),
+            Err("name contains a control character"),
+        );
+        check(
+            |s| s.name = "a\tb".into(),
+            Err("name contains a control character"),
+        );
+        check(
+            |s| s.description = "x\u{0}".into(),
+            Err("description contains a control character"),
+        );
+        check(|s| s.description = "one\ntwo\r\n\tthree".into(), Ok(()));
+        check(
+            |s| s.targets[0].address = "https://exa\nmple.com/".into(),
+            Err("address contains a control character"),
+        );
+        check(
+            |s| s.targets[0].address = "https://example.com/\u{7f}".into(),
+            Err("address contains a control character"),
+        );
+        check(
+            |s| s.targets[0].secret = Some("s\u{0}".into()),
+            Err("secret contains a control character"),
+        );
+        check(
+            |s| s.filters.repositories = vec!["a\u{0}".into()],
+            Err("a repository filter contains a control character"),
+        );
+        check(
+            |s| s.filters.tags = vec!["v\u{1b}".into()],
+            Err("a tag filter contains a control character"),
+        );
+        check(
+            with_header("X-A", "tab\there"),
+            Err("invalid value for header X-A: header values must be visible ASCII without line breaks"),
+        );
+    }
+
+    #[test]
+    fn auth_header_must_be_a_header_value() {
+        for bad in ["a\nb", "a\r\nX-Injected: 1", "\u{0}", "x\u{7f}"] {
+            check(
+                |s| s.targets[0].auth_header = Some(bad.into()),
+                Err("invalid auth_header: header values must be visible ASCII without line breaks"),
+            );
+        }
+        check(
+            |s| s.targets[0].auth_header = Some("Bearer abc.def".into()),
+            Ok(()),
+        );
+        check(|s| s.targets[0].auth_header = Some(String::new()), Ok(()));
+    }
+
+    #[test]
+    fn maxima() {
+        let target = |i: usize| http(&format!("https://example.com/{i}"));
+        check(
+            |s| s.targets = (0..MAX_TARGETS).map(target).collect(),
+            Ok(()),
+        );
+        check(
+            |s| s.targets = (0..=MAX_TARGETS).map(target).collect(),
+            Err("too many targets: at most 32"),
+        );
+        check(
+            |s| s.targets[0].address = format!("https://example.com/{}", "a".repeat(2048)),
+            Err("address is too long: at most 2048 characters"),
+        );
+        check(
+            |s| s.description = "é".repeat(MAX_DESCRIPTION_CHARS),
+            Ok(()),
+        );
+        check(
+            |s| s.description = "d".repeat(MAX_DESCRIPTION_CHARS + 1),
+            Err("description is too long: at most 4096 characters"),
+        );
+        check(
+            |s| {
+                s.targets[0].headers = (0..=MAX_HEADERS)
+                    .map(|i| (format!("X-H{i}"), "v".to_owned()))
+                    .collect();
+            },
+            Err("too many headers on a target: at most 32"),
+        );
+        check(
+            with_header(&"X".repeat(257), "v"),
+            Err(&format!(
+                "header name \"{}…\" is too long: at most 256 characters",
+                "X".repeat(ECHO_MAX_CHARS)
+            )),
+        );
+        check(
+            with_header("X-Big", &"v".repeat(MAX_HEADER_VALUE_BYTES)),
+            Ok(()),
+        );
+        check(
+            with_header("X-Big", &"v".repeat(MAX_HEADER_VALUE_BYTES + 1)),
+            Err("the value of header X-Big is too long: at most 4096 bytes"),
+        );
+        check(
+            |s| s.targets[0].auth_header = Some("v".repeat(MAX_HEADER_VALUE_BYTES + 1)),
+            Err("auth_header is too long: at most 4096 bytes"),
+        );
+        check(
+            |s| s.targets[0].secret = Some("v".repeat(MAX_HEADER_VALUE_BYTES + 1)),
+            Err("secret is too long: at most 4096 bytes"),
+        );
+        check(
+            |s| s.filters.tags = (0..MAX_FILTER_PATTERNS).map(|i| format!("v{i}")).collect(),
+            Ok(()),
+        );
+        check(
+            |s| s.filters.tags = (0..=MAX_FILTER_PATTERNS).map(|i| format!("v{i}")).collect(),
+            Err("too many tag filters: at most 64"),
+        );
+        check(
+            |s| s.filters.repositories = vec!["r".repeat(MAX_FILTER_PATTERN_CHARS + 1)],
+            Err("a repository filter is too long: at most 256 characters"),
+        );
+    }
+
+    #[test]
+    fn echo_cuts_on_character_boundaries_and_replaces_control_characters() {
+        assert!(matches!(echo("short"), Cow::Borrowed("short")));
+        let exact = "é".repeat(ECHO_MAX_CHARS);
+        assert_eq!(echo(&exact), exact);
+        // Two-, three- and four-byte characters: a byte-index cut would panic or split one.
+        for c in ['é', '€', '🦀'] {
+            let long = c.to_string().repeat(ECHO_MAX_CHARS + 1);
+            let cut = echo(&long);
+            assert_eq!(cut.chars().count(), ECHO_MAX_CHARS + 1, "{cut}");
+            assert!(cut.ends_with('…'));
+            assert!(cut.chars().take(ECHO_MAX_CHARS).all(|x| x == c));
+        }
+        assert_eq!(
+            echo("a\nb\u{0}c\u{1b}[31m"),
+            "a\u{FFFD}b\u{FFFD}c\u{FFFD}[31m"
+        );
+        assert_eq!(clip("abcdef", 3), "abc…");
+        assert_eq!(clip("", 3), "");
+        assert_eq!(clip("abc", 0), "…");
+        // Quoted text in messages goes through it.
+        let address = format!("ftp://{}", "a".repeat(1000));
+        let message = PolicyError::InvalidAddress {
+            address: address.clone(),
+            reason: "x".into(),
+        }
+        .to_string();
+        assert!(message.chars().count() < 200, "{message}");
     }
 
     #[test]
