@@ -7,8 +7,11 @@
 //!   history rows), the process reached 306 MiB.
 //! - So the stage adapts its prefetch to what it sees: it remembers the largest of the last
 //!   [`WINDOW`] bodies and subscribes with `min(prefetch, max_in_flight_bytes / largest)` (at
-//!   least 1). Small events keep the configured prefetch; a run of large ones shrinks it, and it
-//!   grows back once they are gone.
+//!   least 1). Small events keep the configured prefetch; one large body shrinks it at once, and
+//!   it grows back only after a whole window of smaller ones.
+//! - It starts as if the window were full of the largest message ingest accepts, so a stage that
+//!   starts in front of a backlog of large events never takes a full prefetch of them: it grows to
+//!   the configured prefetch once it has seen a window of small ones.
 //! - Independently, a message is handed to its handler only while the bytes being handled stay
 //!   within `max_in_flight_bytes` (one message larger than that runs alone): this bounds the
 //!   processing copies even before the prefetch has adapted.
@@ -47,12 +50,13 @@ impl Drop for HeldBytes {
 }
 
 impl ByteBudget {
-    pub fn new(limit: usize) -> Arc<Self> {
+    /// A budget of `limit` bytes for a stage whose messages may be up to `largest_expected`.
+    pub fn new(limit: usize, largest_expected: usize) -> Arc<Self> {
         Arc::new(Self {
             limit: limit.max(1),
             held: AtomicUsize::new(0),
             freed: Notify::new(),
-            recent: Mutex::new(VecDeque::with_capacity(WINDOW)),
+            recent: Mutex::new(std::iter::repeat_n(largest_expected, WINDOW).collect()),
         })
     }
 
@@ -121,12 +125,14 @@ mod tests {
 
     #[test]
     fn prefetch_shrinks_for_large_bodies_and_grows_back() {
-        let budget = ByteBudget::new(4 << 20);
-        assert_eq!(budget.prefetch_for(64), 64);
-        for _ in 0..10 {
+        let budget = ByteBudget::new(4 << 20, 1 << 20);
+        assert_eq!(budget.prefetch_for(64), 4, "starts as if every message were the largest");
+        for _ in 0..WINDOW - 1 {
             budget.observe(2048);
         }
-        assert_eq!(budget.prefetch_for(64), 64);
+        assert_eq!(budget.prefetch_for(64), 4);
+        budget.observe(2048);
+        assert_eq!(budget.prefetch_for(64), 64, "a window of small ones lets it grow");
         budget.observe(1 << 20);
         assert_eq!(budget.prefetch_for(64), 4);
         assert!(budget.should_resubscribe(64, 64));
@@ -143,7 +149,7 @@ mod tests {
 
     #[tokio::test]
     async fn admission_waits_for_room_but_lets_one_large_message_through() {
-        let budget = ByteBudget::new(100);
+        let budget = ByteBudget::new(100, 1);
         let a = budget.admit(60).await;
         let _b = budget.admit(40).await;
         assert_eq!(budget.held(), 100);

@@ -49,6 +49,9 @@ pub struct ConsumerSettings {
     /// Bytes of message bodies each stage may hold at once (see `byte_budget`): the prefetch
     /// shrinks when messages are large.
     pub max_in_flight_bytes: usize,
+    /// The largest message body a stage may get (ingest's `max_body_bytes` plus a task's own
+    /// fields): a stage starts with the prefetch that fits `max_in_flight_bytes` at that size.
+    pub largest_message_bytes: usize,
 }
 
 /// See [`DeliveryContext::fanout_budget`]. Enough for dozens of ordinary events at once.

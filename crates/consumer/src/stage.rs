@@ -41,7 +41,7 @@ pub async fn consume_until<F, Fut>(
     Fut: Future<Output = ()> + Send + 'static,
 {
     let handler = Arc::new(handler);
-    let budget = ByteBudget::new(max_in_flight_bytes);
+    let budget = ByteBudget::new(max_in_flight_bytes, ctx.settings.largest_message_bytes);
     loop {
         if shutdown.is_cancelled() {
             return;

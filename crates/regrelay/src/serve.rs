@@ -163,6 +163,8 @@ pub async fn serve(config: Config, role: Role) -> anyhow::Result<()> {
                 outage_hold: config.outage_hold,
                 history_outage_hold: config.history_outage_hold,
                 max_in_flight_bytes: config.max_in_flight_bytes,
+                // A task body is its event plus a few hundred bytes of its own fields.
+                largest_message_bytes: config.max_body_bytes.saturating_add(4096),
             },
             metrics: consumer_metrics,
             history: config.history_enabled.then(|| {

@@ -144,6 +144,7 @@ impl Env {
                 outage_hold: options.outage_hold,
                 history_outage_hold: options.history_outage_hold,
                 max_in_flight_bytes: 4 << 20,
+                largest_message_bytes: 64 << 10,
             },
             metrics: ConsumerMetrics::register(&registry).unwrap(),
             history: options.history.then(|| {
