@@ -9,8 +9,9 @@
 //! - regrelay's additions are optional fields Harbor clients ignore: a write-only target `secret`,
 //!   target `headers`, and `filters` (repository and tag globs).
 //! - Credentials are never returned: `auth_header`, header values and the secret come back as
-//!   [`REDACTED`]. Sending that placeholder back on `PUT` keeps the stored value, so a client that
-//!   GETs, edits and PUTs a policy does not wipe its credentials.
+//!   [`REDACTED`], and addresses with their user info, query values and (Slack) path redacted
+//!   ([`Target::redacted_address`]). Sending those back on `PUT` keeps the stored values, so a
+//!   client that GETs, edits and PUTs a policy does not wipe its credentials.
 
 use std::collections::BTreeMap;
 
@@ -175,7 +176,7 @@ impl TargetOut {
                 TargetKind::Http => "http",
                 TargetKind::Slack => "slack",
             },
-            address: target.address.clone(),
+            address: target.redacted_address(),
             auth_header: match target.auth_header.as_deref() {
                 Some(h) if !h.is_empty() => REDACTED.to_owned(),
                 _ => String::new(),
@@ -209,7 +210,7 @@ pub(crate) fn spec_from(
     let event_types = parse_event_types(&body.event_types)
         .map_err(|e| ApiError::BadRequest(echo(&e.to_string()).into_owned()))?;
     let mut targets = Vec::with_capacity(body.targets.len());
-    for target in body.targets {
+    for (index, target) in body.targets.into_iter().enumerate() {
         let kind =
             TargetKind::parse(&target.kind).map_err(|e| ApiError::BadRequest(e.to_string()))?;
         let format_text = target.payload_format.clone().unwrap_or_default();
@@ -220,8 +221,17 @@ pub(crate) fn spec_from(
         }
         let payload_format =
             PayloadFormat::parse(&format_text).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-        let previous =
-            existing.and_then(|p| p.targets.iter().find(|t| t.address == target.address));
+        let previous = existing.and_then(|p| previous_target(&p.targets, index, &target.address));
+        // The address as GET showed it (credentials redacted) means "keep the stored address".
+        let address = match previous {
+            Some(p) if p.is_redacted_address_of(&target.address) => p.address.clone(),
+            _ if target.address.contains(REDACTED) => {
+                return Err(ApiError::BadRequest(
+                    "a target address has the redacted placeholder in it but is no stored target's redacted address".into(),
+                ))
+            }
+            _ => target.address,
+        };
         // A redacted placeholder sent back means "keep what is stored".
         let secret = match target.secret {
             Some(s) if s == REDACTED => previous.and_then(|p| p.secret.clone()),
@@ -247,7 +257,7 @@ pub(crate) fn spec_from(
         }
         targets.push(Target {
             kind,
-            address: target.address,
+            address,
             auth_header,
             skip_cert_verify: target.skip_cert_verify,
             payload_format,
@@ -271,6 +281,17 @@ pub(crate) fn spec_from(
     spec.validate()
         .map_err(|e| ApiError::BadRequest(e.to_string()))?;
     Ok(spec)
+}
+
+/// The stored target a target of a `PUT` stands for: one whose address it repeats, as stored or as
+/// redacted; the one at the same position first, since two addresses may redact alike.
+fn previous_target<'a>(stored: &'a [Target], index: usize, address: &str) -> Option<&'a Target> {
+    let same = |t: &&Target| t.address == address || t.is_redacted_address_of(address);
+    stored
+        .get(index)
+        .filter(same)
+        .or_else(|| stored.iter().find(|t| t.address == address))
+        .or_else(|| stored.iter().find(same))
 }
 
 fn parse_body(

@@ -480,3 +480,105 @@ async fn health_ready_and_metrics_endpoints() {
     assert_eq!(status, 404);
     assert!(body.contains("NOT_FOUND"));
 }
+
+/// Harbor allows project names of up to 255 characters, and a Distribution namespace may be as
+/// long: every length up to that is accepted and published under a routing key that fits AMQP's
+/// 255 bytes; one character more is a 422 with Harbor's error body, and nothing is published.
+#[tokio::test]
+async fn the_longest_project_names_are_routed_and_longer_ones_refused() {
+    let (broker, api) = setup("long-project").await;
+    let queue = broker.topology.events_queue();
+    let event = |project: &str| {
+        format!(
+            r#"{{"type":"PUSH_ARTIFACT","occur_at":1680501893,"operator":"admin","event_data":{{"resources":[{{"digest":"sha256:00","tag":"v1"}}],"repository":{{"name":"app","namespace":"{project}","repo_full_name":"{project}/app","repo_type":"private"}}}}}}"#
+        )
+    };
+    let envelope = |namespace: &str| {
+        format!(
+            r#"{{"events":[{{"id":"long-{}","timestamp":"2026-11-23T10:00:00Z","action":"push","target":{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:aaaa","repository":"{namespace}/app","tag":"1.0"}}}}]}}"#,
+            namespace.len()
+        )
+    };
+    let longest = "p".repeat(255);
+    // 236 characters was the first length that overflowed `event.PUSH_ARTIFACT.<project>`.
+    let overflowing = "q".repeat(236);
+
+    let batch = format!(
+        "[{},{},{}]",
+        event("short"),
+        event(&overflowing),
+        event(&longest)
+    );
+    let (status, body) = api.post_json(&batch).await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["accepted"], 3);
+    let (status, body) = api
+        .post(
+            Some("application/vnd.docker.distribution.events.v2+json"),
+            envelope(&longest),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+
+    let messages = broker.take(&queue, 4, Duration::from_secs(5)).await;
+    assert_eq!(messages.len(), 4);
+    let keys: Vec<&str> = messages
+        .iter()
+        .map(|m| m.delivery.routing_key.as_str())
+        .collect();
+    assert_eq!(keys[0], "event.PUSH_ARTIFACT.short");
+    for (message, project) in messages[1..].iter().zip([&overflowing, &longest, &longest]) {
+        let key = message.delivery.routing_key.as_str();
+        assert!(key.len() <= 255, "{}", key.len());
+        assert_eq!(
+            key,
+            regrelay_producer::topology::routing_key(
+                regrelay_events::EventType::PushArtifact,
+                project
+            )
+        );
+        assert!(key.starts_with(&format!("event.PUSH_ARTIFACT.{}", &project[..200])));
+        assert_eq!(header_str(message, "x-regrelay-project"), *project);
+    }
+    // The same project always gets the same key (bindings keep matching).
+    assert_eq!(
+        messages[2].delivery.routing_key,
+        messages[3].delivery.routing_key
+    );
+
+    let too_long = "p".repeat(256);
+    let (status, body) = api
+        .post_json(&format!("[{},{}]", event("short"), event(&too_long)))
+        .await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["errors"][0]["code"], "UNPROCESSABLE_ENTITY", "{body}");
+    let message = body["errors"][0]["message"].as_str().unwrap();
+    assert_eq!(
+        message,
+        "event 1: project name (event_data.repository.namespace) is 256 characters long; at most 255 are allowed"
+    );
+    let (status, body) = api
+        .post(
+            Some("application/vnd.docker.distribution.events.v2+json"),
+            envelope(&too_long),
+        )
+        .await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["errors"][0]["code"], "UNPROCESSABLE_ENTITY", "{body}");
+    assert!(
+        body["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("target.repository"),
+        "{body}"
+    );
+    assert_eq!(
+        broker.depth(&queue).await,
+        0,
+        "nothing of a refused request"
+    );
+
+    // The API still answers on the same connection pool: nothing panicked.
+    let (status, body) = api.post_json(&event("after")).await;
+    assert_eq!(status, 202, "{body}");
+}

@@ -449,3 +449,107 @@ async fn the_global_switch_is_harbors_notification_enable() {
     assert_eq!(unknown.status, 400);
     assert!(unknown.message().contains("auth_mode"), "{}", unknown.text);
 }
+
+/// Addresses come back redacted (user info, query values, a Slack path): a deliberate difference
+/// from Harbor, which returns them in full. A client that PUTs back what GET gave it keeps the stored
+/// addresses, and deliveries still carry the credentials.
+#[tokio::test]
+async fn addresses_are_returned_redacted_and_a_put_of_the_redacted_form_keeps_them() {
+    let (_broker, api) = setup("policy-address-redaction").await;
+    let receiver = regrelay_testkit::TestReceiver::start().await;
+    let http_address = receiver
+        .url("/in?token=qs-s3cret-token&team=ci")
+        .replace("http://", "http://ci-user:url-pa55word@");
+    let slack_address = "https://hooks.slack.com/services/T0001/B0001/XXXXSLACKSECRET";
+    let body = json!({
+        "name": "redacted-addresses",
+        "event_types": ["PUSH_ARTIFACT"],
+        "targets": [
+            {"type": "http", "address": http_address, "auth_header": "", "payload_format": "Default"},
+            {"type": "slack", "address": slack_address},
+        ],
+        "enabled": true
+    });
+    let id = create(&api, body).await;
+    let path = format!("{POLICIES}/{id}");
+
+    let got = api.admin(Method::GET, &path, None).await;
+    assert_eq!(got.status, 200, "{}", got.text);
+    let redacted_http = receiver
+        .url("/in?token=********&team=********")
+        .replace("http://", "http://********@");
+    assert_eq!(got.json()["targets"][0]["address"], redacted_http.as_str());
+    assert_eq!(
+        got.json()["targets"][1]["address"],
+        "https://hooks.slack.com/services/********"
+    );
+    let listed = api.admin(Method::GET, POLICIES, None).await;
+    assert_eq!(listed.status, 200, "{}", listed.text);
+    for secret in [
+        "url-pa55word",
+        "ci-user",
+        "qs-s3cret-token",
+        "XXXXSLACKSECRET",
+        "T0001",
+    ] {
+        assert!(!got.text.contains(secret), "{secret} in {}", got.text);
+        assert!(!listed.text.contains(secret), "{secret} in {}", listed.text);
+    }
+
+    // PUT the GET body back unchanged: the stored addresses stay as they were.
+    let put = api.admin(Method::PUT, &path, Some(got.json())).await;
+    assert_eq!(put.status, 200, "{}", put.text);
+    let project = api.db.find_project_by_name("lib").await.unwrap().unwrap();
+    let stored = api
+        .db
+        .get_policy(Some(project.id), id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.targets[0].address, http_address);
+    assert_eq!(stored.targets[1].address, slack_address);
+
+    // A test delivery still reaches the receiver with the credentials.
+    let test = api
+        .admin(Method::POST, &format!("{path}/test"), Some(json!({})))
+        .await;
+    assert!(test.status < 300, "{} {}", test.status, test.text);
+    let requests = receiver
+        .wait_for(1, std::time::Duration::from_secs(5))
+        .await;
+    let request = requests.first().expect("the test delivery arrived");
+    use base64::Engine;
+    assert_eq!(
+        request.header("authorization"),
+        Some(
+            format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode("ci-user:url-pa55word")
+            )
+            .as_str()
+        )
+    );
+
+    // Changing the address works as before; a placeholder that matches no stored address is refused.
+    let mut changed = got.json();
+    changed["targets"][0]["address"] = json!(receiver.url("/other"));
+    changed["targets"][1]["address"] = json!("https://hooks.slack.com/services/********");
+    let put = api.admin(Method::PUT, &path, Some(changed.clone())).await;
+    assert_eq!(put.status, 200, "{}", put.text);
+    let stored = api
+        .db
+        .get_policy(Some(project.id), id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.targets[0].address, receiver.url("/other"));
+    assert_eq!(stored.targets[1].address, slack_address);
+    changed["targets"][0]["address"] = json!("https://********@elsewhere.example/in");
+    let put = api.admin(Method::PUT, &path, Some(changed)).await;
+    assert_eq!(put.status, 400, "{}", put.text);
+    assert!(
+        put.message().contains("redacted placeholder"),
+        "{}",
+        put.text
+    );
+}

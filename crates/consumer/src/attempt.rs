@@ -9,9 +9,13 @@
 //!   stripped of their URL before they are described.
 //! - The SSRF guard has two halves: IP-literal URLs are checked here ([`ssrf::check_url`]), names
 //!   in the client's resolver; a refusal from either becomes [`AttemptResult::Blocked`].
-//! - The answer's body is read, up to [`MAX_BODY`], and only its first [`MAX_SNIPPET`] bytes are
-//!   kept (for the task log): reading it lets the connection go back to the pool for the next
-//!   delivery; bounding it means a receiver cannot make us download an arbitrary amount.
+//! - The answer's body is read, up to [`MAX_BODY`]: reading it lets the connection go back to the
+//!   pool for the next delivery; bounding it means a receiver cannot make us download an arbitrary
+//!   amount. What was read is kept whole in the report, with the values of the secret headers
+//!   actually sent (as reqwest built them: a URL's user info becomes `Authorization: Basic ...`),
+//!   and is only ever taken out through [`crate::history::redact_snippet`], which blanks every
+//!   credential first and cuts to [`MAX_SNIPPET`] after: cutting first would store the part of a
+//!   secret that straddles the cut.
 //! - Protocol headers win over a target's custom headers: `Content-Type`, `Authorization` and the
 //!   signature headers are set last, so a custom header cannot break the signature the receiver
 //!   checks; framing headers (`Content-Length`, `Host`, ...) cannot be set at all.
@@ -77,10 +81,31 @@ pub const MAX_SNIPPET: usize = 512;
 pub struct AttemptReport {
     pub result: AttemptResult,
     pub elapsed: Duration,
-    /// The start of the receiver's answer (up to [`MAX_SNIPPET`] bytes, as lossy UTF-8), when it
-    /// sent a body. The caller redacts the target's credentials from it before storing it: a
-    /// receiver that echoes requests would otherwise hand them back.
-    pub response_snippet: Option<String>,
+    /// The start of the receiver's answer, not redacted yet: a receiver that echoes requests hands
+    /// credentials back. Crate-private so that it leaves only through
+    /// [`crate::history::redact_snippet`].
+    pub(crate) answer: Option<Answer>,
+}
+
+/// The start of a receiver's answer as read, and what the request that got it carried.
+pub(crate) struct Answer {
+    /// Up to [`MAX_BODY`] bytes of the body, as lossy UTF-8.
+    pub(crate) text: String,
+    /// Whether `text` is the whole body. When it is not, its tail may hold the first part of a
+    /// credential, which no redaction can recognise; the redaction drops that tail.
+    pub(crate) complete: bool,
+    /// The values of the secret headers sent (`Authorization` as reqwest sent it, the signature,
+    /// custom headers), to be blanked along with the target's own credentials.
+    pub(crate) sent_secrets: Vec<String>,
+}
+
+impl std::fmt::Debug for Answer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Answer")
+            .field("bytes", &self.text.len())
+            .field("complete", &self.complete)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Makes the attempt; returns what came of it and how long it took.
@@ -92,24 +117,16 @@ pub async fn send(request: AttemptRequest<'_>) -> (AttemptResult, Duration) {
 /// Makes the attempt; returns what came of it, how long it took and the start of the answer.
 pub async fn send_with_report(request: AttemptRequest<'_>) -> AttemptReport {
     let started = Instant::now();
-    let (result, response_snippet) = attempt(request).await;
+    let mut answer = None;
+    let result = attempt_result(request, &mut answer).await;
     AttemptReport {
         result,
         elapsed: started.elapsed(),
-        response_snippet,
+        answer,
     }
 }
 
-async fn attempt(request: AttemptRequest<'_>) -> (AttemptResult, Option<String>) {
-    let mut snippet = None;
-    let result = attempt_result(request, &mut snippet).await;
-    (result, snippet)
-}
-
-async fn attempt_result(
-    request: AttemptRequest<'_>,
-    snippet: &mut Option<String>,
-) -> AttemptResult {
+async fn attempt_result(request: AttemptRequest<'_>, answer: &mut Option<Answer>) -> AttemptResult {
     let url = match reqwest::Url::parse(request.url) {
         Ok(url) => url,
         // `ParseError`'s text names the problem, not the input.
@@ -131,13 +148,18 @@ async fn attempt_result(
         Ok(headers) => headers,
         Err(message) => return AttemptResult::Other(message),
     };
-    let sent = request
+    let built = request
         .client
         .post(url)
         .headers(headers)
         .body(request.body)
-        .send()
-        .await;
+        .build();
+    let built = match built {
+        Ok(built) => built,
+        Err(error) => return map_error(error),
+    };
+    let sent_secrets = secret_header_values(built.headers(), request.headers);
+    let sent = request.client.execute(built).await;
     let mut response = match sent {
         Ok(response) => response,
         Err(error) => return map_error(error),
@@ -148,7 +170,11 @@ async fn attempt_result(
         .get(RETRY_AFTER)
         .and_then(|value| value.to_str().ok())
         .and_then(|value| parse_retry_after(value, SystemTime::now()));
-    *snippet = drain(&mut response).await;
+    *answer = drain(&mut response).await.map(|(text, complete)| Answer {
+        text,
+        complete,
+        sent_secrets,
+    });
     AttemptResult::Response {
         status,
         retry_after,
@@ -233,25 +259,46 @@ fn describe_chain(error: &(dyn StdError + 'static)) -> String {
     message
 }
 
-/// Reads up to [`MAX_BODY`] bytes of the answer and keeps the first [`MAX_SNIPPET`] of them.
-/// Errors are ignored: the status has already said what the receiver thinks, and a broken body
-/// only costs the pooled connection.
-async fn drain(response: &mut reqwest::Response) -> Option<String> {
-    let mut read = 0;
+/// The values of the headers of a built request that are credentials: `Authorization` (the
+/// target's auth header, or the `Basic` reqwest derives from the URL's user info), the signature,
+/// and the target's custom headers. Protocol headers (`Content-Type`, `webhook-id`, ...) are not.
+fn secret_header_values(sent: &HeaderMap, custom: &BTreeMap<String, String>) -> Vec<String> {
+    let secret = |name: &HeaderName| {
+        *name == AUTHORIZATION
+            || name.as_str() == WEBHOOK_SIGNATURE
+            || custom.keys().any(|c| c.eq_ignore_ascii_case(name.as_str()))
+    };
+    sent.iter()
+        .filter(|(name, _)| secret(name))
+        .map(|(_, value)| String::from_utf8_lossy(value.as_bytes()).into_owned())
+        .collect()
+}
+
+/// Reads up to [`MAX_BODY`] bytes of the answer; returns them (lossy UTF-8, `None` for an empty
+/// body) and whether that is the whole body. Errors are ignored: the status has already said what
+/// the receiver thinks, and a broken body only costs the pooled connection.
+async fn drain(response: &mut reqwest::Response) -> Option<(String, bool)> {
     let mut kept = Vec::new();
-    while read < MAX_BODY {
+    let mut complete = false;
+    while kept.len() < MAX_BODY {
         match response.chunk().await {
             Ok(Some(chunk)) => {
-                read += chunk.len();
-                let room = MAX_SNIPPET.saturating_sub(kept.len());
-                kept.extend_from_slice(&chunk[..chunk.len().min(room)]);
+                let room = MAX_BODY - kept.len();
+                if chunk.len() > room {
+                    kept.extend_from_slice(&chunk[..room]);
+                    break;
+                }
+                kept.extend_from_slice(&chunk);
             }
-            Ok(None) | Err(_) => break,
+            Ok(None) => {
+                complete = true;
+                break;
+            }
+            Err(_) => break,
         }
     }
-    let text = String::from_utf8_lossy(&kept);
-    let text = text.trim();
-    (!text.is_empty()).then(|| text.to_owned())
+    let text = String::from_utf8_lossy(&kept).into_owned();
+    (!text.trim().is_empty()).then_some((text, complete))
 }
 
 /// `Retry-After` as a delay from `now`: delta-seconds, or an HTTP-date (a past date means "now").

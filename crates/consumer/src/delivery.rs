@@ -251,7 +251,7 @@ async fn attempt_in_span(
     record_last(&mut task, result);
     let attempt = Attempted {
         report: &report,
-        snippet: redact_snippet(report.response_snippet.as_deref(), target),
+        snippet: redact_snippet(&report, target),
         payload: payload.as_deref(),
     };
     let event_type = event.event_type().as_str();

@@ -37,7 +37,10 @@ use regrelay_history::policy::{Target, TargetKind, REDACTED};
 use regrelay_history::{Database, HistoryRecorder};
 use tokio_util::sync::CancellationToken;
 
-use crate::attempt::AttemptReport;
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
+
+use crate::attempt::{AttemptReport, MAX_SNIPPET};
 use crate::classify::AttemptResult;
 use crate::context::DeliveryContext;
 use crate::task::{DeliveryTask, Trigger};
@@ -137,43 +140,208 @@ pub(crate) fn trigger(trigger: Trigger) -> ExecutionTrigger {
     }
 }
 
-/// The receiver's answer with the target's credentials blanked out.
-pub fn redact_snippet(snippet: Option<&str>, target: &Target) -> Option<String> {
-    let mut text = snippet?.to_owned();
-    for secret in credentials_of(target) {
-        text = text.replace(&secret, REDACTED);
+/// The receiver's answer as it may be stored: every credential blanked, *then* cut to
+/// [`MAX_SNIPPET`] bytes at a character boundary (cutting first would keep the part of a secret
+/// that straddles the cut), trimmed; `None` when there was no answer body.
+///
+/// What is blanked, as [`REDACTED`]: every form of the target's credentials
+/// ([`credentials_of`]) and the secret headers the attempt actually sent (the `Authorization`
+/// reqwest derived from the address's user info, the signature). A credential of 4 bytes or more
+/// is blanked wherever it occurs. A shorter one (a password `abc`) is blanked only where it stands
+/// as a whole word (no letter or digit either side): blanking every `a` of an answer would destroy
+/// it and say which letter the secret is, while an echo of a credential sets it apart anyway
+/// (`user:abc@`, `"abc"`, `=abc&`).
+pub fn redact_snippet(report: &AttemptReport, target: &Target) -> Option<String> {
+    let answer = report.answer.as_ref()?;
+    let mut credentials = credentials_of(target);
+    for value in &answer.sent_secrets {
+        credentials.extend(header_value_forms(value));
     }
-    Some(text)
+    let text = blank(&answer.text, credentials, answer.complete, MAX_SNIPPET);
+    let text = text.trim();
+    (!text.is_empty()).then(|| text.to_owned())
 }
 
-/// Every piece of a target a receiver might echo that is a credential: the auth header and its
-/// token (a receiver may quote just `abc123` of `Bearer abc123`), the signing secret, custom header
-/// values, and the address with its user info, query values and path (a Slack webhook's path *is*
-/// its secret). Longest first, so a whole value is blanked before its parts.
+/// Credentials shorter than this are blanked only as whole words (see [`redact_snippet`]).
+const SHORT_CREDENTIAL: usize = 4;
+
+/// `text` with every credential replaced by [`REDACTED`] in one pass, longest first at each
+/// position (so a whole value goes before its parts and no part of a longer secret survives), cut
+/// to at most `max` bytes. When `text` is not the whole answer (`complete` false), its last
+/// `longest - 1` bytes are dropped before anything else: they may be the start of a credential
+/// the read cut off, which cannot be recognised. Every credential that starts before that point
+/// lies wholly inside `text` and is blanked.
+fn blank(text: &str, mut credentials: Vec<String>, complete: bool, max: usize) -> String {
+    credentials.retain(|c| !c.is_empty());
+    credentials.sort_by_key(|c| std::cmp::Reverse(c.len()));
+    credentials.dedup();
+    let longest = credentials.first().map_or(0, String::len);
+    let end = if complete {
+        text.len()
+    } else {
+        text.len().saturating_sub(longest.saturating_sub(1))
+    };
+    let mut out = String::with_capacity(end.min(max));
+    let mut at = 0;
+    while at < end && out.len() < max {
+        let rest = &text[at..];
+        let found = credentials.iter().find(|c| {
+            rest.starts_with(c.as_str())
+                && (c.len() >= SHORT_CREDENTIAL || stands_alone(text, at, c.len()))
+        });
+        if let Some(credential) = found {
+            out.push_str(REDACTED);
+            at += credential.len();
+            continue;
+        }
+        let Some(ch) = rest.chars().next() else {
+            break;
+        };
+        out.push(ch);
+        at += ch.len_utf8();
+    }
+    let mut cut = out.len().min(max);
+    while !out.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    out.truncate(cut);
+    out
+}
+
+/// Whether `text[at..at + len]` has no letter or digit right before or after it.
+fn stands_alone(text: &str, at: usize, len: usize) -> bool {
+    let before = text[..at].chars().next_back();
+    let after = text[at + len..].chars().next();
+    !before.is_some_and(char::is_alphanumeric) && !after.is_some_and(char::is_alphanumeric)
+}
+
+/// Every form of a target's credentials a receiver might echo: the auth header and the forms of
+/// its value ([`header_value_forms`]); the signing secret as configured, its key part (the base64
+/// after `whsec_`, or that base64 for a plain secret) and the key as text; custom header values
+/// and their forms; the address as configured and as parsed, and of it the user info (as written
+/// and percent-decoded, user, password and `user:password`), the query and each query value (as
+/// written and decoded), and for Slack the path and its segments (a Slack webhook's path *is* its
+/// secret). Each also JSON-escaped, when that differs (a receiver echoing into JSON).
 fn credentials_of(target: &Target) -> Vec<String> {
     let mut values: Vec<String> = Vec::new();
     if let Some(auth) = target.auth_header.as_deref() {
-        values.push(auth.to_owned());
-        if let Some((_, token)) = auth.split_once(' ') {
-            values.push(token.trim().to_owned());
+        values.extend(header_value_forms(auth));
+    }
+    if let Some(secret) = target.secret.as_deref() {
+        values.push(secret.to_owned());
+        match secret.strip_prefix(crate::signing::SECRET_PREFIX) {
+            Some(encoded) => {
+                values.push(encoded.to_owned());
+                if let Ok(key) = STANDARD.decode(encoded) {
+                    values.extend(String::from_utf8(key).ok());
+                }
+            }
+            None => values.push(STANDARD.encode(secret)),
         }
     }
-    values.extend(target.secret.clone());
-    values.extend(target.headers.values().cloned());
+    for value in target.headers.values() {
+        values.extend(header_value_forms(value));
+    }
     values.push(target.address.clone());
     if let Ok(url) = reqwest::Url::parse(&target.address) {
-        values.push(url.username().to_owned());
-        values.extend(url.password().map(str::to_owned));
-        values.extend(url.query_pairs().map(|(_, value)| value.into_owned()));
+        values.push(url.as_str().to_owned());
+        let user = url.username();
+        let password = url.password();
+        for raw in [Some(user), password].into_iter().flatten() {
+            values.push(raw.to_owned());
+            values.push(percent_decoded(raw));
+        }
+        if let Some(password) = password {
+            values.push(format!("{user}:{password}"));
+            values.push(format!(
+                "{}:{}",
+                percent_decoded(user),
+                percent_decoded(password)
+            ));
+        }
+        if let Some(query) = url.query() {
+            values.push(query.to_owned());
+            for pair in query.split('&') {
+                let raw = pair.split_once('=').map_or(pair, |(_, value)| value);
+                values.push(raw.to_owned());
+            }
+            values.extend(url.query_pairs().map(|(_, value)| value.into_owned()));
+        }
         if target.kind == TargetKind::Slack {
             values.push(url.path().to_owned());
+            values.extend(
+                url.path_segments()
+                    .into_iter()
+                    .flatten()
+                    .filter(|segment| *segment != "services")
+                    .map(str::to_owned),
+            );
         }
     }
-    // Very short values would blank unrelated text; they are not worth hiding from a snippet.
-    values.retain(|value| value.len() >= 4);
-    values.sort_by_key(|value| std::cmp::Reverse(value.len()));
-    values.dedup();
+    let escaped: Vec<String> = values
+        .iter()
+        .flat_map(|value| {
+            let json = serde_json::to_string(value).unwrap_or_default();
+            let json = json
+                .strip_prefix('"')
+                .and_then(|j| j.strip_suffix('"'))
+                .unwrap_or_default()
+                .to_owned();
+            let slashes = json.replace('/', "\\/");
+            [json, slashes]
+        })
+        .filter(|form| !values.contains(form))
+        .collect();
+    values.extend(escaped);
     values
+}
+
+/// The forms of a secret header value a receiver might echo: the value; the token after its
+/// scheme (`abc123` of `Bearer abc123`); for `Basic`, the decoded `user:password`, the user and
+/// the password; for a signature (`v1,<base64>`), the base64.
+fn header_value_forms(value: &str) -> Vec<String> {
+    let mut forms = vec![value.to_owned()];
+    if let Some((scheme, token)) = value.split_once(' ') {
+        let token = token.trim();
+        forms.push(token.to_owned());
+        if scheme.eq_ignore_ascii_case("basic") {
+            if let Some(decoded) = STANDARD
+                .decode(token)
+                .ok()
+                .and_then(|d| String::from_utf8(d).ok())
+            {
+                if let Some((user, password)) = decoded.split_once(':') {
+                    forms.push(user.to_owned());
+                    forms.push(password.to_owned());
+                }
+                forms.push(decoded);
+            }
+        }
+    }
+    if let Some(signature) = value.strip_prefix("v1,") {
+        forms.push(signature.to_owned());
+    }
+    forms
+}
+
+/// `%XX` sequences decoded (lossy UTF-8), as reqwest decodes user info before it encodes `Basic`.
+fn percent_decoded(raw: &str) -> String {
+    let bytes = raw.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| char::from(b).to_digit(16);
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let (Some(hi), Some(lo)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                out.push(u8::try_from(hi * 16 + lo).unwrap_or(b'?'));
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Writes one step durably; returns once it is (or once it is abandoned, see the module's design
@@ -310,6 +478,26 @@ mod tests {
         }
     }
 
+    /// The report of an attempt whose receiver answered `text`.
+    fn answered(text: &str, complete: bool, sent_secrets: &[&str]) -> AttemptReport {
+        AttemptReport {
+            result: AttemptResult::Response {
+                status: 400,
+                retry_after: None,
+            },
+            elapsed: Duration::ZERO,
+            answer: Some(crate::attempt::Answer {
+                text: text.to_owned(),
+                complete,
+                sent_secrets: sent_secrets.iter().map(|s| (*s).to_owned()).collect(),
+            }),
+        }
+    }
+
+    fn redact(text: &str, target: &Target) -> String {
+        redact_snippet(&answered(text, true, &[]), target).unwrap()
+    }
+
     #[test]
     fn echoed_credentials_are_blanked_in_any_form() {
         let http = target(
@@ -320,7 +508,7 @@ mod tests {
         let echoed = "bad token tok-abc-123; header Bearer tok-abc-123; key-12345; \
                       whsec_c2VjcmV0LWtleQ==; pa55word; qs-token-9; \
                       https://ci:pa55word@hooks.example.com/in?token=qs-token-9";
-        let redacted = redact_snippet(Some(echoed), &http).unwrap();
+        let redacted = redact(echoed, &http);
         for secret in [
             "tok-abc-123",
             "key-12345",
@@ -337,12 +525,112 @@ mod tests {
             "https://hooks.slack.com/services/T000/B000/XXXXSECRET",
             None,
         );
-        let redacted = redact_snippet(
-            Some("no_service for /services/T000/B000/XXXXSECRET"),
-            &slack,
-        )
-        .unwrap();
+        let redacted = redact("no_service for /services/T000/B000/XXXXSECRET", &slack);
         assert!(!redacted.contains("XXXXSECRET"), "{redacted}");
-        assert_eq!(redact_snippet(None, &slack), None);
+        // Only the secret token, JSON-escaped.
+        let redacted = redact(
+            r#"{"url":"https:\/\/hooks.slack.com\/services\/T000\/B000\/XXXXSECRET"}"#,
+            &slack,
+        );
+        assert!(!redacted.contains("XXXXSECRET"), "{redacted}");
+        let no_answer = AttemptReport {
+            result: AttemptResult::Timeout,
+            elapsed: Duration::ZERO,
+            answer: None,
+        };
+        assert_eq!(redact_snippet(&no_answer, &slack), None);
+    }
+
+    #[test]
+    fn every_encoding_of_user_info_query_and_secret_is_blanked() {
+        let mut http = target(
+            TargetKind::Http,
+            "https://ci%40corp:p%2Fss%3Aword@hooks.example.com/in?token=a%2Bb%20c&x=1",
+            None,
+        );
+        http.secret = Some("plain-signing-secret".into());
+        let basic = format!("Basic {}", STANDARD.encode("ci@corp:p/ss:word"));
+        let echoed = format!(
+            "{basic} | ci%40corp:p%2Fss%3Aword | ci@corp:p/ss:word | p/ss:word | a+b c | a%2Bb%20c | \
+             {} | c2VjcmV0LWtleQ",
+            STANDARD.encode("plain-signing-secret")
+        );
+        let redacted = redact_snippet(&answered(&echoed, true, &[&basic]), &http).unwrap();
+        for secret in [
+            "Basic ",
+            "p%2Fss",
+            "p/ss",
+            "word",
+            "a+b c",
+            "a%2Bb",
+            &STANDARD.encode("plain-signing-secret"),
+        ] {
+            assert!(!redacted.contains(secret), "{secret} in {redacted}");
+        }
+    }
+
+    #[test]
+    fn a_secret_straddling_the_cut_is_blanked_whole() {
+        let http = target(
+            TargetKind::Http,
+            "https://hooks.example.com/in",
+            Some("Bearer 0123456789abcdef0123456789abcdef"),
+        );
+        // The 32-character token starts 15 bytes before the 512-byte cut.
+        let text = format!(
+            "{}Bearer 0123456789abcdef0123456789abcdef tail",
+            "x".repeat(MAX_SNIPPET - 15 - "Bearer ".len())
+        );
+        let redacted = redact(&text, &http);
+        assert!(redacted.len() <= MAX_SNIPPET);
+        assert!(!redacted.contains("0123456789abcde"), "{redacted}");
+        assert!(redacted.contains("x******** tail"), "{redacted}");
+        // Multi-byte characters at the cut: the snippet stays valid UTF-8, at most 512 bytes.
+        let wide = "\u{1F433}".repeat(200);
+        let redacted = redact(&wide, &http);
+        assert!(redacted.len() <= MAX_SNIPPET && redacted.len() > MAX_SNIPPET - 4);
+    }
+
+    #[test]
+    fn the_tail_of_an_unfinished_answer_is_dropped() {
+        let http = target(
+            TargetKind::Http,
+            "https://hooks.example.com/in",
+            Some("Bearer tok-abc-123"),
+        );
+        // The read stopped inside the token; the redaction cannot know "tok-a" is one.
+        let text = format!("{} Bearer tok-a", "answer ".repeat(20));
+        let redacted = redact_snippet(&answered(&text, false, &[]), &http).unwrap();
+        assert!(!redacted.contains("tok-a"), "{redacted}");
+        assert!(redacted.starts_with("answer answer"), "{redacted}");
+        // The same text, known to be whole, is kept up to its end.
+        let redacted = redact_snippet(&answered(&text, true, &[]), &http).unwrap();
+        assert!(redacted.ends_with("Bearer tok-a"), "{redacted}");
+    }
+
+    #[test]
+    fn short_credentials_are_blanked_as_whole_words_only() {
+        let http = target(
+            TargetKind::Http,
+            "https://u:abc@hooks.example.com/in?k=7",
+            None,
+        );
+        let redacted = redact(
+            r#"{"password":"abc","user":"u","k":7,"note":"abcdef cab u-turn 77"}"#,
+            &http,
+        );
+        assert!(!redacted.contains("\"abc\""), "{redacted}");
+        assert!(redacted.contains("abcdef cab"), "{redacted}");
+        assert!(redacted.contains(r#""k":********"#), "{redacted}");
+        assert!(redacted.contains(" 77"), "{redacted}");
+    }
+
+    #[test]
+    fn signature_and_sent_headers_are_blanked() {
+        let http = target(TargetKind::Http, "https://hooks.example.com/in", None);
+        let signature = "v1,K5oZfzN95Z9UVu1EsfQmfVNQhnkZ2pj9o9NDN/H/pI4=";
+        let text = format!("got {signature} and K5oZfzN95Z9UVu1EsfQmfVNQhnkZ2pj9o9NDN/H/pI4=");
+        let redacted = redact_snippet(&answered(&text, true, &[signature]), &http).unwrap();
+        assert_eq!(redacted, "got ******** and ********");
     }
 }

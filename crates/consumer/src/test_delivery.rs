@@ -125,7 +125,7 @@ pub async fn run_test_delivery(
         let summary = TargetSummary::of(target);
         match outcome {
             Ok((report, payload)) => {
-                let snippet = redact_snippet(report.response_snippet.as_deref(), target);
+                let snippet = redact_snippet(&report, target);
                 let (outcome, status) = match classify(&report.result) {
                     DeliveryOutcome::Delivered => ("delivered", TaskStatus::Success),
                     DeliveryOutcome::Retry { .. } => ("would_retry", TaskStatus::Error),

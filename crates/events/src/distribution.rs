@@ -169,6 +169,10 @@ fn convert(event: &Value) -> Result<DistributionOutcome, EventError> {
         .or_else(|| event.get("request").and_then(|r| opt_str(r.get("host"))));
     let tag = opt_str(target.get("tag"));
 
+    // Checked here too, so the message names the field the registry sent.
+    let (namespace, _) = split_repository(repository);
+    crate::event::check_project(namespace, "first segment of target.repository")
+        .map_err(EventError::invalid)?;
     let default_json = harbor_default(
         event_type, occur_at, operator, repository, digest, tag, host,
     );
@@ -215,11 +219,7 @@ fn harbor_default(
     tag: Option<&str>,
     host: Option<&str>,
 ) -> String {
-    // Harbor names a repository `<project>/<rest>`; a plain registry's `alpine` is Docker Hub's
-    // `library/alpine`, so that is the project Harbor users would expect.
-    let (namespace, name) = repository
-        .split_once('/')
-        .unwrap_or(("library", repository));
+    let (namespace, name) = split_repository(repository);
 
     let mut resource = Map::new();
     if let Some(digest) = digest {
@@ -255,6 +255,15 @@ fn harbor_default(
         },
     })
     .to_string()
+}
+
+/// `(namespace, name)` of a repository: Harbor names a repository `<project>/<rest>`; a plain
+/// registry's `alpine` is Docker Hub's `library/alpine`, so that is the project Harbor users would
+/// expect.
+fn split_repository(repository: &str) -> (&str, &str) {
+    repository
+        .split_once('/')
+        .unwrap_or(("library", repository))
 }
 
 /// The `host[:port]` of an absolute URL, without any `user:password@`.
@@ -306,6 +315,35 @@ mod tests {
         for (url, want) in cases {
             assert_eq!(url_authority(url), want, "{url}");
         }
+    }
+
+    #[test]
+    fn namespace_up_to_harbors_project_limit() {
+        let push = |repository: &str| {
+            let body = json!({"events": [{
+                "id": "e1",
+                "timestamp": "2023-04-03T06:04:53Z",
+                "action": "push",
+                "target": {
+                    "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                    "digest": "sha256:00",
+                    "repository": repository,
+                    "tag": "v1",
+                },
+            }]});
+            parse_envelope(body.to_string().as_bytes())
+        };
+        let longest = "n".repeat(crate::event::MAX_PROJECT_CHARS);
+        match push(&format!("{longest}/app")).unwrap().as_slice() {
+            [DistributionOutcome::Event { event, .. }] => assert_eq!(event.project(), longest),
+            other => panic!("{other:?}"),
+        }
+        let err = push(&format!("{longest}n/app")).unwrap_err();
+        assert!(!err.is_malformed());
+        assert_eq!(
+            err.to_string(),
+            "event 0: project name (first segment of target.repository) is 256 characters long; at most 255 are allowed"
+        );
     }
 
     #[test]

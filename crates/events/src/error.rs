@@ -46,6 +46,10 @@ pub enum InvalidReason {
     /// `event_data.repository.namespace` (an empty string counts as missing).
     #[error("cannot tell the event's project: missing {field}")]
     MissingNamespace { field: &'static str },
+    /// The project's name is longer than Harbor allows (255 characters). The name itself is not
+    /// echoed: it is long by definition.
+    #[error("project name ({field}) is {chars} characters long; at most {max} are allowed", max = crate::event::MAX_PROJECT_CHARS)]
+    ProjectTooLong { field: &'static str, chars: usize },
     /// A REPLICATION event where neither side is the local Harbor, so no side names our project.
     #[error("cannot tell the event's project: neither event_data.replication.src_resource nor event_data.replication.dest_resource has registry_type \"harbor\"")]
     NoHarborReplicationSide,

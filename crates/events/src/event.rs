@@ -19,6 +19,11 @@ use serde_json::Value;
 use crate::error::{EventError, InvalidReason};
 use crate::event_type::EventType;
 
+/// Longest project name accepted, in characters: Harbor's limit (1–255), and the `projects`
+/// table's. Longer names are refused at ingest (422), so every accepted event can be stored,
+/// matched and routed.
+pub const MAX_PROJECT_CHARS: usize = 255;
+
 /// The largest accepted `occur_at`: 9999-12-31T23:59:59Z, the last second RFC 3339 can write.
 pub(crate) const MAX_OCCUR_AT: i64 = 253_402_300_799;
 
@@ -154,6 +159,7 @@ impl RegistryEvent {
         }
 
         let project = resolve_project(event_type, &event_data)
+            .and_then(|(project, field)| check_project(project, field))
             .map_err(EventError::invalid)?
             .to_owned();
         let repository = match event_type {
@@ -252,20 +258,36 @@ fn field_as<T: serde::de::DeserializeOwned>(
         .map_err(|_| EventError::invalid(InvalidReason::WrongType { field, expected }))
 }
 
-/// The project an event belongs to, per SPEC §1.
-fn resolve_project(event_type: EventType, data: &Value) -> Result<&str, InvalidReason> {
+/// A project name as long as Harbor allows: at most [`MAX_PROJECT_CHARS`] characters. `field`
+/// says where the name was found, for the message (which gives the length, not the name).
+pub(crate) fn check_project<'a>(
+    project: &'a str,
+    field: &'static str,
+) -> Result<&'a str, InvalidReason> {
+    let chars = project.chars().count();
+    if chars > MAX_PROJECT_CHARS {
+        return Err(InvalidReason::ProjectTooLong { field, chars });
+    }
+    Ok(project)
+}
+
+/// The project an event belongs to, per SPEC §1, and the field it was read from.
+fn resolve_project(
+    event_type: EventType,
+    data: &Value,
+) -> Result<(&str, &'static str), InvalidReason> {
+    let at = |pointer: &str, field: &'static str| {
+        non_empty_str(data.pointer(pointer))
+            .map(|project| (project, field))
+            .ok_or(InvalidReason::MissingNamespace { field })
+    };
     match event_type {
-        EventType::TagRetention => non_empty_str(data.pointer("/retention/project_name")).ok_or(
-            InvalidReason::MissingNamespace {
-                field: "event_data.retention.project_name",
-            },
+        EventType::TagRetention => at(
+            "/retention/project_name",
+            "event_data.retention.project_name",
         ),
         EventType::Replication => replication_project(data),
-        _ => non_empty_str(data.pointer("/repository/namespace")).ok_or(
-            InvalidReason::MissingNamespace {
-                field: "event_data.repository.namespace",
-            },
-        ),
+        _ => at("/repository/namespace", "event_data.repository.namespace"),
     }
 }
 
@@ -275,7 +297,7 @@ fn resolve_project(event_type: EventType, data: &Value) -> Result<&str, InvalidR
 /// both; in Harbor's documented example (seed 000) only the remote side has a `registry_name`
 /// (a registry is named only when it is a configured endpoint), so a side without one is taken
 /// as local, and failing that `dest_resource`.
-fn replication_project(data: &Value) -> Result<&str, InvalidReason> {
+fn replication_project(data: &Value) -> Result<(&str, &'static str), InvalidReason> {
     let replication = data
         .get("replication")
         .ok_or(InvalidReason::MissingNamespace {
@@ -295,7 +317,9 @@ fn replication_project(data: &Value) -> Result<&str, InvalidReason> {
         (None, Some(src)) => (src, "event_data.replication.src_resource.namespace"),
         (None, None) => return Err(InvalidReason::NoHarborReplicationSide),
     };
-    non_empty_str(side.get("namespace")).ok_or(InvalidReason::MissingNamespace { field })
+    non_empty_str(side.get("namespace"))
+        .map(|project| (project, field))
+        .ok_or(InvalidReason::MissingNamespace { field })
 }
 
 /// `repository.repo_full_name`, or `namespace/name` when a sender left the full name out.
@@ -423,6 +447,50 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn project_names_up_to_harbors_limit() {
+        let push = |project: &str| {
+            RegistryEvent::from_json(&format!(
+                r#"{{"type":"PUSH_ARTIFACT","occur_at":1,"event_data":{{"repository":{{"namespace":"{project}"}}}}}}"#
+            ))
+        };
+        let retention = |project: &str| {
+            RegistryEvent::from_json(&format!(
+                r#"{{"type":"TAG_RETENTION","occur_at":1,"event_data":{{"retention":{{"project_name":"{project}"}}}}}}"#
+            ))
+        };
+        let longest = "p".repeat(MAX_PROJECT_CHARS);
+        assert_eq!(push(&longest).unwrap().project(), longest);
+        assert_eq!(retention(&longest).unwrap().project(), longest);
+        // Characters, not bytes: 255 multi-byte characters are as long as Harbor allows.
+        let wide = "\u{e9}".repeat(MAX_PROJECT_CHARS);
+        assert_eq!(push(&wide).unwrap().project(), wide);
+
+        let over = "p".repeat(MAX_PROJECT_CHARS + 1);
+        let err = push(&over).unwrap_err();
+        assert!(!err.is_malformed());
+        assert_eq!(
+            err.to_string(),
+            "project name (event_data.repository.namespace) is 256 characters long; at most 255 are allowed"
+        );
+        let err = retention(&over).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("event_data.retention.project_name"),
+            "{err}"
+        );
+        let err = RegistryEvent::from_json(&replication(
+            r#"{"registry_type":"docker-hub","namespace":"x"}"#,
+            &format!(r#"{{"registry_type":"harbor","namespace":"{over}"}}"#),
+        ))
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("event_data.replication.dest_resource.namespace"),
+            "{err}"
+        );
     }
 
     #[test]

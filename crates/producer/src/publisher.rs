@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use futures::future::join_all;
 use lapin::options::BasicPublishOptions;
+use lapin::types::{ShortString, ShortStringError};
 use lapin::{BasicProperties, Confirmation};
 
 use crate::broker::{Broker, BrokerError};
@@ -31,6 +32,10 @@ pub enum PublishError {
     NotConfirmed,
     #[error("publish failed: {0}")]
     Amqp(#[from] lapin::Error),
+    /// An exchange name or routing key longer than AMQP's 255-byte `shortstr`. Checked for every
+    /// message before any is published, so a batch is refused whole rather than half sent.
+    #[error("an AMQP name is too long to publish: {0}")]
+    NameTooLong(#[from] ShortStringError),
 }
 
 impl PublishError {
@@ -40,7 +45,7 @@ impl PublishError {
             PublishError::Nacked | PublishError::NotConfirmed => PublishFailure::Nack,
             PublishError::Returned { .. } => PublishFailure::Returned,
             PublishError::ConfirmTimeout(_) => PublishFailure::ConfirmTimeout,
-            PublishError::Amqp(_) => PublishFailure::Amqp,
+            PublishError::Amqp(_) | PublishError::NameTooLong(_) => PublishFailure::Amqp,
         }
     }
 }
@@ -113,6 +118,16 @@ impl ConfirmedPublisher {
         &self,
         messages: Vec<OutgoingMessage<'_>>,
     ) -> Result<Duration, PublishError> {
+        // Names first: a name that cannot be sent refuses the batch before anything is published
+        // (lapin's `From<&str>` for `ShortString` would panic on it).
+        let messages = messages
+            .into_iter()
+            .map(|message| {
+                let exchange = ShortString::try_new(message.exchange)?;
+                let routing_key = ShortString::try_new(message.routing_key)?;
+                Ok((exchange, routing_key, message))
+            })
+            .collect::<Result<Vec<_>, ShortStringError>>()?;
         let channel = self.broker.publish_channel().await?;
         let started = Instant::now();
         let options = BasicPublishOptions {
@@ -120,11 +135,11 @@ impl ConfirmedPublisher {
             ..BasicPublishOptions::default()
         };
         let mut confirms = Vec::with_capacity(messages.len());
-        for message in messages {
+        for (exchange, routing_key, message) in messages {
             let confirm = channel
                 .basic_publish(
-                    message.exchange.into(),
-                    message.routing_key.into(),
+                    exchange,
+                    routing_key,
                     options,
                     message.body,
                     crate::trace_context::inject_current(message.properties),

@@ -378,14 +378,46 @@ pub fn bucket_name(bucket: Duration) -> String {
     }
 }
 
-/// Routing key of an event: `event.<TYPE>.<project>`.
+/// Longest routing key AMQP carries (a `shortstr`).
+pub const MAX_ROUTING_KEY_BYTES: usize = 255;
+
+/// Routing key of an event: `event.<TYPE>.<project>` when that fits in [`MAX_ROUTING_KEY_BYTES`],
+/// else `event.<TYPE>.<head>~<hash>`.
 ///
 /// Operators bind their own queues selectively, e.g. `event.PUSH_ARTIFACT.#` for every push, or
 /// `event.*.library` for everything in project `library`. Harbor project names may contain `.`,
 /// which adds words to the key; `#` patterns still match them.
+///
+/// The fallback: a project name may be 255 characters long (Harbor's limit, checked at ingest),
+/// and `event.<TYPE>.` takes up to 25 bytes, so a long name does not fit. Then the key is the
+/// project's first bytes (cut at a character boundary, so the key stays UTF-8) followed by `~`
+/// and 16 hex digits of a hash of the whole name (the first 8 bytes of its UUIDv5 under a fixed
+/// namespace), filling at most 255 bytes. It is stable: the same project always gets the same
+/// key, in every process and version, so a binding on it keeps matching. `~` never occurs in a
+/// Harbor project or a Distribution namespace (`[a-z0-9._-]`), so a fallback key never equals
+/// the key of a project that fits. `event.PUSH_ARTIFACT.#` and `#` match either form; to bind
+/// one long project, use the key this function gives it (the full name is in the message's
+/// `x-regrelay-project` header).
 pub fn routing_key(event_type: EventType, project: &str) -> String {
-    format!("event.{}.{}", event_type.as_str(), project)
+    let key = format!("event.{}.{}", event_type.as_str(), project);
+    if key.len() <= MAX_ROUTING_KEY_BYTES {
+        return key;
+    }
+    let hash = uuid::Uuid::new_v5(&ROUTING_KEY_NAMESPACE, project.as_bytes());
+    let hash = &hash.simple().to_string()[..16];
+    let prefix = format!("event.{}.", event_type.as_str());
+    let room = MAX_ROUTING_KEY_BYTES.saturating_sub(prefix.len() + 1 + hash.len());
+    let mut cut = room.min(project.len());
+    while !project.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{prefix}{}~{hash}", &project[..cut])
 }
+
+/// Namespace of the UUIDv5 hashes in fallback routing keys (a fixed, random UUID; changing it
+/// changes every long project's key).
+const ROUTING_KEY_NAMESPACE: uuid::Uuid =
+    uuid::Uuid::from_u128(0x2d0b_8f4e_61a3_4c57_b9e2_07f6_c3a1_5d84);
 
 fn quorum_arguments() -> FieldTable {
     let mut args = FieldTable::default();
@@ -452,5 +484,54 @@ mod tests {
             routing_key(EventType::PushArtifact, "library"),
             "event.PUSH_ARTIFACT.library"
         );
+    }
+
+    #[test]
+    fn routing_key_always_fits_and_is_stable() {
+        let longest_type = EventType::ALL
+            .iter()
+            .copied()
+            .max_by_key(|t| t.as_str().len())
+            .unwrap();
+        for event_type in EventType::ALL.iter().copied() {
+            let prefix_len = "event..".len() + event_type.as_str().len();
+            // The longest project that fits keeps the plain form, one byte more takes the fallback.
+            let fits = "p".repeat(MAX_ROUTING_KEY_BYTES - prefix_len);
+            let key = routing_key(event_type, &fits);
+            assert_eq!(key, format!("event.{}.{fits}", event_type.as_str()));
+            assert_eq!(key.len(), MAX_ROUTING_KEY_BYTES);
+            let over = format!("{fits}q");
+            let key = routing_key(event_type, &over);
+            assert!(key.len() <= MAX_ROUTING_KEY_BYTES, "{}", key.len());
+            assert!(key.starts_with(&format!("event.{}.ppp", event_type.as_str())));
+            assert!(key.contains('~'), "{key}");
+            assert_eq!(key, routing_key(event_type, &over), "stable");
+        }
+        // Names that share their first 255 bytes still get different keys.
+        let a = format!("{}a", "x".repeat(300));
+        let b = format!("{}b", "x".repeat(300));
+        assert_ne!(routing_key(longest_type, &a), routing_key(longest_type, &b));
+        // A fixed expectation, so a change of the hash is seen (it would move bindings).
+        let key = routing_key(EventType::PushArtifact, &"n".repeat(255));
+        assert_eq!(key.len(), 255);
+        assert_eq!(
+            key,
+            format!("event.PUSH_ARTIFACT.{}~b5ff2c853bb35320", "n".repeat(218))
+        );
+    }
+
+    #[test]
+    fn routing_key_cuts_at_a_character_boundary() {
+        // 255 four-byte characters (1020 bytes), and every alignment of a multi-byte character
+        // against the cut.
+        for pad in 0..4 {
+            let project = format!("{}{}", "a".repeat(pad), "\u{1F433}".repeat(255));
+            for event_type in EventType::ALL.iter().copied() {
+                let key = routing_key(event_type, &project);
+                assert!(key.len() <= MAX_ROUTING_KEY_BYTES, "{}", key.len());
+                assert!(key.len() > MAX_ROUTING_KEY_BYTES - 4, "{}", key.len());
+                lapin::types::ShortString::try_new(key.clone()).unwrap();
+            }
+        }
     }
 }

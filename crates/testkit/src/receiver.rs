@@ -40,6 +40,9 @@ struct Behaviour {
     delay: Duration,
     /// The body of every answer.
     answer_body: String,
+    /// When set, the body of every answer is this template with the request echoed into it (see
+    /// [`TestReceiver::set_echo`]); `answer_body` is ignored.
+    echo: Option<String>,
     requests: Vec<ReceivedRequest>,
 }
 
@@ -48,6 +51,31 @@ pub struct TestReceiver {
     state: Arc<Mutex<Behaviour>>,
     arrived: Arc<Notify>,
     server: tokio::task::JoinHandle<()>,
+}
+
+/// The answer body of an echoing receiver (see [`TestReceiver::set_echo`]).
+fn echo(template: &str, uri: &axum::http::Uri, headers: &HeaderMap) -> String {
+    let value = |v: &axum::http::HeaderValue| String::from_utf8_lossy(v.as_bytes()).into_owned();
+    let mut out = template.replace("{uri}", uri.path_and_query().map_or("", |p| p.as_str()));
+    if out.contains("{headers}") {
+        let all: String = headers
+            .iter()
+            .map(|(name, v)| format!("{name}: {}\n", value(v)))
+            .collect();
+        out = out.replace("{headers}", &all);
+    }
+    let mut from = 0;
+    while let Some(start) = out[from..].find("{header:").map(|i| from + i) {
+        let Some(len) = out[start..].find('}') else {
+            break;
+        };
+        let name = &out[start + "{header:".len()..start + len];
+        let found = headers.get(name).map(value).unwrap_or_default();
+        out.replace_range(start..=start + len, &found);
+        // Echoed values are not templates.
+        from = start + found.len();
+    }
+    out
 }
 
 impl TestReceiver {
@@ -59,6 +87,7 @@ impl TestReceiver {
             answer_headers: Vec::new(),
             delay: Duration::ZERO,
             answer_body: "ok".to_owned(),
+            echo: None,
             requests: Vec::new(),
         }));
         let arrived = Arc::new(Notify::new());
@@ -79,7 +108,10 @@ impl TestReceiver {
                             status,
                             guard.delay,
                             guard.answer_headers.clone(),
-                            guard.answer_body.clone(),
+                            match &guard.echo {
+                                Some(template) => echo(template, &uri, &headers),
+                                None => guard.answer_body.clone(),
+                            },
                         )
                     };
                     if !delay.is_zero() {
@@ -152,6 +184,14 @@ impl TestReceiver {
     /// The body of every answer from now on (`ok` by default).
     pub fn set_answer_body(&self, body: &str) {
         self.state.lock().expect("receiver state").answer_body = body.to_owned();
+    }
+
+    /// From now on, answer every request with `template`, in which `{uri}` becomes the request's
+    /// path and query, `{headers}` every request header as `name: value` lines, and
+    /// `{header:<name>}` one header's value (empty when absent): a receiver that echoes requests
+    /// back, as some do in their error pages.
+    pub fn set_echo(&self, template: &str) {
+        self.state.lock().expect("receiver state").echo = Some(template.to_owned());
     }
 
     pub fn set_answer_header(&self, name: &str, value: &str) {
