@@ -81,7 +81,9 @@ impl ByteBudget {
             .unwrap_or(0)
             .max(1);
         let fits = (self.limit / largest).clamp(1, usize::from(u16::MAX));
-        configured.min(u16::try_from(fits).unwrap_or(u16::MAX)).max(1)
+        configured
+            .min(u16::try_from(fits).unwrap_or(u16::MAX))
+            .max(1)
     }
 
     /// Whether a stage subscribed with `current` should subscribe again: the fitting prefetch is
@@ -126,13 +128,21 @@ mod tests {
     #[test]
     fn prefetch_shrinks_for_large_bodies_and_grows_back() {
         let budget = ByteBudget::new(4 << 20, 1 << 20);
-        assert_eq!(budget.prefetch_for(64), 4, "starts as if every message were the largest");
+        assert_eq!(
+            budget.prefetch_for(64),
+            4,
+            "starts as if every message were the largest"
+        );
         for _ in 0..WINDOW - 1 {
             budget.observe(2048);
         }
         assert_eq!(budget.prefetch_for(64), 4);
         budget.observe(2048);
-        assert_eq!(budget.prefetch_for(64), 64, "a window of small ones lets it grow");
+        assert_eq!(
+            budget.prefetch_for(64),
+            64,
+            "a window of small ones lets it grow"
+        );
         budget.observe(1 << 20);
         assert_eq!(budget.prefetch_for(64), 4);
         assert!(budget.should_resubscribe(64, 64));
@@ -144,7 +154,10 @@ mod tests {
         }
         assert_eq!(budget.prefetch_for(64), 64);
         assert!(budget.should_resubscribe(64, 1));
-        assert!(!budget.should_resubscribe(64, 40), "not for less than doubling");
+        assert!(
+            !budget.should_resubscribe(64, 40),
+            "not for less than doubling"
+        );
     }
 
     #[tokio::test]
@@ -164,7 +177,11 @@ mod tests {
         drop(_b);
         assert_eq!(budget.held(), 0);
         let huge = budget.admit(1000).await;
-        assert_eq!(budget.held(), 1000, "alone, a message over the limit still runs");
+        assert_eq!(
+            budget.held(),
+            1000,
+            "alone, a message over the limit still runs"
+        );
         drop(huge);
     }
 }

@@ -136,21 +136,11 @@ pub fn kind_str(kind: TargetKind) -> &'static str {
     }
 }
 
-/// An address safe to show: no user info, no query values, and for Slack no path (a Slack incoming
-/// webhook URL's path is its secret).
+/// An address safe to show: user info, query values, a fragment and (for Slack) the path, which is
+/// the secret, replaced by `********` ([`regrelay_history::policy::redact_address`], the same form
+/// the policy API returns).
 pub fn redact_address(kind: TargetKind, address: &str) -> String {
-    let Ok(mut url) = reqwest::Url::parse(address) else {
-        return "<unparseable address>".to_owned();
-    };
-    let _ = url.set_username("");
-    let _ = url.set_password(None);
-    if url.query().is_some() {
-        url.set_query(Some("redacted"));
-    }
-    if kind == TargetKind::Slack {
-        url.set_path("/redacted");
-    }
-    url.to_string()
+    regrelay_history::policy::redact_address(kind, address)
 }
 
 impl DeadLetterBody<'_> {
@@ -251,14 +241,14 @@ mod tests {
                 TargetKind::Http,
                 "https://user:pw@example.com/hook?token=abc"
             ),
-            "https://example.com/hook?redacted"
+            "https://********@example.com/hook?token=********"
         );
         assert_eq!(
             redact_address(
                 TargetKind::Slack,
                 "https://hooks.slack.com/services/T0/B0/XYZ"
             ),
-            "https://hooks.slack.com/redacted"
+            "https://hooks.slack.com/services/********"
         );
         assert_eq!(
             redact_address(TargetKind::Http, "http://127.0.0.1:9/x"),

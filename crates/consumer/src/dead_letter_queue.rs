@@ -1283,7 +1283,7 @@ mod tests {
         scrub_body(&mut body);
         assert_eq!(
             body["target"]["address"],
-            "https://hooks.slack.com/redacted"
+            "https://hooks.slack.com/services/********"
         );
         let mut headers = Map::new();
         headers.insert(
@@ -1291,6 +1291,9 @@ mod tests {
             Value::String("https://u:p@h.example/x?k=v".into()),
         );
         scrub_headers(&mut headers);
-        assert_eq!(headers["x-regrelay-target"], "https://h.example/x?redacted");
+        assert_eq!(
+            headers["x-regrelay-target"],
+            "https://********@h.example/x?k=********"
+        );
     }
 }

@@ -32,7 +32,6 @@ pub async fn consume_until<F, Fut>(
     name: &'static str,
     queue: String,
     prefetch: u16,
-    max_in_flight_bytes: usize,
     mut enabled: Option<watch::Receiver<bool>>,
     shutdown: CancellationToken,
     handler: F,
@@ -41,7 +40,10 @@ pub async fn consume_until<F, Fut>(
     Fut: Future<Output = ()> + Send + 'static,
 {
     let handler = Arc::new(handler);
-    let budget = ByteBudget::new(max_in_flight_bytes, ctx.settings.largest_message_bytes);
+    let budget = ByteBudget::new(
+        ctx.settings.max_in_flight_bytes,
+        ctx.settings.largest_message_bytes,
+    );
     loop {
         if shutdown.is_cancelled() {
             return;
@@ -155,7 +157,10 @@ pub async fn consume_until<F, Fut>(
                 prefetch = budget.prefetch_for(prefetch),
                 was = subscribed
             );
-            ctx.metrics.prefetch_changes.with_label_values(&[name]).inc();
+            ctx.metrics
+                .prefetch_changes
+                .with_label_values(&[name])
+                .inc();
             tokio::spawn(async move {
                 handlers.wait().await;
                 let _ = channel.close(200, "resubscribed".into()).await;

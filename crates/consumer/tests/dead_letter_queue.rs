@@ -343,7 +343,7 @@ async fn show_returns_everything_known_and_no_secret() {
     // A header written with credentials in it is redacted on the way out.
     assert_eq!(
         letter.headers["x-regrelay-target"],
-        "https://hooks.example.com/x?redacted"
+        "https://********@hooks.example.com/x?token=********"
     );
     let text = serde_json::to_string(&letter).unwrap();
     assert!(

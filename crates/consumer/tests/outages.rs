@@ -395,3 +395,51 @@ async fn an_event_past_its_delivery_limit_is_dead_lettered_by_the_broker_and_rep
     assert_eq!(decoded.id, message.id);
     assert_eq!(broker.depth(&broker.topology.dead_letter_queue()).await, 0);
 }
+
+#[tokio::test]
+async fn after_shutdown_no_new_attempt_starts() {
+    let mut env = Env::start(
+        "shutdown-no-attempt",
+        Options {
+            direct_first_attempt: false,
+            per_target_concurrency: 1,
+            max_waiting_per_target: 8,
+            // Waiting tasks keep waiting for the one slot instead of being deferred.
+            deferral_delay: Duration::from_secs(30),
+            ..Options::default()
+        },
+    )
+    .await;
+    let receiver = TestReceiver::start().await;
+    receiver.set_delay(Duration::from_millis(1500));
+    env.policy(
+        Some("lib"),
+        spec(
+            "slow",
+            vec![http_target(receiver.url("/slow"))],
+            &[EventType::PushArtifact],
+        ),
+    )
+    .await;
+    env.publish(&[
+        event("PUSH_ARTIFACT", "lib", "app", "a"),
+        event("PUSH_ARTIFACT", "lib", "app", "b"),
+        event("PUSH_ARTIFACT", "lib", "app", "c"),
+    ])
+    .await;
+    // One attempt is in flight; the other two tasks wait for its slot.
+    receiver.wait_for(1, Duration::from_secs(10)).await;
+    env.stop().await;
+    assert_eq!(
+        receiver.count(),
+        1,
+        "the tasks that were waiting are put back, not attempted, once the process stops"
+    );
+    assert_eq!(
+        env.broker
+            .depth(&env.broker.topology.deliveries_queue())
+            .await,
+        2,
+        "and they are back on the queue"
+    );
+}

@@ -37,6 +37,8 @@ pub struct Options {
     pub database_proxy: bool,
     /// The matching stage attempts fast targets itself (`direct_first_attempt`, on in `serve`).
     pub direct_first_attempt: bool,
+    /// How long a task waits for a busy target's slot before it is deferred.
+    pub deferral_delay: Duration,
     /// `outage_hold` and `history_outage_hold`.
     pub outage_hold: Duration,
     pub history_outage_hold: Duration,
@@ -54,6 +56,7 @@ impl Default for Options {
             history: true,
             database_proxy: false,
             direct_first_attempt: true,
+            deferral_delay: Duration::from_millis(100),
             outage_hold: Duration::from_secs(30),
             history_outage_hold: Duration::from_secs(600),
         }
@@ -137,7 +140,7 @@ impl Env {
                 delivery_prefetch: options.delivery_prefetch,
                 per_target_concurrency: options.per_target_concurrency,
                 max_waiting_per_target: options.max_waiting_per_target,
-                deferral_delay: Duration::from_millis(100),
+                deferral_delay: options.deferral_delay,
                 policy_refresh_interval: Duration::from_millis(100),
                 allow_private_targets: true,
                 direct_first_attempt: options.direct_first_attempt,

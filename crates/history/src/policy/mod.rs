@@ -322,8 +322,9 @@ impl Target {
 }
 
 /// See [`Target::redacted_address`]. Works on the text, not a parsed URL, so nothing but the
-/// credentials changes.
-fn redact_address(kind: TargetKind, address: &str) -> String {
+/// credentials changes; idempotent. The one address redaction: API responses, dead letters and
+/// their tooling all use it.
+pub fn redact_address(kind: TargetKind, address: &str) -> String {
     let (scheme, rest) = address.split_once("://").unwrap_or(("", address));
     let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
     let (authority, rest) = rest.split_at(authority_end);
