@@ -9,6 +9,10 @@
 //! - Every (re)connect re-declares the topology, so a broker that lost its definitions heals itself.
 //! - A channel that died (a channel-level error, or the connection under it) is never handed out again;
 //!   the whole connection is rebuilt, which also restores the topology.
+//! - A cluster is several addresses (`url` is a comma-separated list): the connection uses one and,
+//!   when connecting to it fails, moves to the next for the next attempt (with the same backoff),
+//!   round the list. Which one is in use is in `regrelay_broker_address{role,address}` and
+//!   [`Broker::address`] (`/readyz`), password redacted.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -26,7 +30,8 @@ use crate::topology::Topology;
 /// How to reach the broker and how hard to try.
 #[derive(Clone)]
 pub struct BrokerSettings {
-    /// AMQP URL, e.g. `amqp://guest:guest@127.0.0.1:5672/%2f`. Contains a password: never logged.
+    /// AMQP URL, e.g. `amqp://guest:guest@127.0.0.1:5672/%2f`, or several separated by commas (the
+    /// nodes of a cluster). Contains a password: never logged.
     pub url: String,
     /// Shown in the management UI's connection list, so operators can tell processes apart.
     pub connection_name: String,
@@ -46,7 +51,13 @@ pub struct BrokerSettings {
 impl std::fmt::Debug for BrokerSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BrokerSettings")
-            .field("url", &redact_url(&self.url))
+            .field(
+                "url",
+                &addresses(&self.url)
+                    .iter()
+                    .map(|a| redact_url(a))
+                    .collect::<Vec<_>>(),
+            )
             .field("connection_name", &self.connection_name)
             .field("publish_channels", &self.publish_channels)
             .field("connect_timeout", &self.connect_timeout)
@@ -108,6 +119,10 @@ pub struct Broker {
     live: Mutex<Option<Arc<Live>>>,
     /// Serialises reconnects and carries the backoff state between them.
     gate: tokio::sync::Mutex<ReconnectGate>,
+    /// The broker's addresses (`settings.url` split at commas), in order.
+    addresses: Vec<String>,
+    /// Index in `addresses` of the one connected to, or tried next.
+    cursor: AtomicUsize,
 }
 
 impl Broker {
@@ -119,13 +134,34 @@ impl Broker {
             delays: backoff(&settings),
             last_error: String::new(),
         };
+        let addresses = addresses(&settings.url);
+        for address in &addresses {
+            metrics
+                .broker_address
+                .with_label_values(&[settings.role, &redact_url(address)])
+                .set(0);
+        }
         Self {
             settings,
             topology,
             metrics,
             live: Mutex::new(None),
             gate: tokio::sync::Mutex::new(gate),
+            addresses,
+            cursor: AtomicUsize::new(0),
         }
+    }
+
+    /// The address connected to (or tried next), password redacted.
+    pub fn address(&self) -> String {
+        redact_url(self.current_url())
+    }
+
+    fn current_url(&self) -> &str {
+        let index = self.cursor.load(Ordering::Relaxed) % self.addresses.len().max(1);
+        self.addresses
+            .get(index)
+            .map_or(self.settings.url.as_str(), String::as_str)
     }
 
     pub fn topology(&self) -> &Topology {
@@ -189,7 +225,7 @@ impl Broker {
         match tokio::time::timeout(self.settings.connect_timeout, probe).await {
             Ok(result) => result.map(|_| ()).map_err(BrokerError::from),
             Err(_) => Err(BrokerError::ConnectTimeout {
-                address: redact_url(&self.settings.url),
+                address: self.address(),
                 timeout: self.settings.connect_timeout,
             }),
         }
@@ -250,7 +286,7 @@ impl Broker {
                 let _ = stale.connection.close(200, "reconnecting".into()).await;
             });
         }
-        let address = redact_url(&self.settings.url);
+        let address = self.address();
         let attempt = tokio::time::timeout(self.settings.connect_timeout, self.connect());
         let result = match attempt.await {
             Ok(Ok(live)) => Ok(live),
@@ -277,6 +313,13 @@ impl Broker {
                     .broker_connected
                     .with_label_values(&[self.settings.role])
                     .set(1);
+                for other in &self.addresses {
+                    let other = redact_url(other);
+                    self.metrics
+                        .broker_address
+                        .with_label_values(&[self.settings.role, &other])
+                        .set(i64::from(other == address));
+                }
                 tracing::info!(message = "Connected to the broker.", %address, prefix = self.topology.prefix());
                 Ok(live)
             }
@@ -287,6 +330,10 @@ impl Broker {
                     .unwrap_or(self.settings.reconnect_max_delay);
                 gate.next_attempt = Some(Instant::now() + delay);
                 gate.last_error = error.to_string();
+                // The next attempt goes to the next address of the cluster.
+                if self.addresses.len() > 1 {
+                    self.cursor.fetch_add(1, Ordering::Relaxed);
+                }
                 self.metrics
                     .broker_connects
                     .with_label_values(&[self.settings.role, "failure"])
@@ -300,7 +347,7 @@ impl Broker {
     async fn connect(&self) -> Result<Live, lapin::Error> {
         let properties = ConnectionProperties::default()
             .with_connection_name(self.settings.connection_name.clone().into());
-        let connection = Connection::connect(&self.settings.url, properties).await?;
+        let connection = Connection::connect(self.current_url(), properties).await?;
         let mut channels = Vec::with_capacity(self.settings.publish_channels.max(1));
         for _ in 0..self.settings.publish_channels.max(1) {
             let channel = connection.create_channel().await?;
@@ -335,6 +382,21 @@ fn backoff(settings: &BrokerSettings) -> ExponentialBackoff {
         .with_jitter()
         .without_max_times()
         .build()
+}
+
+/// `url` split at commas, blanks dropped (`[url]` when that leaves nothing).
+pub fn addresses(url: &str) -> Vec<String> {
+    let list: Vec<String> = url
+        .split(',')
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if list.is_empty() {
+        vec![url.to_owned()]
+    } else {
+        list
+    }
 }
 
 /// The URL without its credentials, for logs and errors.

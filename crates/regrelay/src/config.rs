@@ -242,9 +242,13 @@ impl Config {
             key,
             message: message.to_owned(),
         };
-        let amqp = self.amqp_url.expose_secret();
-        if !(amqp.starts_with("amqp://") || amqp.starts_with("amqps://")) {
-            return Err(invalid("amqp_url", "must start with amqp:// or amqps://"));
+        for amqp in regrelay_producer::broker::addresses(self.amqp_url.expose_secret()) {
+            if !(amqp.starts_with("amqp://") || amqp.starts_with("amqps://")) {
+                return Err(invalid(
+                    "amqp_url",
+                    "must start with amqp:// or amqps:// (several addresses: separated by commas, each a whole URL)",
+                ));
+            }
         }
         if let Err(error) = regrelay_producer::Topology::new(self.queue_prefix.clone()) {
             return Err(invalid("queue_prefix", &error.to_string()));
