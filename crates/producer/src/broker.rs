@@ -14,12 +14,14 @@
 //!   round the list. Which one is in use is in `regrelay_broker_address{role,address}` and
 //!   [`Broker::address`] (`/readyz`), password redacted.
 
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use lapin::options::{ConfirmSelectOptions, QueueDeclareOptions};
+use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection, ConnectionProperties};
 use tokio::time::Instant;
@@ -46,6 +48,48 @@ pub struct BrokerSettings {
     /// First delay after a failed connect; doubles up to `reconnect_max_delay`.
     pub reconnect_min_delay: Duration,
     pub reconnect_max_delay: Duration,
+    /// Certificates for `amqps://` addresses.
+    pub tls: BrokerTls,
+}
+
+/// TLS for `amqps://` addresses (rustls; the broker's host name is always verified). The files are
+/// read at every connect, so renewed certificates are picked up without a restart.
+#[derive(Debug, Clone, Default)]
+pub struct BrokerTls {
+    /// PEM CA certificates to trust besides the system's roots (a private CA).
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate (chain), for brokers that require client certificates.
+    pub client_cert_file: Option<PathBuf>,
+    /// The client certificate's private key, PEM (PKCS#8, PKCS#1 or SEC1).
+    pub client_key_file: Option<PathBuf>,
+}
+
+impl BrokerTls {
+    /// What lapin needs, read from the files now.
+    fn load(&self) -> Result<OwnedTLSConfig, BrokerError> {
+        let read = |path: &PathBuf| {
+            std::fs::read(path).map_err(|source| BrokerError::TlsFile {
+                path: path.display().to_string(),
+                source,
+            })
+        };
+        let cert_chain = match &self.ca_file {
+            Some(path) => Some(String::from_utf8_lossy(&read(path)?).into_owned()),
+            None => None,
+        };
+        let identity = match (&self.client_cert_file, &self.client_key_file) {
+            (Some(cert), Some(key)) => Some(OwnedIdentity::PKCS8 {
+                pem: read(cert)?,
+                key: read(key)?,
+            }),
+            (None, None) => None,
+            _ => return Err(BrokerError::TlsIdentityHalf),
+        };
+        Ok(OwnedTLSConfig {
+            identity,
+            cert_chain,
+        })
+    }
 }
 
 impl std::fmt::Debug for BrokerSettings {
@@ -82,6 +126,14 @@ pub enum BrokerError {
     },
     #[error("broker operation failed: {0}")]
     Amqp(#[from] lapin::Error),
+    #[error("cannot read the broker TLS file {path}")]
+    TlsFile {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("amqp_client_cert_file and amqp_client_key_file must be set together")]
+    TlsIdentityHalf,
 }
 
 /// A live connection and its publishing channels.
@@ -287,17 +339,23 @@ impl Broker {
             });
         }
         let address = self.address();
-        let attempt = tokio::time::timeout(self.settings.connect_timeout, self.connect());
-        let result = match attempt.await {
-            Ok(Ok(live)) => Ok(live),
-            Ok(Err(source)) => Err(BrokerError::Connect {
-                address: address.clone(),
-                source,
-            }),
-            Err(_) => Err(BrokerError::ConnectTimeout {
-                address: address.clone(),
-                timeout: self.settings.connect_timeout,
-            }),
+        let result = match self.settings.tls.load() {
+            Err(error) => Err(error),
+            Ok(tls) => {
+                let attempt =
+                    tokio::time::timeout(self.settings.connect_timeout, self.connect(tls));
+                match attempt.await {
+                    Ok(Ok(live)) => Ok(live),
+                    Ok(Err(source)) => Err(BrokerError::Connect {
+                        address: address.clone(),
+                        source,
+                    }),
+                    Err(_) => Err(BrokerError::ConnectTimeout {
+                        address: address.clone(),
+                        timeout: self.settings.connect_timeout,
+                    }),
+                }
+            }
         };
         match result {
             Ok(live) => {
@@ -344,10 +402,16 @@ impl Broker {
         }
     }
 
-    async fn connect(&self) -> Result<Live, lapin::Error> {
+    async fn connect(&self, tls: OwnedTLSConfig) -> Result<Live, lapin::Error> {
         let properties = ConnectionProperties::default()
             .with_connection_name(self.settings.connection_name.clone().into());
-        let connection = Connection::connect(self.current_url(), properties).await?;
+        let connection = Connection::connect_with_config(
+            self.current_url(),
+            properties,
+            tls,
+            lapin::runtime::default_runtime()?,
+        )
+        .await?;
         let mut channels = Vec::with_capacity(self.settings.publish_channels.max(1));
         for _ in 0..self.settings.publish_channels.max(1) {
             let channel = connection.create_channel().await?;

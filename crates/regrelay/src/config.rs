@@ -5,7 +5,7 @@
 //! runs once, after layering, so a bad value is reported with its key before anything starts.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use figment::providers::{Env, Format, Serialized, Toml};
@@ -27,14 +27,23 @@ const TEXT_KEYS: &[&str] = &[
     "ingest_token",
     "log_level",
     "otlp_endpoint",
+    "amqp_ca_file",
+    "amqp_client_cert_file",
+    "amqp_client_key_file",
 ];
 
 #[derive(Debug, Deserialize)]
 pub struct Config {
     /// Address of the HTTP API.
     pub listen: SocketAddr,
-    /// RabbitMQ URL (holds a password).
+    /// RabbitMQ URL (holds a password), or several separated by commas (a cluster).
     pub amqp_url: SecretString,
+    /// PEM CA certificates trusted for `amqps://` besides the system roots.
+    pub amqp_ca_file: Option<PathBuf>,
+    /// PEM client certificate for `amqps://` brokers that require one.
+    pub amqp_client_cert_file: Option<PathBuf>,
+    /// The client certificate's PEM private key.
+    pub amqp_client_key_file: Option<PathBuf>,
     /// Prefix of every exchange and queue name.
     pub queue_prefix: String,
     /// Confirm-mode publishing channels.
@@ -236,12 +245,30 @@ impl Config {
         Ok(config)
     }
 
+    /// The TLS files of `amqps://` addresses.
+    pub fn broker_tls(&self) -> regrelay_producer::BrokerTls {
+        // An empty value (as the chart renders an unset key) is no file.
+        let file = |path: &Option<PathBuf>| path.clone().filter(|p| !p.as_os_str().is_empty());
+        regrelay_producer::BrokerTls {
+            ca_file: file(&self.amqp_ca_file),
+            client_cert_file: file(&self.amqp_client_cert_file),
+            client_key_file: file(&self.amqp_client_key_file),
+        }
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
         const MAX_HOLD: Duration = Duration::from_secs(25 * 60);
         let invalid = |key, message: &str| ConfigError::Invalid {
             key,
             message: message.to_owned(),
         };
+        let tls = self.broker_tls();
+        if tls.client_cert_file.is_some() != tls.client_key_file.is_some() {
+            return Err(invalid(
+                "amqp_client_cert_file",
+                "amqp_client_cert_file and amqp_client_key_file must be set together",
+            ));
+        }
         for amqp in regrelay_producer::broker::addresses(self.amqp_url.expose_secret()) {
             if !(amqp.starts_with("amqp://") || amqp.starts_with("amqps://")) {
                 return Err(invalid(
