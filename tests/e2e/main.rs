@@ -3,6 +3,7 @@
 //! kill it with SIGKILL in the middle of deliveries.
 
 mod bench;
+mod cluster;
 mod delivery;
 mod dlq;
 mod policy_changes;
