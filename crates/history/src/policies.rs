@@ -366,6 +366,11 @@ impl Database {
         self
     }
 
+    /// The id of the key new values are sealed with; `None` without a keyring.
+    pub fn secrets_key_id(&self) -> Option<&str> {
+        self.keyring().map(SecretsKeyring::current_id)
+    }
+
     fn keyring(&self) -> Option<&SecretsKeyring> {
         self.secrets.as_deref()
     }
