@@ -59,6 +59,7 @@ expect_fail "set together with existingSecret" --set existingSecret=creds --set 
 expect_fail "terminationGracePeriodSeconds" "${DEFAULT[@]}" --set config.shutdown_timeout=1m
 expect_fail "config.listen" "${DEFAULT[@]}" --set config.listen=0.0.0.0:9000
 expect_fail "additional properties 'ingest_tokn' not allowed" "${DEFAULT[@]}" --set secrets.ingest_tokn=x
+expect_fail "secrets_key" "${DEFAULT[@]}" --set secrets.secrets_key=k1:c2hvcnQ=
 # Without the api role, no token is needed.
 "$HELM" template regrelay "$CHART" --set api.enabled=false \
     --set secrets.amqp_url=amqp://u:p@mq:5672/%2f --set secrets.database_url=postgres://u:p@db/r >/dev/null
@@ -69,7 +70,8 @@ python3 - "$OUT" <<'EOF'
 import os, sys, yaml
 out = sys.argv[1]
 secret_env = {"REGRELAY_" + k.upper() for k in
-              ("ingest_token", "admin_password", "api_token", "amqp_url", "database_url")}
+              ("ingest_token", "admin_password", "api_token", "amqp_url", "database_url",
+               "secrets_key")}
 os.makedirs(f"{out}/docs", exist_ok=True)
 os.makedirs(f"{out}/crd", exist_ok=True)
 for name in sorted(f for f in os.listdir(out) if f.endswith(".yaml")):
@@ -113,7 +115,8 @@ defaults = tomllib.load(open(toml_path, "rb"))
 commented = [m.group(1) for m in (re.match(r"#\s*([a-z_]+)\s*=", l) for l in open(toml_path)) if m]
 values = yaml.safe_load(open("helm/regrelay/values.yaml"))
 config, secrets = values["config"], values["secrets"]
-secret_keys = {"ingest_token", "admin_password", "api_token", "amqp_url", "database_url"}
+secret_keys = {"ingest_token", "admin_password", "api_token", "amqp_url", "database_url",
+               "secrets_key"}
 problems = []
 known = set(doc_keys) | set(defaults) | set(commented)
 for key in sorted(known):

@@ -411,6 +411,13 @@ pub fn prepare(
     event: &regrelay_events::RegistryEvent,
     cloud_context: &CloudEventContext,
 ) -> Result<PreparedRequest, Unsendable> {
+    // A credential the store could not decrypt is still sealed: never send it as the credential.
+    if let Some(field) = target.unreadable_credential() {
+        return Err(Unsendable {
+            reason: "bad_secret",
+            detail: format!("the target's stored {field} cannot be decrypted with the configured secrets_key (see the consumer's log)"),
+        });
+    }
     let kind = match (target.kind, target.payload_format) {
         (TargetKind::Slack, _) => PayloadKind::Slack,
         (TargetKind::Http, PayloadFormat::CloudEvents) => PayloadKind::CloudEvents,

@@ -8,6 +8,8 @@
 //! - [`policy`]: the policy model, its validation (Harbor's messages) and the TCR-style filters. No I/O.
 //! - [`policies`]: the `notification_policies` table: create, read, list (paged), replace, delete, and
 //!   the consumer's load of the enabled policies.
+//! - [`sealing`]: [`SecretsKeyring`] (`secrets_key`) and credentials sealed at rest with
+//!   ChaCha20-Poly1305, bound to their policy and field.
 //! - `settings`: the `settings` row (Harbor's `notification_enable`) and the generation counter.
 //! - [`executions`]: the history tables (`executions`, `tasks`, `task_logs`) in Harbor's shape: the
 //!   consumer's idempotent batch write `record_deliveries`, Harbor's status roll-up, and the API's
@@ -21,7 +23,8 @@
 //! - Every write to policies or settings bumps the generation counter in the same transaction, so a
 //!   consumer that reads an unchanged generation knows its in-memory copy is current.
 //! - The database URL holds a password: no error, log line or `Debug` output shows it.
-//! - Credentials in targets are stored as given (plain text); at-rest encryption is a later concern.
+//! - Credentials in targets are sealed at rest when a keyring is set ([`Database::with_secrets`]),
+//!   stored as given (plain text) otherwise; either way callers see plain text (`sealing`).
 //! - Several processes may start at once against one database: migrations serialise on an advisory
 //!   lock, and inserts that may race (projects, history records) are idempotent.
 //! - History is written monotonically: a redelivered or stale record never moves a task backwards.
@@ -33,10 +36,12 @@ pub mod policy;
 mod projects;
 pub mod recorder;
 pub mod retention;
+pub mod sealing;
 mod settings;
 mod store;
 
 pub use projects::Project;
 pub use recorder::{HistoryRecorder, RecorderMetrics, RecorderSettings};
 pub use retention::SweepReport;
+pub use sealing::SecretsKeyring;
 pub use store::{Database, StoreError};

@@ -4,6 +4,8 @@
 //! - `Database::{list_policies, create_policy, get_policy, update_policy, delete_policy}`: the API's
 //!   verbs, always within one scope (`Some(project_id)` or `None` for system-wide).
 //! - `Database::enabled_policies`: the consumer's load, every scope at once.
+//! - `Database::reencrypt_policies`: `regrelay migrate --reencrypt`, every row's credentials sealed
+//!   with the current key.
 //!
 //! Design constraints:
 //! - A scope is a wall: a policy is read, replaced or deleted only through its own project (or
@@ -14,6 +16,11 @@
 //!   nothing (unknown id) rolls back and bumps nothing.
 //! - Targets and filters are JSONB (serde of [`Target`] and [`Filters`]), event types `text[]`.
 //!   Rows are decoded strictly: a row that does not decode is [`StoreError::Corrupt`], not skipped.
+//! - Credentials in `targets` are sealed with the database's keyring when one is set (`sealing`):
+//!   sealed on every write, opened on every read. A value that does not open is logged and left
+//!   sealed (the policy still loads; the consumer dead-letters its deliveries to that target).
+//!   The id of a new policy is taken from the identity sequence before the insert, so its values
+//!   are bound to it.
 
 use chrono::{DateTime, Utc};
 use regrelay_events::EventType;
@@ -23,6 +30,7 @@ use tokio_postgres::Row;
 
 use crate::policy::{Filters, Policy, PolicySpec, Target};
 use crate::projects::Project;
+use crate::sealing::{self, SecretsKeyring, UnreadableValue};
 use crate::settings::bump_generation;
 use crate::store::{Database, PageWindow, StoreError};
 
@@ -63,6 +71,21 @@ const SELECT_POLICY: &str = "
            p.event_types, p.filters, p.creator, p.creation_time, p.update_time, p.enabled
     FROM notification_policies p
     LEFT JOIN projects pr ON pr.id = p.project_id";
+
+/// What `regrelay migrate --reencrypt` did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReencryptReport {
+    /// Policies looked at.
+    pub rows_seen: u64,
+    /// Policies whose stored targets changed (a credential sealed for the first time, or resealed
+    /// from an older key).
+    pub rows_changed: u64,
+    /// Values that do not open with the configured keys, left as they were.
+    pub unreadable: Vec<UnreadableValue>,
+}
+
+/// Rows rewritten per `--reencrypt` transaction.
+pub const REENCRYPT_BATCH: i64 = 100;
 
 /// The unique index behind "already exists".
 const NAME_INDEX: &str = "notification_policies_scope_name_key";
@@ -123,7 +146,10 @@ impl Database {
                 &page_params,
             )
             .await?;
-        let policies = rows.iter().map(policy_from_row).collect::<Result<_, _>>()?;
+        let policies = rows
+            .iter()
+            .map(|row| policy_from_row(row, self.keyring()))
+            .collect::<Result<_, _>>()?;
         Ok((policies, total))
     }
 
@@ -137,27 +163,36 @@ impl Database {
         let event_types = event_type_names(&spec.event_types);
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
-        let row = tx
+        // The id first, so the sealed credentials can be bound to it.
+        let id: i64 = tx
             .query_one(
-                "INSERT INTO notification_policies
-                     (project_id, name, description, targets, event_types, filters, creator, enabled)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-                 RETURNING id",
-                &[
-                    &project_id,
-                    &spec.name,
-                    &spec.description,
-                    &Json(&spec.targets),
-                    &event_types,
-                    &Json(&spec.filters),
-                    &spec.creator,
-                    &spec.enabled,
-                ],
+                "SELECT nextval(pg_get_serial_sequence('notification_policies', 'id'))",
+                &[],
             )
-            .await
-            .map_err(|e| write_error(e, spec, project_id))?;
-        let id: i64 = row.try_get(0)?;
-        let policy = fetch(&tx, project_id, id)
+            .await?
+            .try_get(0)?;
+        let targets =
+            sealing::seal_targets(self.keyring(), id, &spec.targets, &Default::default())?;
+        tx.execute(
+            "INSERT INTO notification_policies
+                 (id, project_id, name, description, targets, event_types, filters, creator, enabled)
+             OVERRIDING SYSTEM VALUE
+             VALUES ($9, $1, $2, $3, $4, $5, $6, $7, $8)",
+            &[
+                &project_id,
+                &spec.name,
+                &spec.description,
+                &Json(&targets),
+                &event_types,
+                &Json(&spec.filters),
+                &spec.creator,
+                &spec.enabled,
+                &id,
+            ],
+        )
+        .await
+        .map_err(|e| write_error(e, spec, project_id))?;
+        let policy = fetch(&tx, self.keyring(), project_id, id)
             .await?
             .ok_or_else(|| StoreError::Corrupt(format!("policy {id} vanished after insert")))?;
         bump_generation(&tx).await?;
@@ -172,7 +207,7 @@ impl Database {
         id: i64,
     ) -> Result<Option<Policy>, StoreError> {
         let client = self.client().await?;
-        fetch(&client, project_id, id).await
+        fetch(&client, self.keyring(), project_id, id).await
     }
 
     /// Replaces a policy's fields (keeps its creator and creation time; sets the update time).
@@ -187,6 +222,25 @@ impl Database {
         let event_types = event_type_names(&spec.event_types);
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
+        // The stored sealed values: one that did not open on load may be written back unchanged.
+        let Some(stored) = tx
+            .query_opt(
+                "SELECT targets FROM notification_policies
+                 WHERE id = $1 AND project_id IS NOT DISTINCT FROM $2
+                 FOR UPDATE",
+                &[&id, &project_id],
+            )
+            .await?
+        else {
+            return Ok(None);
+        };
+        let stored = decode_targets(id, stored.try_get("targets")?)?;
+        let targets = sealing::seal_targets(
+            self.keyring(),
+            id,
+            &spec.targets,
+            &sealing::sealed_values(&stored),
+        )?;
         let updated = tx
             .execute(
                 "UPDATE notification_policies
@@ -198,7 +252,7 @@ impl Database {
                     &project_id,
                     &spec.name,
                     &spec.description,
-                    &Json(&spec.targets),
+                    &Json(&targets),
                     &event_types,
                     &Json(&spec.filters),
                     &spec.enabled,
@@ -210,7 +264,7 @@ impl Database {
             // Dropping the transaction rolls it back; nothing changed, nothing to announce.
             return Ok(None);
         }
-        let policy = fetch(&tx, project_id, id).await?;
+        let policy = fetch(&tx, self.keyring(), project_id, id).await?;
         bump_generation(&tx).await?;
         tx.commit().await?;
         Ok(policy)
@@ -249,12 +303,82 @@ impl Database {
                 &[],
             )
             .await?;
-        rows.iter().map(policy_from_row).collect()
+        rows.iter()
+            .map(|row| policy_from_row(row, self.keyring()))
+            .collect()
+    }
+
+    /// `regrelay migrate --reencrypt`: every policy's credentials sealed with the current key
+    /// (plain text ones too), [`REENCRYPT_BATCH`] rows per transaction, the generation bumped once
+    /// (with the first batch that changes a row) so consumers reload. Values already sealed with
+    /// the current key are left alone; values that do not open are left as they are and reported.
+    pub async fn reencrypt_policies(&self) -> Result<ReencryptReport, StoreError> {
+        let keyring = self.keyring().ok_or_else(|| {
+            StoreError::Config("secrets_key is not set: there is no key to encrypt with".into())
+        })?;
+        let mut report = ReencryptReport::default();
+        let mut client = self.client().await?;
+        let mut after = 0_i64;
+        let mut bumped = false;
+        loop {
+            let tx = client.transaction().await?;
+            let rows = tx
+                .query(
+                    "SELECT id, targets FROM notification_policies
+                     WHERE id > $1 ORDER BY id LIMIT $2 FOR UPDATE",
+                    &[&after, &REENCRYPT_BATCH],
+                )
+                .await?;
+            let Some(last) = rows.last() else {
+                break;
+            };
+            after = last.try_get("id")?;
+            let mut changed = 0;
+            for row in &rows {
+                let id: i64 = row.try_get("id")?;
+                let stored = decode_targets(id, row.try_get("targets")?)?;
+                report.rows_seen += 1;
+                if let Some(resealed) =
+                    sealing::reseal_stored(keyring, id, &stored, &mut report.unreadable)?
+                {
+                    tx.execute(
+                        "UPDATE notification_policies SET targets = $2 WHERE id = $1",
+                        &[&id, &Json(&resealed)],
+                    )
+                    .await?;
+                    changed += 1;
+                }
+            }
+            if changed > 0 && !bumped {
+                bump_generation(&tx).await?;
+                bumped = true;
+            }
+            tx.commit().await?;
+            report.rows_changed += changed;
+        }
+        Ok(report)
+    }
+
+    /// This store with `keyring` sealing policy credentials on write and opening them on read
+    /// (see `sealing`). Clones share it.
+    pub fn with_secrets(mut self, keyring: SecretsKeyring) -> Database {
+        self.secrets = Some(std::sync::Arc::new(keyring));
+        self
+    }
+
+    /// The id of the key new values are sealed with; `None` without a keyring.
+    pub fn secrets_key_id(&self) -> Option<&str> {
+        self.keyring().map(SecretsKeyring::current_id)
+    }
+
+    fn keyring(&self) -> Option<&SecretsKeyring> {
+        self.secrets.as_deref()
     }
 }
 
 async fn fetch(
     client: &impl deadpool_postgres::GenericClient,
+    keyring: Option<&SecretsKeyring>,
     project_id: Option<i64>,
     id: i64,
 ) -> Result<Option<Policy>, StoreError> {
@@ -265,7 +389,7 @@ async fn fetch(
         )
         .await?
         .as_ref()
-        .map(policy_from_row)
+        .map(|row| policy_from_row(row, keyring))
         .transpose()
 }
 
@@ -309,7 +433,13 @@ fn escape_like(text: &str) -> String {
     out
 }
 
-fn policy_from_row(row: &Row) -> Result<Policy, StoreError> {
+/// The `targets` column as stored (credentials sealed or plain, not opened).
+fn decode_targets(id: i64, targets: serde_json::Value) -> Result<Vec<Target>, StoreError> {
+    serde_json::from_value(targets)
+        .map_err(|e| StoreError::Corrupt(format!("notification policy {id}: targets: {e}")))
+}
+
+fn policy_from_row(row: &Row, keyring: Option<&SecretsKeyring>) -> Result<Policy, StoreError> {
     let id: i64 = row.try_get("id")?;
     let corrupt = |what: &str, detail: String| {
         StoreError::Corrupt(format!("notification policy {id}: {what}: {detail}"))
@@ -326,9 +456,15 @@ fn policy_from_row(row: &Row) -> Result<Policy, StoreError> {
             ))
         }
     };
-    let targets: serde_json::Value = row.try_get("targets")?;
-    let targets: Vec<Target> =
-        serde_json::from_value(targets).map_err(|e| corrupt("targets", e.to_string()))?;
+    let mut targets = decode_targets(id, row.try_get("targets")?)?;
+    for unreadable in sealing::open_targets(keyring, id, &mut targets) {
+        tracing::warn!(
+            message = "A stored credential cannot be decrypted; deliveries to its target are dead-lettered.",
+            policy_id = id,
+            field = %unreadable.field,
+            error = %unreadable.error
+        );
+    }
     let filters: serde_json::Value = row.try_get("filters")?;
     let filters: Filters =
         serde_json::from_value(filters).map_err(|e| corrupt("filters", e.to_string()))?;

@@ -100,6 +100,9 @@ pub struct Database {
     pool: Pool,
     /// `postgres://user@host:port/dbname`, password left out: what `Debug` and logs show.
     target: Arc<str>,
+    /// The keys policy credentials are sealed with (`Database::with_secrets`); `None`: stored as
+    /// given. See `sealing`.
+    pub(crate) secrets: Option<Arc<crate::sealing::SecretsKeyring>>,
 }
 
 impl Database {
@@ -150,7 +153,11 @@ impl Database {
             .recycle_timeout(Some(RECYCLE_TIMEOUT))
             .build()
             .map_err(|e| StoreError::Config(format!("cannot build the connection pool: {e}")))?;
-        Ok(Database { pool, target })
+        Ok(Database {
+            pool,
+            target,
+            secrets: None,
+        })
     }
 
     /// Readiness: one `SELECT 1` on a pooled connection.

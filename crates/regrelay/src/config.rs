@@ -25,6 +25,7 @@ const TEXT_KEYS: &[&str] = &[
     "admin_password",
     "api_token",
     "ingest_token",
+    "secrets_key",
     "log_level",
     "otlp_endpoint",
     "amqp_ca_file",
@@ -140,6 +141,8 @@ pub struct Config {
     pub dead_letter_depth_interval: Duration,
     /// Bearer token of the ingest endpoint; required.
     pub ingest_token: Option<SecretString>,
+    /// Keys sealing policy credentials at rest: `id:base64(32 bytes)[,...]`, the first seals.
+    pub secrets_key: Option<SecretString>,
     /// Largest ingest body in bytes.
     pub max_body_bytes: usize,
     /// Longest an HTTP request may take.
@@ -351,6 +354,7 @@ impl Config {
                 ));
             }
         }
+        self.secrets_keyring()?;
         if !(0.0..=1.0).contains(&self.trace_sample_ratio) {
             return Err(invalid("trace_sample_ratio", "must be between 0.0 and 1.0"));
         }
@@ -380,6 +384,21 @@ impl Config {
                 key: "admin_password",
                 message: "is not set; set REGRELAY_ADMIN_PASSWORD (or admin_password in the config file) for the policy API's administrator".into(),
             }),
+        }
+    }
+
+    /// The keys of `secrets_key`; `None` when it is unset or empty (credentials stored as given).
+    pub fn secrets_keyring(&self) -> Result<Option<regrelay_history::SecretsKeyring>, ConfigError> {
+        match &self.secrets_key {
+            Some(keys) if !keys.expose_secret().trim().is_empty() => {
+                regrelay_history::SecretsKeyring::parse(keys.expose_secret())
+                    .map(Some)
+                    .map_err(|error| ConfigError::Invalid {
+                        key: "secrets_key",
+                        message: error.to_string(),
+                    })
+            }
+            _ => Ok(None),
         }
     }
 

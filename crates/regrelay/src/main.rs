@@ -47,6 +47,10 @@ enum Command {
     Migrate {
         #[arg(long, env = "REGRELAY_CONFIG")]
         config: Option<PathBuf>,
+        /// Then encrypt every policy's stored credentials with the first `secrets_key` (plain-text
+        /// rows and rows sealed with an older key), and print how many rows changed.
+        #[arg(long)]
+        reencrypt: bool,
     },
     /// Inspect, replay and purge dead letters (needs the broker only, not the database).
     Dlq {
@@ -71,7 +75,9 @@ fn main() -> ExitCode {
             Ok(())
         }
         Command::Serve { config, role } => run(config, |config| serve::serve(config, role)),
-        Command::Migrate { config } => run(config, serve::migrate),
+        Command::Migrate { config, reencrypt } => {
+            run(config, move |config| serve::migrate(config, reencrypt))
+        }
         // Not `run`: the service logs to stdout, and stdout is the command's output here.
         Command::Dlq { config, command } => dlq::run(config, command),
         // Not `run`: the bench has no service configuration; its stdout is the report.

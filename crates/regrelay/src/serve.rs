@@ -14,7 +14,7 @@ use regrelay_consumer::{
     RetrySchedule,
 };
 use regrelay_history::recorder::{RecorderMetrics, RecorderSettings};
-use regrelay_history::{Database, HistoryRecorder};
+use regrelay_history::{Database, HistoryRecorder, SecretsKeyring};
 use regrelay_producer::{
     Broker, BrokerSettings, ConfirmedPublisher, EventPublisher, ProducerMetrics, Topology,
 };
@@ -76,11 +76,11 @@ pub async fn serve(config: Config, role: Role) -> anyhow::Result<()> {
         tracing::warn!(message = "Broker not reachable at start-up; will keep trying.", error = %error);
     }
 
-    let db = Database::connect(
-        config.database_url.expose_secret(),
-        config.database_max_connections,
-    )
-    .context("invalid database_url")?;
+    let keyring = config.secrets_keyring()?;
+    if let Some(warning) = secrets_at_rest_warning(keyring.as_ref()) {
+        tracing::warn!(message = warning);
+    }
+    let db = database(&config, keyring)?;
     match db.migrate().await {
         Ok(()) => tracing::info!(message = "Database schema is up to date."),
         // Not fatal: the consumer waits for the database, the API answers 503 meanwhile.
@@ -244,16 +244,82 @@ pub async fn serve(config: Config, role: Role) -> anyhow::Result<()> {
     result.context("HTTP server failed")
 }
 
-/// `regrelay migrate`: applies the database migrations and exits.
-pub async fn migrate(config: Config) -> anyhow::Result<()> {
+/// `regrelay migrate`: applies the database migrations and exits. With `reencrypt`, then seals
+/// every policy's credentials with the current `secrets_key` and prints how many rows changed.
+pub async fn migrate(config: Config, reencrypt: bool) -> anyhow::Result<()> {
+    // Plain migrations store no credential: the key is needed (and checked) for --reencrypt only.
+    let keyring = match (reencrypt, config.secrets_keyring()?) {
+        (true, None) => anyhow::bail!(
+            "migrate --reencrypt needs secrets_key: set REGRELAY_SECRETS_KEY (or secrets_key in the config file)"
+        ),
+        (true, keyring) => keyring,
+        (false, _) => None,
+    };
+    let db = database(&config, keyring)?;
+    db.migrate().await.context("migration failed")?;
+    tracing::info!(message = "Database schema is up to date.");
+    if !reencrypt {
+        return Ok(());
+    }
+    let report = db
+        .reencrypt_policies()
+        .await
+        .context("re-encryption failed")?;
+    for value in &report.unreadable {
+        tracing::warn!(
+            message = "A stored credential cannot be decrypted; left as it is.",
+            policy_id = value.policy_id,
+            field = %value.field,
+            error = %value.error
+        );
+    }
+    tracing::info!(
+        message = "Policy credentials re-encrypted.",
+        rows_seen = report.rows_seen,
+        rows_changed = report.rows_changed,
+        unreadable = report.unreadable.len()
+    );
+    println!(
+        "re-encrypted {} of {} policies with key {}",
+        report.rows_changed,
+        report.rows_seen,
+        db.secrets_key_id().unwrap_or("?")
+    );
+    if !report.unreadable.is_empty() {
+        anyhow::bail!(
+            "{} stored credential value(s) do not decrypt with the configured secrets_key and were left as they were (see the log for policy ids); keep the key that sealed them configured",
+            report.unreadable.len()
+        );
+    }
+    Ok(())
+}
+
+/// The store, sealing policy credentials with `keyring` when there is one.
+fn database(config: &Config, keyring: Option<SecretsKeyring>) -> anyhow::Result<Database> {
     let db = Database::connect(
         config.database_url.expose_secret(),
         config.database_max_connections,
     )
     .context("invalid database_url")?;
-    db.migrate().await.context("migration failed")?;
-    tracing::info!(message = "Database schema is up to date.");
-    Ok(())
+    Ok(match keyring {
+        Some(keyring) => {
+            tracing::info!(
+                message = "Policy credentials are encrypted at rest.",
+                key_id = keyring.current_id(),
+                keys = keyring.ids().count()
+            );
+            db.with_secrets(keyring)
+        }
+        None => db,
+    })
+}
+
+/// What start-up says when policy credentials will be stored in plain text.
+fn secrets_at_rest_warning(keyring: Option<&SecretsKeyring>) -> Option<&'static str> {
+    match keyring {
+        Some(_) => None,
+        None => Some("secrets_key is not set: policy credentials (auth headers, signing secrets, custom header values) are stored in PostgreSQL in plain text. Set secrets_key to encrypt them (docs/deployment.md, \"Secrets at rest\")."),
+    }
 }
 
 fn broker(
@@ -282,4 +348,48 @@ fn broker(
 fn connection_name(role: &str) -> String {
     let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".into());
     format!("regrelay-{role}@{host}/{}", std::process::id())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_up_warns_only_without_a_secrets_key() {
+        let warning = secrets_at_rest_warning(None).unwrap();
+        assert!(warning.starts_with("secrets_key is not set"), "{warning}");
+        assert!(warning.contains("plain text"), "{warning}");
+        let keyring =
+            SecretsKeyring::parse("k1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=").unwrap();
+        assert_eq!(secrets_at_rest_warning(Some(&keyring)), None);
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail's closures return its large error type.
+    fn secrets_key_is_validated_at_load_without_showing_it() {
+        const KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("REGRELAY_SECRETS_KEY", format!("k2:c2hvcnQ=,k1:{KEY}"));
+            let error = Config::load(None).unwrap_err().to_string();
+            assert!(error.contains("secrets_key"), "{error}");
+            assert!(error.contains("key k2: the key is 5 bytes"), "{error}");
+            assert!(!error.contains("c2hvcnQ"), "{error}");
+
+            jail.set_env("REGRELAY_SECRETS_KEY", format!("k2:{KEY},k1:{KEY}"));
+            let config = Config::load(None).map_err(|e| e.to_string())?;
+            let keyring = config.secrets_keyring().map_err(|e| e.to_string())?;
+            let ids: Vec<_> = keyring.iter().flat_map(|k| k.ids()).collect();
+            assert_eq!(ids, ["k2", "k1"]);
+            assert!(!format!("{config:?}").contains(KEY));
+
+            // Empty means unset: today's behaviour, with the warning.
+            jail.set_env("REGRELAY_SECRETS_KEY", "");
+            let config = Config::load(None).map_err(|e| e.to_string())?;
+            assert!(config
+                .secrets_keyring()
+                .map_err(|e| e.to_string())?
+                .is_none());
+            Ok(())
+        });
+    }
 }

@@ -80,9 +80,9 @@ app.kubernetes.io/part-of: regrelay
 {{- end }}
 {{- end }}
 
-{{/* The five secret keys of docs/configuration.md, in one place. */}}
+{{/* The six secret keys of docs/configuration.md, in one place. */}}
 {{- define "regrelay.secretKeys" -}}
-{{- list "ingest_token" "admin_password" "api_token" "amqp_url" "database_url" | toJson }}
+{{- list "ingest_token" "admin_password" "api_token" "amqp_url" "database_url" "secrets_key" | toJson }}
 {{- end }}
 
 {{/* The Secret the pods read: existingSecret, else the chart-managed one. */}}
@@ -213,13 +213,14 @@ text is another form (humantime accepts more), in which case the grace-period ch
 
 {{/*
 Secret environment variables of a component ("api", "consumer" or "migrations"). The api gets every
-key; consumers need only the broker and the database; migrations only the database.
+key; consumers need only the broker, the database and the secrets key (they decrypt the policies'
+credentials); migrations only the database (`regrelay migrate` stores no credential).
 */}}
 {{- define "regrelay.secretEnv" -}}
 {{- $root := .root }}
-{{- $keys := list "amqp_url" "database_url" }}
+{{- $keys := list "amqp_url" "database_url" "secrets_key" }}
 {{- if eq .component "api" }}
-{{- $keys = list "ingest_token" "admin_password" "api_token" "amqp_url" "database_url" }}
+{{- $keys = list "ingest_token" "admin_password" "api_token" "amqp_url" "database_url" "secrets_key" }}
 {{- else if eq .component "migrations" }}
 {{- $keys = list "database_url" }}
 {{- end }}
@@ -233,7 +234,7 @@ key; consumers need only the broker and the database; migrations only the databa
     secretKeyRef:
       name: {{ $root.Values.existingSecret }}
       key: {{ $secretKey }}
-      {{- if eq $key "api_token" }}
+      {{- if has $key (list "api_token" "secrets_key") }}
       optional: true
       {{- end }}
 {{- end }}

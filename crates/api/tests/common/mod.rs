@@ -35,6 +35,8 @@ pub struct TestApi {
 pub enum DatabaseChoice {
     /// A fresh, migrated database.
     Fresh(&'static str),
+    /// A fresh database whose policy credentials are sealed with this `secrets_key`.
+    Sealed(&'static str, &'static str),
     /// A port nothing listens on: the database is unreachable.
     Unreachable,
 }
@@ -65,6 +67,11 @@ impl Reply {
 }
 
 impl TestApi {
+    /// The URL of the API's database (to read tables directly), when it has one.
+    pub fn database_url(&self) -> Option<&str> {
+        self._database.as_ref().map(|d| d.url.as_str())
+    }
+
     /// Starts the API against `amqp` with `topology` and the database `choice`.
     pub async fn start(amqp: String, topology: Topology, choice: DatabaseChoice) -> Self {
         Self::start_with(
@@ -89,6 +96,15 @@ impl TestApi {
             DatabaseChoice::Fresh(name) => {
                 let database = TestDatabase::create(name).await;
                 let db = Database::connect(&database.url, 4).unwrap();
+                db.migrate().await.unwrap();
+                (db, Some(database))
+            }
+            DatabaseChoice::Sealed(name, keys) => {
+                let database = TestDatabase::create(name).await;
+                let keyring = regrelay_history::SecretsKeyring::parse(keys).unwrap();
+                let db = Database::connect(&database.url, 4)
+                    .unwrap()
+                    .with_secrets(keyring);
                 db.migrate().await.unwrap();
                 (db, Some(database))
             }

@@ -11,9 +11,10 @@
 //! Design constraints:
 //! - Messages are Harbor's, word for word, where Harbor has one: Harbor's API clients show them to
 //!   users, and scripts match on them.
-//! - Credentials (`auth_header`, `secret`, custom header values) are kept as given, because the
-//!   consumer must send them; `Debug` of a [`Target`] redacts them, so a logged policy leaks nothing.
-//!   The API shows [`REDACTED`] in their place.
+//! - Credentials (`auth_header`, `secret`, custom header values) are plain text in a [`Target`],
+//!   because the consumer must send them (the store seals them at rest, see `sealing`; one that
+//!   does not decrypt stays sealed, [`Target::unreadable_credential`]); `Debug` of a [`Target`]
+//!   redacts them, so a logged policy leaks nothing. The API shows [`REDACTED`] in their place.
 //! - A spec that passes [`PolicySpec::validate`] is deliverable: its addresses parse as http(s) URLs,
 //!   its headers are valid HTTP and cannot override the headers regrelay sets, its globs compile.
 //! - A spec that passes is storable: no text field holds a control character (PostgreSQL refuses
@@ -34,6 +35,7 @@ use regrelay_events::{EventType, UnknownEventType};
 use serde::{Deserialize, Serialize};
 
 use crate::projects::Project;
+use crate::sealing::is_sealed;
 
 pub use filter::CompiledFilters;
 
@@ -139,6 +141,13 @@ pub enum PolicyError {
     TooManyFilterPatterns(&'static str),
     #[error("a {0} filter is too long: at most {MAX_FILTER_PATTERN_CHARS} characters")]
     FilterPatternTooLong(&'static str),
+    /// A credential in the sealed form (`enc:v1:`) that is neither this policy's stored value nor
+    /// opens for its place (see `sealing`). Names the field, never the value.
+    #[error("{0} cannot begin with enc:v1: (the form of credentials sealed at rest)")]
+    SealedLookingValue(&'static str),
+    /// The cipher refused to seal a credential (never for a value within the maxima).
+    #[error("a credential cannot be sealed")]
+    Unsealable,
 }
 
 /// A caller's text as an error message or a log line may quote it: at most [`ECHO_MAX_CHARS`]
@@ -419,7 +428,8 @@ impl Target {
             return Err(PolicyError::PayloadFormatForSlack);
         }
         if let Some(auth_header) = self.auth_header.as_deref().filter(|h| !h.is_empty()) {
-            if auth_header.len() > MAX_HEADER_VALUE_BYTES {
+            // A sealed value kept unread (see `sealing`) was checked when it was written.
+            if auth_header.len() > MAX_HEADER_VALUE_BYTES && !is_sealed(auth_header) {
                 return Err(PolicyError::AuthHeaderTooLong);
             }
             // Sent as `Authorization`: a value that is not a valid header value would fail every
@@ -431,7 +441,7 @@ impl Target {
             }
         }
         if let Some(secret) = self.secret.as_deref() {
-            if secret.len() > MAX_HEADER_VALUE_BYTES {
+            if secret.len() > MAX_HEADER_VALUE_BYTES && !is_sealed(secret) {
                 return Err(PolicyError::SecretTooLong);
             }
             no_control(secret, "secret")?;
@@ -450,7 +460,7 @@ impl Target {
             if name.chars().count() > MAX_HEADER_NAME_CHARS {
                 return Err(PolicyError::HeaderNameTooLong(name.clone()));
             }
-            if value.len() > MAX_HEADER_VALUE_BYTES {
+            if value.len() > MAX_HEADER_VALUE_BYTES && !is_sealed(value) {
                 return Err(PolicyError::HeaderValueTooLong(name.clone()));
             }
             let parsed = http::HeaderName::from_bytes(name.as_bytes())
