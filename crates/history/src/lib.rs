@@ -39,4 +39,4 @@ mod store;
 pub use projects::Project;
 pub use recorder::{HistoryRecorder, RecorderMetrics, RecorderSettings};
 pub use retention::SweepReport;
-pub use store::{Database, StoreError};
+pub use store::{Database, SslMode, StoreError, TlsError};
