@@ -47,8 +47,8 @@ pub enum StoreError {
     /// The TLS handshake was refused: the server's certificate does not verify (CA or host name),
     /// the server refused ours, or it offers no TLS while `sslmode` requires it. Configuration:
     /// not [`StoreError::is_unavailable`], so nothing waits for it to heal.
-    #[error("cannot connect to the database: {0}")]
-    Tls(#[source] TlsError),
+    #[error(transparent)]
+    Tls(TlsError),
     /// tokio-postgres says only "db error" for a server-side error; the server's message and
     /// SQLSTATE are what tell an operator what went wrong (never the detail, which may hold values).
     #[error("database error: {}", describe_db_error(.0))]
