@@ -242,3 +242,45 @@ async fn a_missing_client_certificate_is_a_configuration_error() {
         "{error}"
     );
 }
+
+/// A fake server that answers the SSLRequest with `answer` and then closes the connection.
+async fn answering_server(answer: u8) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let mut request = [0u8; 8];
+            if socket.read_exact(&mut request).await.is_ok() {
+                let _ = socket.write_all(&[answer]).await;
+            }
+        }
+    });
+    port
+}
+
+#[tokio::test]
+async fn a_server_without_tls_under_require_is_a_configuration_error() {
+    let port = answering_server(b'N').await;
+    let error = connect(&format!(
+        "postgres://postgres@127.0.0.1:{port}/x?sslmode=require"
+    ))
+    .await
+    .unwrap_err();
+    assert!(matches!(error, StoreError::Tls(_)), "{error:?}");
+    assert!(!error.is_unavailable(), "{error}");
+    assert!(error.to_string().contains("does not offer TLS"), "{error}");
+}
+
+#[tokio::test]
+async fn a_connection_cut_during_the_handshake_is_an_outage() {
+    // 'S' (TLS accepted), then the connection closes before any handshake byte.
+    let port = answering_server(b'S').await;
+    let error = connect(&format!(
+        "postgres://postgres@127.0.0.1:{port}/x?sslmode=verify-ca&sslrootcert={SNAKEOIL}"
+    ))
+    .await
+    .unwrap_err();
+    assert!(matches!(error, StoreError::Pool(_)), "{error:?}");
+    assert!(error.is_unavailable(), "{error}");
+}
