@@ -133,6 +133,16 @@ impl Database {
             .map_err(|e: tokio_postgres::Error| invalid(e.to_string()))?;
         let (negotiation, connector) = tls::connector(&tls_params).map_err(invalid)?;
         config.ssl_mode(negotiation);
+        // libpq ignores sslmode on Unix-domain sockets (PostgreSQL offers no TLS there).
+        let unix_only = !config.get_hosts().is_empty()
+            && config.get_hostaddrs().is_empty()
+            && config
+                .get_hosts()
+                .iter()
+                .all(|h| matches!(h, Host::Unix(_)));
+        if unix_only {
+            config.ssl_mode(tokio_postgres::config::SslMode::Disable);
+        }
         let ssl_mode = connector.mode();
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);

@@ -284,3 +284,28 @@ async fn a_connection_cut_during_the_handshake_is_an_outage() {
     assert!(matches!(error, StoreError::Pool(_)), "{error:?}");
     assert!(error.is_unavailable(), "{error}");
 }
+
+#[tokio::test]
+async fn sslmode_is_ignored_on_a_unix_socket_as_in_libpq() {
+    let socket_dir = "/var/run/postgresql";
+    assert!(
+        Path::new(socket_dir).join(".s.PGSQL.5432").exists(),
+        "no PostgreSQL socket in {socket_dir}"
+    );
+    let database = TestDatabase::create("tls_unix_socket").await;
+    let db = connect(&format!(
+        "host={socket_dir} user=postgres dbname={} sslmode=verify-full sslrootcert={SNAKEOIL}",
+        database.name()
+    ))
+    .await
+    .unwrap();
+    assert!(!db.session_encrypted().await.unwrap());
+    // libpq's default (prefer) over the socket.
+    let db = connect(&format!(
+        "host={socket_dir} user=postgres dbname={}",
+        database.name()
+    ))
+    .await
+    .unwrap();
+    assert!(!db.session_encrypted().await.unwrap());
+}

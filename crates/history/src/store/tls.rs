@@ -364,10 +364,12 @@ impl MakeTlsConnect<Socket> for MakeRustlsConnect {
     type Error = TlsError;
 
     fn make_tls_connect(&mut self, domain: &str) -> Result<RustlsConnect, TlsError> {
+        // tokio-postgres asks for a connector before it knows whether TLS will be used (a Unix
+        // socket passes ""): an unusable name is an error only if a handshake is attempted.
         let server_name =
             ServerName::try_from(domain.to_owned()).map_err(|_| TlsError::InvalidName {
                 host: domain.to_owned(),
-            })?;
+            });
         Ok(RustlsConnect {
             make: self.clone(),
             server_name,
@@ -378,7 +380,7 @@ impl MakeTlsConnect<Socket> for MakeRustlsConnect {
 /// One connection's TLS handshake.
 pub struct RustlsConnect {
     make: MakeRustlsConnect,
-    server_name: ServerName<'static>,
+    server_name: Result<ServerName<'static>, TlsError>,
 }
 
 impl TlsConnect<Socket> for RustlsConnect {
@@ -388,10 +390,11 @@ impl TlsConnect<Socket> for RustlsConnect {
 
     fn connect(self, stream: Socket) -> Self::Future {
         Box::pin(async move {
+            let server_name = self.server_name.clone()?;
             let connector = tokio_rustls::TlsConnector::from(self.make.config.clone());
-            match connector.connect(self.server_name.clone(), stream).await {
+            match connector.connect(server_name.clone(), stream).await {
                 Ok(stream) => Ok(RustlsStream(stream)),
-                Err(error) => Err(self.describe(error)),
+                Err(error) => Err(self.describe(&server_name, error)),
             }
         })
     }
@@ -400,7 +403,11 @@ impl TlsConnect<Socket> for RustlsConnect {
 impl RustlsConnect {
     /// A TLS-level refusal becomes a [`TlsError`] that says what to fix; an I/O error (the
     /// connection broke mid-handshake) stays one, so the store treats it as an outage.
-    fn describe(&self, error: io::Error) -> Box<dyn std::error::Error + Send + Sync> {
+    fn describe(
+        &self,
+        server_name: &ServerName<'_>,
+        error: io::Error,
+    ) -> Box<dyn std::error::Error + Send + Sync> {
         let Some(refusal) = error
             .get_ref()
             .and_then(|inner| inner.downcast_ref::<rustls::Error>())
@@ -428,7 +435,7 @@ impl RustlsConnect {
             other => other.to_string(),
         };
         Box::new(TlsError::Refused {
-            host: self.server_name.to_str().into_owned(),
+            host: server_name.to_str().into_owned(),
             mode: self.make.mode.as_str(),
             reason,
         })
