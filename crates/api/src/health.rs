@@ -27,6 +27,8 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) 
     let body = json!({
         "status": if ready { "ready" } else { "not ready" },
         "checks": {"broker": show(&broker), "database": show(&db)},
+        // Of a cluster's addresses, the one in use (or tried next); password redacted.
+        "broker_address": state.publisher().broker().address(),
     });
     let status = if ready {
         StatusCode::OK

@@ -9,9 +9,9 @@
 //!   [`WINDOW`] bodies and subscribes with `min(prefetch, max_in_flight_bytes / largest)` (at
 //!   least 1). Small events keep the configured prefetch; one large body shrinks it at once, and
 //!   it grows back only after a whole window of smaller ones.
-//! - It starts as if the window were full of the largest message ingest accepts, so a stage that
-//!   starts in front of a backlog of large events never takes a full prefetch of them: it grows to
-//!   the configured prefetch once it has seen a window of small ones.
+//! - Until it has seen [`WARM_UP`] bodies it assumes the largest message ingest accepts, so a stage
+//!   that starts in front of a backlog of large events never takes a full prefetch of them; after
+//!   that, the window decides.
 //! - Independently, a message is handed to its handler only while the bytes being handled stay
 //!   within `max_in_flight_bytes` (one message larger than that runs alone): this bounds the
 //!   processing copies even before the prefetch has adapted.
@@ -28,12 +28,18 @@ use tokio::sync::Notify;
 /// Bodies remembered to size the prefetch.
 pub const WINDOW: usize = 256;
 
+/// Bodies a stage sees before it trusts what it saw over the largest possible size.
+pub const WARM_UP: usize = 32;
+
 /// The byte bound of one stage.
 pub struct ByteBudget {
     limit: usize,
     held: AtomicUsize,
     freed: Notify,
     recent: Mutex<VecDeque<usize>>,
+    /// Assumed until [`WARM_UP`] bodies were seen.
+    largest_expected: usize,
+    observed: AtomicUsize,
 }
 
 /// Bytes held for one message being handled; released on drop.
@@ -56,7 +62,9 @@ impl ByteBudget {
             limit: limit.max(1),
             held: AtomicUsize::new(0),
             freed: Notify::new(),
-            recent: Mutex::new(std::iter::repeat_n(largest_expected, WINDOW).collect()),
+            recent: Mutex::new(VecDeque::with_capacity(WINDOW)),
+            largest_expected,
+            observed: AtomicUsize::new(0),
         })
     }
 
@@ -67,6 +75,7 @@ impl ByteBudget {
             recent.pop_front();
         }
         recent.push_back(bytes);
+        self.observed.fetch_add(1, Ordering::Relaxed);
     }
 
     /// The prefetch to subscribe with: `configured`, or fewer when recent bodies are large.
@@ -80,6 +89,11 @@ impl ByteBudget {
             .max()
             .unwrap_or(0)
             .max(1);
+        let largest = if self.observed.load(Ordering::Relaxed) < WARM_UP {
+            largest.max(self.largest_expected)
+        } else {
+            largest
+        };
         let fits = (self.limit / largest).clamp(1, usize::from(u16::MAX));
         configured
             .min(u16::try_from(fits).unwrap_or(u16::MAX))
@@ -133,7 +147,7 @@ mod tests {
             4,
             "starts as if every message were the largest"
         );
-        for _ in 0..WINDOW - 1 {
+        for _ in 0..WARM_UP - 1 {
             budget.observe(2048);
         }
         assert_eq!(budget.prefetch_for(64), 4);
@@ -141,7 +155,7 @@ mod tests {
         assert_eq!(
             budget.prefetch_for(64),
             64,
-            "a window of small ones lets it grow"
+            "once warmed up, small ones let it grow"
         );
         budget.observe(1 << 20);
         assert_eq!(budget.prefetch_for(64), 4);

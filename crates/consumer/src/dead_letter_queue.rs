@@ -589,15 +589,12 @@ impl DeadLetterQueue {
             .await
             .map_err(|e| format!("cannot publish the replay: {e}"))?;
         // Confirmed: the replay is durable, the dead letter (and any copy of it) may go.
-        for &index in indexes {
-            let held = &mut scan.held[index];
-            if let Err(error) = held.delivery.ack(BasicAckOptions::default()).await {
-                return Err(format!(
-                    "replayed, but the dead letter could not be removed ({error}); it stays on the queue and a second replay would deliver a duplicate with the same webhook-id"
-                ));
-            }
-            held.settled = true;
-        }
+        remove_replayed(
+            scan,
+            indexes,
+            "a second replay would deliver a duplicate with the same webhook-id",
+        )
+        .await?;
         tracing::info!(
             message = "Dead letter replayed.",
             dead_letter_id = %id,
@@ -638,15 +635,7 @@ impl DeadLetterQueue {
             }])
             .await
             .map_err(|e| format!("cannot publish the replay: {e}"))?;
-        for &index in indexes {
-            let held = &mut scan.held[index];
-            if let Err(error) = held.delivery.ack(BasicAckOptions::default()).await {
-                return Err(format!(
-                    "replayed, but the dead letter could not be removed ({error}); it stays on the queue and a second replay would match the event again"
-                ));
-            }
-            held.settled = true;
-        }
+        remove_replayed(scan, indexes, "a second replay would match the event again").await?;
         tracing::info!(message = "Dead-lettered event replayed.", event_id = %id);
         Ok(())
     }
@@ -986,6 +975,20 @@ impl Held {
             settled: false,
         }
     }
+}
+
+/// Acks the dead letters a confirmed replay replaced (every copy the scan holds).
+async fn remove_replayed(scan: &mut Scan, indexes: &[usize], if_kept: &str) -> Result<(), String> {
+    for &index in indexes {
+        let held = &mut scan.held[index];
+        if let Err(error) = held.delivery.ack(BasicAckOptions::default()).await {
+            return Err(format!(
+                "replayed, but the dead letter could not be removed ({error}); it stays on the queue and {if_kept}"
+            ));
+        }
+        held.settled = true;
+    }
+    Ok(())
 }
 
 /// `(reason, queue)` of the first time RabbitMQ dead-lettered a message (`x-first-death-*`).

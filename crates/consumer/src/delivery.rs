@@ -98,17 +98,7 @@ async fn process(ctx: &DeliveryContext, body: &[u8]) -> Settlement {
         // Switched off since this stage took the task (the catch-up above may just have learnt
         // it; the stage pauses now): no attempt, back to the queue through a retry bucket, so it
         // waits there without counting against any delivery limit.
-        return match schedule(
-            ctx,
-            &task,
-            event.event_type().as_str(),
-            ctx.settings.deferral_delay,
-        )
-        .await
-        {
-            Ok(_) => Settlement::Ack,
-            Err(error) => Settlement::Requeue(error),
-        };
+        return put_off(ctx, &task, &event).await;
     }
     let Some((cached, target_index)) =
         set.target(task.policy_id, task.target_index, &task.target_fingerprint)
@@ -134,20 +124,30 @@ async fn process(ctx: &DeliveryContext, body: &[u8]) -> Settlement {
         Admission::Saturated => {
             task.deferrals += 1;
             ctx.metrics.deferrals.inc();
-            return match schedule(
-                ctx,
-                &task,
-                event.event_type().as_str(),
-                ctx.settings.deferral_delay,
-            )
-            .await
-            {
-                Ok(_) => Settlement::Ack,
-                Err(error) => Settlement::Requeue(error),
-            };
+            return put_off(ctx, &task, &event).await;
         }
     };
     attempt_and_settle(ctx, task, &event, &cached, target_index, permit).await
+}
+
+/// Puts a task back without attempting it, through the retry bucket for `deferral_delay` (not
+/// counted as an attempt, nor against any delivery limit).
+async fn put_off(
+    ctx: &DeliveryContext,
+    task: &DeliveryTask,
+    event: &regrelay_events::RegistryEvent,
+) -> Settlement {
+    match schedule(
+        ctx,
+        task,
+        event.event_type().as_str(),
+        ctx.settings.deferral_delay,
+    )
+    .await
+    {
+        Ok(_) => Settlement::Ack,
+        Err(error) => Settlement::Requeue(error),
+    }
 }
 
 /// Makes one attempt of `task` (its target's slot held by `permit`), records the step in history,

@@ -140,6 +140,9 @@ pub struct PolicyCache {
     /// Held while reloading, so the many messages that arrive behind one policy write cause one
     /// reload, not one each.
     reloading: tokio::sync::Mutex<()>,
+    /// Stamps up to this are satisfied although the copy is older: the store was found behind a
+    /// stamp it had issued (restored from a backup), so waiting for it would never end.
+    satisfied_up_to: std::sync::atomic::AtomicI64,
 }
 
 impl PolicyCache {
@@ -157,6 +160,7 @@ impl PolicyCache {
             enabled,
             metrics,
             reloading: tokio::sync::Mutex::new(()),
+            satisfied_up_to: std::sync::atomic::AtomicI64::new(i64::MIN),
         })
     }
 
@@ -208,11 +212,11 @@ impl PolicyCache {
     /// behind. `Err` when the store cannot be read: the caller must not match against the older
     /// copy.
     pub async fn catch_up(&self, generation: i64) -> Result<(), StoreError> {
-        if generation <= self.snapshot().generation {
+        if self.is_at_least(generation) {
             return Ok(());
         }
         let _reloading = self.reloading.lock().await;
-        if generation <= self.snapshot().generation {
+        if self.is_at_least(generation) {
             return Ok(());
         }
         self.metrics.policy_catch_ups.inc();
@@ -230,8 +234,18 @@ impl PolicyCache {
                 stamped = generation,
                 store = loaded,
             );
+            self.satisfied_up_to
+                .fetch_max(generation, std::sync::atomic::Ordering::Relaxed);
         }
         Ok(())
+    }
+
+    fn is_at_least(&self, generation: i64) -> bool {
+        generation <= self.snapshot().generation
+            || generation
+                <= self
+                    .satisfied_up_to
+                    .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Reads everything and installs it unless the copy is already newer; returns the generation

@@ -48,6 +48,7 @@ impl Env {
             connect_timeout: Duration::from_secs(2),
             reconnect_min_delay: Duration::from_millis(50),
             reconnect_max_delay: Duration::from_millis(200),
+            tls: Default::default(),
         };
         let publish = Arc::new(Broker::new(settings, broker.topology.clone(), producer));
         let queue = DeadLetterQueue::new(

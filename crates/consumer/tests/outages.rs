@@ -284,6 +284,7 @@ async fn a_work_queue_of_an_older_release_is_used_and_reported() {
             connect_timeout: Duration::from_secs(2),
             reconnect_min_delay: Duration::from_millis(50),
             reconnect_max_delay: Duration::from_millis(500),
+            tls: Default::default(),
         },
         broker.topology.clone(),
         metrics.clone(),
@@ -368,6 +369,7 @@ async fn an_event_past_its_delivery_limit_is_dead_lettered_by_the_broker_and_rep
             connect_timeout: Duration::from_secs(2),
             reconnect_min_delay: Duration::from_millis(50),
             reconnect_max_delay: Duration::from_millis(200),
+            tls: Default::default(),
         },
         broker.topology.clone(),
         ProducerMetrics::register(&registry).unwrap(),
@@ -442,4 +444,60 @@ async fn after_shutdown_no_new_attempt_starts() {
         2,
         "and they are back on the queue"
     );
+}
+
+#[tokio::test]
+async fn a_broker_connection_moves_to_the_next_address_when_one_fails() {
+    use regrelay_producer::{Broker, BrokerSettings, ProducerMetrics};
+    use regrelay_testkit::{TcpProxy, TestBroker};
+
+    let broker = TestBroker::new("broker-addresses").await;
+    broker.declare().await;
+    let first = TcpProxy::start("127.0.0.1:5672".parse().unwrap()).await;
+    let second = TcpProxy::start("127.0.0.1:5672".parse().unwrap()).await;
+    let url = |proxy: &TcpProxy| format!("amqp://guest:guest@{}/%2f", proxy.addr());
+    let registry = prometheus::Registry::new();
+    let metrics = ProducerMetrics::register(&registry).unwrap();
+    let handle = Broker::new(
+        BrokerSettings {
+            url: format!("{}, {}", url(&first), url(&second)),
+            connection_name: "regrelay-test-addresses".into(),
+            role: "publish",
+            publish_channels: 1,
+            connect_timeout: Duration::from_secs(2),
+            reconnect_min_delay: Duration::from_millis(20),
+            reconnect_max_delay: Duration::from_millis(100),
+            tls: Default::default(),
+        },
+        broker.topology.clone(),
+        metrics.clone(),
+    );
+    let in_use = |proxy: &TcpProxy| {
+        metrics
+            .broker_address
+            .with_label_values(&["publish", &format!("amqp://***@{}/%2f", proxy.addr())])
+            .get()
+    };
+    handle.check().await.expect("connects to the first address");
+    assert_eq!(handle.address(), format!("amqp://***@{}/%2f", first.addr()));
+    assert_eq!((in_use(&first), in_use(&second)), (1, 0));
+
+    // The first node goes away: the next connect fails there, the one after uses the second.
+    first.set_refusing(true);
+    first.sever();
+    let mut connected = false;
+    for _ in 0..100 {
+        if handle.check().await.is_ok() {
+            connected = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(connected, "reconnected through the second address");
+    assert_eq!(
+        handle.address(),
+        format!("amqp://***@{}/%2f", second.addr())
+    );
+    assert_eq!((in_use(&first), in_use(&second)), (0, 1));
+    handle.close().await;
 }

@@ -9,13 +9,19 @@
 //! - Every (re)connect re-declares the topology, so a broker that lost its definitions heals itself.
 //! - A channel that died (a channel-level error, or the connection under it) is never handed out again;
 //!   the whole connection is rebuilt, which also restores the topology.
+//! - A cluster is several addresses (`url` is a comma-separated list): the connection uses one and,
+//!   when connecting to it fails, moves to the next for the next attempt (with the same backoff),
+//!   round the list. Which one is in use is in `regrelay_broker_address{role,address}` and
+//!   [`Broker::address`] (`/readyz`), password redacted.
 
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use lapin::options::{ConfirmSelectOptions, QueueDeclareOptions};
+use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection, ConnectionProperties};
 use tokio::time::Instant;
@@ -26,7 +32,8 @@ use crate::topology::Topology;
 /// How to reach the broker and how hard to try.
 #[derive(Clone)]
 pub struct BrokerSettings {
-    /// AMQP URL, e.g. `amqp://guest:guest@127.0.0.1:5672/%2f`. Contains a password: never logged.
+    /// AMQP URL, e.g. `amqp://guest:guest@127.0.0.1:5672/%2f`, or several separated by commas (the
+    /// nodes of a cluster). Contains a password: never logged.
     pub url: String,
     /// Shown in the management UI's connection list, so operators can tell processes apart.
     pub connection_name: String,
@@ -41,12 +48,60 @@ pub struct BrokerSettings {
     /// First delay after a failed connect; doubles up to `reconnect_max_delay`.
     pub reconnect_min_delay: Duration,
     pub reconnect_max_delay: Duration,
+    /// Certificates for `amqps://` addresses.
+    pub tls: BrokerTls,
+}
+
+/// TLS for `amqps://` addresses (rustls; the broker's host name is always verified). The files are
+/// read at every connect, so renewed certificates are picked up without a restart.
+#[derive(Debug, Clone, Default)]
+pub struct BrokerTls {
+    /// PEM CA certificates to trust besides the system's roots (a private CA).
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate (chain), for brokers that require client certificates.
+    pub client_cert_file: Option<PathBuf>,
+    /// The client certificate's private key, PEM (PKCS#8, PKCS#1 or SEC1).
+    pub client_key_file: Option<PathBuf>,
+}
+
+impl BrokerTls {
+    /// What lapin needs, read from the files now.
+    fn load(&self) -> Result<OwnedTLSConfig, BrokerError> {
+        let read = |path: &PathBuf| {
+            std::fs::read(path).map_err(|source| BrokerError::TlsFile {
+                path: path.display().to_string(),
+                source,
+            })
+        };
+        let cert_chain = match &self.ca_file {
+            Some(path) => Some(String::from_utf8_lossy(&read(path)?).into_owned()),
+            None => None,
+        };
+        let identity = match (&self.client_cert_file, &self.client_key_file) {
+            (Some(cert), Some(key)) => Some(OwnedIdentity::PKCS8 {
+                pem: read(cert)?,
+                key: read(key)?,
+            }),
+            (None, None) => None,
+            _ => return Err(BrokerError::TlsIdentityHalf),
+        };
+        Ok(OwnedTLSConfig {
+            identity,
+            cert_chain,
+        })
+    }
 }
 
 impl std::fmt::Debug for BrokerSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BrokerSettings")
-            .field("url", &redact_url(&self.url))
+            .field(
+                "url",
+                &addresses(&self.url)
+                    .iter()
+                    .map(|a| redact_url(a))
+                    .collect::<Vec<_>>(),
+            )
             .field("connection_name", &self.connection_name)
             .field("publish_channels", &self.publish_channels)
             .field("connect_timeout", &self.connect_timeout)
@@ -71,6 +126,14 @@ pub enum BrokerError {
     },
     #[error("broker operation failed: {0}")]
     Amqp(#[from] lapin::Error),
+    #[error("cannot read the broker TLS file {path}")]
+    TlsFile {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("amqp_client_cert_file and amqp_client_key_file must be set together")]
+    TlsIdentityHalf,
 }
 
 /// A live connection and its publishing channels.
@@ -108,6 +171,10 @@ pub struct Broker {
     live: Mutex<Option<Arc<Live>>>,
     /// Serialises reconnects and carries the backoff state between them.
     gate: tokio::sync::Mutex<ReconnectGate>,
+    /// The broker's addresses (`settings.url` split at commas), in order.
+    addresses: Vec<String>,
+    /// Index in `addresses` of the one connected to, or tried next.
+    cursor: AtomicUsize,
 }
 
 impl Broker {
@@ -119,13 +186,34 @@ impl Broker {
             delays: backoff(&settings),
             last_error: String::new(),
         };
+        let addresses = addresses(&settings.url);
+        for address in &addresses {
+            metrics
+                .broker_address
+                .with_label_values(&[settings.role, &redact_url(address)])
+                .set(0);
+        }
         Self {
             settings,
             topology,
             metrics,
             live: Mutex::new(None),
             gate: tokio::sync::Mutex::new(gate),
+            addresses,
+            cursor: AtomicUsize::new(0),
         }
+    }
+
+    /// The address connected to (or tried next), password redacted.
+    pub fn address(&self) -> String {
+        redact_url(self.current_url())
+    }
+
+    fn current_url(&self) -> &str {
+        let index = self.cursor.load(Ordering::Relaxed) % self.addresses.len().max(1);
+        self.addresses
+            .get(index)
+            .map_or(self.settings.url.as_str(), String::as_str)
     }
 
     pub fn topology(&self) -> &Topology {
@@ -189,7 +277,7 @@ impl Broker {
         match tokio::time::timeout(self.settings.connect_timeout, probe).await {
             Ok(result) => result.map(|_| ()).map_err(BrokerError::from),
             Err(_) => Err(BrokerError::ConnectTimeout {
-                address: redact_url(&self.settings.url),
+                address: self.address(),
                 timeout: self.settings.connect_timeout,
             }),
         }
@@ -250,18 +338,24 @@ impl Broker {
                 let _ = stale.connection.close(200, "reconnecting".into()).await;
             });
         }
-        let address = redact_url(&self.settings.url);
-        let attempt = tokio::time::timeout(self.settings.connect_timeout, self.connect());
-        let result = match attempt.await {
-            Ok(Ok(live)) => Ok(live),
-            Ok(Err(source)) => Err(BrokerError::Connect {
-                address: address.clone(),
-                source,
-            }),
-            Err(_) => Err(BrokerError::ConnectTimeout {
-                address: address.clone(),
-                timeout: self.settings.connect_timeout,
-            }),
+        let address = self.address();
+        let result = match self.settings.tls.load() {
+            Err(error) => Err(error),
+            Ok(tls) => {
+                let attempt =
+                    tokio::time::timeout(self.settings.connect_timeout, self.connect(tls));
+                match attempt.await {
+                    Ok(Ok(live)) => Ok(live),
+                    Ok(Err(source)) => Err(BrokerError::Connect {
+                        address: address.clone(),
+                        source,
+                    }),
+                    Err(_) => Err(BrokerError::ConnectTimeout {
+                        address: address.clone(),
+                        timeout: self.settings.connect_timeout,
+                    }),
+                }
+            }
         };
         match result {
             Ok(live) => {
@@ -277,6 +371,13 @@ impl Broker {
                     .broker_connected
                     .with_label_values(&[self.settings.role])
                     .set(1);
+                for other in &self.addresses {
+                    let other = redact_url(other);
+                    self.metrics
+                        .broker_address
+                        .with_label_values(&[self.settings.role, &other])
+                        .set(i64::from(other == address));
+                }
                 tracing::info!(message = "Connected to the broker.", %address, prefix = self.topology.prefix());
                 Ok(live)
             }
@@ -287,6 +388,10 @@ impl Broker {
                     .unwrap_or(self.settings.reconnect_max_delay);
                 gate.next_attempt = Some(Instant::now() + delay);
                 gate.last_error = error.to_string();
+                // The next attempt goes to the next address of the cluster.
+                if self.addresses.len() > 1 {
+                    self.cursor.fetch_add(1, Ordering::Relaxed);
+                }
                 self.metrics
                     .broker_connects
                     .with_label_values(&[self.settings.role, "failure"])
@@ -297,10 +402,16 @@ impl Broker {
         }
     }
 
-    async fn connect(&self) -> Result<Live, lapin::Error> {
+    async fn connect(&self, tls: OwnedTLSConfig) -> Result<Live, lapin::Error> {
         let properties = ConnectionProperties::default()
             .with_connection_name(self.settings.connection_name.clone().into());
-        let connection = Connection::connect(&self.settings.url, properties).await?;
+        let connection = Connection::connect_with_config(
+            self.current_url(),
+            properties,
+            tls,
+            lapin::runtime::default_runtime()?,
+        )
+        .await?;
         let mut channels = Vec::with_capacity(self.settings.publish_channels.max(1));
         for _ in 0..self.settings.publish_channels.max(1) {
             let channel = connection.create_channel().await?;
@@ -335,6 +446,21 @@ fn backoff(settings: &BrokerSettings) -> ExponentialBackoff {
         .with_jitter()
         .without_max_times()
         .build()
+}
+
+/// `url` split at commas, blanks dropped (`[url]` when that leaves nothing).
+pub fn addresses(url: &str) -> Vec<String> {
+    let list: Vec<String> = url
+        .split(',')
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if list.is_empty() {
+        vec![url.to_owned()]
+    } else {
+        list
+    }
 }
 
 /// The URL without its credentials, for logs and errors.

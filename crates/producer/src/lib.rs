@@ -18,7 +18,7 @@ pub mod telemetry;
 pub mod topology;
 pub mod trace_context;
 
-pub use broker::{Broker, BrokerError, BrokerSettings};
+pub use broker::{Broker, BrokerError, BrokerSettings, BrokerTls};
 pub use message::{DecodeError, EventMessage, EventSource, SCHEMA_VERSION};
 pub use publisher::{ConfirmedPublisher, EventPublisher, OutgoingMessage, PublishError};
 pub use telemetry::ProducerMetrics;

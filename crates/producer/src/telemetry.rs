@@ -18,6 +18,9 @@ pub struct ProducerMetrics {
     pub broker_connects: IntCounterVec,
     /// `regrelay_broker_connected{role}`: 1 while the connection is up.
     pub broker_connected: IntGaugeVec,
+    /// `regrelay_broker_address{role,address}`: 1 for the address (of the configured list,
+    /// password redacted) the connection uses, 0 for the others.
+    pub broker_address: IntGaugeVec,
     /// `regrelay_topology_outdated_queues`: work queues found with an older regrelay's arguments
     /// (no delivery limit or dead-letter target) at the last connect; the log says what to do.
     pub topology_outdated_queues: IntGauge,
@@ -96,12 +99,20 @@ impl ProducerMetrics {
         registry.register(Box::new(publish_failures.clone()))?;
         registry.register(Box::new(publish_confirm_seconds.clone()))?;
         registry.register(Box::new(broker_connects.clone()))?;
+        let broker_address = IntGaugeVec::new(
+            Opts::new(
+                "regrelay_broker_address",
+                "1 for the RabbitMQ address (password redacted) a connection role uses, 0 for the other configured ones.",
+            ),
+            &["role", "address"],
+        )?;
         let topology_outdated_queues = IntGauge::new(
             "regrelay_topology_outdated_queues",
             "Work queues declared by an older regrelay (no delivery limit or dead-letter target), as found at the last connect.",
         )?;
         registry.register(Box::new(broker_connected.clone()))?;
         registry.register(Box::new(topology_outdated_queues.clone()))?;
+        registry.register(Box::new(broker_address.clone()))?;
         // Touch every known series so dashboards show zeros instead of gaps.
         for failure in PublishFailure::ALL {
             publish_failures.with_label_values(&[failure.as_str()]);
@@ -116,6 +127,7 @@ impl ProducerMetrics {
             broker_connects,
             broker_connected,
             topology_outdated_queues,
+            broker_address,
         })
     }
 }

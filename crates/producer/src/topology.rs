@@ -230,22 +230,7 @@ impl Topology {
             "x-delivery-limit".into(),
             AMQPValue::LongLongInt(DELIVERY_LIMIT),
         );
-        args.insert(
-            "x-dead-letter-exchange".into(),
-            AMQPValue::LongString("".into()),
-        );
-        args.insert(
-            "x-dead-letter-routing-key".into(),
-            AMQPValue::LongString(self.dead_letter_queue().into()),
-        );
-        args.insert(
-            "x-dead-letter-strategy".into(),
-            AMQPValue::LongString("at-least-once".into()),
-        );
-        args.insert(
-            "x-overflow".into(),
-            AMQPValue::LongString("reject-publish".into()),
-        );
+        dead_letter_into(&mut args, &self.dead_letter_queue());
         args
     }
 
@@ -255,22 +240,7 @@ impl Topology {
         let mut args = quorum_arguments();
         let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
         args.insert("x-message-ttl".into(), AMQPValue::LongLongInt(ttl_ms));
-        args.insert(
-            "x-dead-letter-exchange".into(),
-            AMQPValue::LongString("".into()),
-        );
-        args.insert(
-            "x-dead-letter-routing-key".into(),
-            AMQPValue::LongString(target.into()),
-        );
-        args.insert(
-            "x-dead-letter-strategy".into(),
-            AMQPValue::LongString("at-least-once".into()),
-        );
-        args.insert(
-            "x-overflow".into(),
-            AMQPValue::LongString("reject-publish".into()),
-        );
+        dead_letter_into(&mut args, target);
         args
     }
 
@@ -419,6 +389,27 @@ pub fn routing_key(event_type: EventType, project: &str) -> String {
 const ROUTING_KEY_NAMESPACE: uuid::Uuid =
     uuid::Uuid::from_u128(0x2d0b_8f4e_61a3_4c57_b9e2_07f6_c3a1_5d84);
 
+/// Dead-letters into `queue` through the default exchange, at-least-once (which needs
+/// `reject-publish` overflow; without a length limit that refuses nothing).
+fn dead_letter_into(args: &mut FieldTable, queue: &str) {
+    args.insert(
+        "x-dead-letter-exchange".into(),
+        AMQPValue::LongString("".into()),
+    );
+    args.insert(
+        "x-dead-letter-routing-key".into(),
+        AMQPValue::LongString(queue.into()),
+    );
+    args.insert(
+        "x-dead-letter-strategy".into(),
+        AMQPValue::LongString("at-least-once".into()),
+    );
+    args.insert(
+        "x-overflow".into(),
+        AMQPValue::LongString("reject-publish".into()),
+    );
+}
+
 fn quorum_arguments() -> FieldTable {
     let mut args = FieldTable::default();
     args.insert(
@@ -476,6 +467,31 @@ mod tests {
         let t = Topology::new("p").unwrap();
         assert_eq!(t.retry_queue(Duration::from_secs(30)), "p.retry.30s");
         assert!(RETRY_BUCKETS.windows(2).all(|w| w[0] < w[1]));
+    }
+
+    #[test]
+    fn work_queues_have_a_delivery_limit_and_dead_letter_into_the_dead_letter_queue() {
+        let t = Topology::new("p").unwrap();
+        let args = t.work_queue_arguments();
+        let get = |key: &str| args.inner().get(key).cloned();
+        assert_eq!(
+            get("x-delivery-limit"),
+            Some(AMQPValue::LongLongInt(DELIVERY_LIMIT))
+        );
+        assert_eq!(
+            get("x-dead-letter-routing-key"),
+            Some(AMQPValue::LongString("p.dead-letter".into()))
+        );
+        assert_eq!(
+            get("x-dead-letter-strategy"),
+            Some(AMQPValue::LongString("at-least-once".into()))
+        );
+        assert!(t.queues().contains(&"p.events.wait".to_owned()));
+        let advice = outdated_queue_advice(&t, "p.events");
+        assert!(
+            advice.contains("rabbitmqctl set_policy") && advice.contains("'^p\\.events$'"),
+            "{advice}"
+        );
     }
 
     #[test]

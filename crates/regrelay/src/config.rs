@@ -10,7 +10,7 @@
 //! an error naming both.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use figment::providers::{Env, Format, Serialized, Toml};
@@ -32,6 +32,9 @@ const TEXT_KEYS: &[&str] = &[
     "ingest_token",
     "log_level",
     "otlp_endpoint",
+    "amqp_ca_file",
+    "amqp_client_cert_file",
+    "amqp_client_key_file",
 ];
 
 /// Keys that hold secrets: each can also be read from the file `REGRELAY_<KEY>_FILE` names.
@@ -48,8 +51,14 @@ pub const SECRET_KEYS: &[&str] = &[
 pub struct Config {
     /// Address of the HTTP API.
     pub listen: SocketAddr,
-    /// RabbitMQ URL (holds a password).
+    /// RabbitMQ URL (holds a password), or several separated by commas (a cluster).
     pub amqp_url: SecretString,
+    /// PEM CA certificates trusted for `amqps://` besides the system roots.
+    pub amqp_ca_file: Option<PathBuf>,
+    /// PEM client certificate for `amqps://` brokers that require one.
+    pub amqp_client_cert_file: Option<PathBuf>,
+    /// The client certificate's PEM private key.
+    pub amqp_client_key_file: Option<PathBuf>,
     /// Prefix of every exchange and queue name.
     pub queue_prefix: String,
     /// Confirm-mode publishing channels.
@@ -205,6 +214,35 @@ fn text_from_env(key: &str) -> Result<Option<String>, ConfigError> {
     }
 }
 
+/// Whether `var` is `REGRELAY_<KEY>_FILE` for a `<KEY>` that is a setting but not a secret (e.g.
+/// `REGRELAY_QUEUE_PREFIX_FILE`): a file would be silently ignored. Keys that themselves end in
+/// `_file` (`REGRELAY_AMQP_CA_FILE` is `amqp_ca_file`) are not this.
+fn names_a_file_of_a_plain_key(var: &str) -> bool {
+    let Some(key) = var
+        .strip_prefix("REGRELAY_")
+        .and_then(|rest| rest.strip_suffix("_FILE"))
+        .map(str::to_ascii_lowercase)
+    else {
+        return false;
+    };
+    !SECRET_KEYS.contains(&key.as_str()) && reference_keys().any(|known| known == key)
+}
+
+/// Every key of the defaults file (commented-out optional ones included), plus the two whose
+/// defaults live in code.
+fn reference_keys() -> impl Iterator<Item = &'static str> {
+    DEFAULTS
+        .lines()
+        .filter_map(|line| {
+            let line = line.strip_prefix("# ").unwrap_or(line);
+            let (key, _) = line.split_once(" = ")?;
+            key.chars()
+                .all(|c| c.is_ascii_lowercase() || c == '_')
+                .then_some(key)
+        })
+        .chain(["max_attempts", "http_timeout"])
+}
+
 fn default_max_attempts() -> u32 {
     10
 }
@@ -289,13 +327,9 @@ impl Config {
                 verbatim.insert((*key).to_owned(), value.into());
             }
         }
-        if let Some((var, _)) = std::env::vars_os()
-            .filter_map(|(var, value)| Some((var.into_string().ok()?, value)))
-            .find(|(var, _)| {
-                var.strip_prefix("REGRELAY_")
-                    .and_then(|rest| rest.strip_suffix("_FILE"))
-                    .is_some_and(|key| !SECRET_KEYS.contains(&key.to_ascii_lowercase().as_str()))
-            })
+        if let Some(var) = std::env::vars_os()
+            .filter_map(|(var, _)| var.into_string().ok())
+            .find(|var| names_a_file_of_a_plain_key(var))
         {
             return Err(ConfigError::NotASecret { var });
         }
@@ -307,15 +341,37 @@ impl Config {
         Ok(config)
     }
 
+    /// The TLS files of `amqps://` addresses.
+    pub fn broker_tls(&self) -> regrelay_producer::BrokerTls {
+        // An empty value (as the chart renders an unset key) is no file.
+        let file = |path: &Option<PathBuf>| path.clone().filter(|p| !p.as_os_str().is_empty());
+        regrelay_producer::BrokerTls {
+            ca_file: file(&self.amqp_ca_file),
+            client_cert_file: file(&self.amqp_client_cert_file),
+            client_key_file: file(&self.amqp_client_key_file),
+        }
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
         const MAX_HOLD: Duration = Duration::from_secs(25 * 60);
         let invalid = |key, message: &str| ConfigError::Invalid {
             key,
             message: message.to_owned(),
         };
-        let amqp = self.amqp_url.expose_secret();
-        if !(amqp.starts_with("amqp://") || amqp.starts_with("amqps://")) {
-            return Err(invalid("amqp_url", "must start with amqp:// or amqps://"));
+        let tls = self.broker_tls();
+        if tls.client_cert_file.is_some() != tls.client_key_file.is_some() {
+            return Err(invalid(
+                "amqp_client_cert_file",
+                "amqp_client_cert_file and amqp_client_key_file must be set together",
+            ));
+        }
+        for amqp in regrelay_producer::broker::addresses(self.amqp_url.expose_secret()) {
+            if !(amqp.starts_with("amqp://") || amqp.starts_with("amqps://")) {
+                return Err(invalid(
+                    "amqp_url",
+                    "must start with amqp:// or amqps:// (several addresses: separated by commas, each a whole URL)",
+                ));
+            }
         }
         if let Err(error) = regrelay_producer::Topology::new(self.queue_prefix.clone()) {
             return Err(invalid("queue_prefix", &error.to_string()));
@@ -537,6 +593,18 @@ mod tests {
             assert!(text.contains("REGRELAY_QUEUE_PREFIX_FILE"), "{text}");
             Ok(())
         });
+        // A key whose own name ends in _file is not a file variable.
+        assert!(!names_a_file_of_a_plain_key("REGRELAY_AMQP_CA_FILE"));
+        assert!(!names_a_file_of_a_plain_key("REGRELAY_DATABASE_URL_FILE"));
+        assert!(!names_a_file_of_a_plain_key("REGRELAY_NO_SUCH_KEY_FILE"));
+        assert!(names_a_file_of_a_plain_key("REGRELAY_LOG_LEVEL_FILE"));
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("ca.pem", "")?;
+            jail.set_env("REGRELAY_AMQP_CA_FILE", "ca.pem");
+            let config = Config::load(None).map_err(|e| e.to_string())?;
+            assert!(config.amqp_ca_file.is_some());
+            Ok(())
+        });
     }
 
     #[test]
@@ -563,29 +631,12 @@ mod tests {
         });
     }
 
-    /// Every key of the defaults file (commented-out optional ones included), plus the two whose
-    /// defaults live in code.
-    fn reference_keys() -> Vec<String> {
-        let mut keys: Vec<String> = DEFAULTS
-            .lines()
-            .filter_map(|line| {
-                let line = line.strip_prefix("# ").unwrap_or(line);
-                let (key, _) = line.split_once(" = ")?;
-                key.chars()
-                    .all(|c| c.is_ascii_lowercase() || c == '_')
-                    .then(|| key.to_owned())
-            })
-            .collect();
-        keys.extend(["max_attempts".to_owned(), "http_timeout".to_owned()]);
-        keys
-    }
-
     #[test]
     fn every_key_is_documented_and_has_a_helm_value() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
         let docs = std::fs::read_to_string(root.join("docs/configuration.md")).unwrap();
         let values = std::fs::read_to_string(root.join("helm/regrelay/values.yaml")).unwrap();
-        let keys = reference_keys();
+        let keys: Vec<&str> = reference_keys().collect();
         assert!(keys.len() > 40, "{keys:?}");
         for key in &keys {
             assert!(

@@ -151,6 +151,7 @@ fn connect(config: &Config) -> anyhow::Result<(Arc<Broker>, DeadLetterQueue)> {
             connect_timeout: config.broker_connect_timeout,
             reconnect_min_delay: config.broker_reconnect_min_delay,
             reconnect_max_delay: config.broker_reconnect_max_delay,
+            tls: config.broker_tls(),
         },
         topology,
         ProducerMetrics::register(&registry).context("cannot register metrics")?,

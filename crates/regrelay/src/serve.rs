@@ -289,6 +289,7 @@ fn broker(
             connect_timeout: config.broker_connect_timeout,
             reconnect_min_delay: config.broker_reconnect_min_delay,
             reconnect_max_delay: config.broker_reconnect_max_delay,
+            tls: config.broker_tls(),
         },
         topology,
         metrics,

@@ -23,10 +23,12 @@ use tokio::task::JoinHandle;
 
 pub mod database;
 pub mod receiver;
+pub mod tls;
 
 pub use database::{admin_database_url, TestDatabase};
 pub use lapin::message::BasicGetMessage;
 pub use receiver::{ReceivedRequest, TestReceiver};
+pub use tls::{TestCa, TestCert, TlsProxy};
 
 /// The broker URL tests use.
 pub fn amqp_url() -> String {

@@ -108,6 +108,7 @@ impl TestApi {
                 connect_timeout: Duration::from_secs(2),
                 reconnect_min_delay: Duration::from_millis(50),
                 reconnect_max_delay: Duration::from_millis(200),
+                tls: Default::default(),
             },
             topology,
             metrics,

@@ -110,6 +110,7 @@ impl Env {
                     connect_timeout: Duration::from_secs(2),
                     reconnect_min_delay: Duration::from_millis(50),
                     reconnect_max_delay: Duration::from_millis(500),
+                    tls: Default::default(),
                 },
                 broker.topology.clone(),
                 producer_metrics.clone(),
