@@ -89,6 +89,18 @@ for name in sorted(f for f in os.listdir(out) if f.endswith(".yaml")):
                 assert sc["readOnlyRootFilesystem"] and sc["capabilities"]["drop"] == ["ALL"], name
             for e in (e for c in pod["containers"] for e in c.get("env", [])):
                 assert e["name"] not in secret_env or "valueFrom" in e, f"{name}: {e['name']} inline"
+            # secretFiles: each REGRELAY_<KEY>_FILE names a file of a mounted Secret volume.
+            secret_volumes = {v["name"]: v["secret"] for v in pod.get("volumes", []) if "secret" in v}
+            for c in pod["containers"]:
+                for e in (e for e in c.get("env", []) if e["name"].removesuffix("_FILE") in secret_env
+                          and e["name"].endswith("_FILE")):
+                    key = e["name"].removesuffix("_FILE")
+                    assert key not in {x["name"] for x in c.get("env", [])}, f"{name}: {key} twice"
+                    mounts = [m for m in c.get("volumeMounts", []) if m["name"] in secret_volumes
+                              and e["value"] == f"{m['mountPath'].rstrip('/')}/{key[len('REGRELAY_'):].lower()}"]
+                    assert mounts, f"{name}: {e['name']}={e['value']} is not a mounted secret file"
+                    items = secret_volumes[mounts[0]["name"]]["items"]
+                    assert key[len("REGRELAY_"):].lower() in {i["path"] for i in items}, f"{name}: {key} not mounted"
         target = "crd" if doc["apiVersion"].startswith("monitoring.coreos.com/") else "docs"
         with open(f"{out}/{target}/{name[:-5]}-{i:02d}-{kind}.yaml", "w") as f:
             yaml.safe_dump(doc, f)

@@ -2,7 +2,7 @@
 //! the delivery history (SPEC §5).
 //!
 //! - `store`: [`Database`] (a connection pool; building it does no I/O; the readiness check) and
-//!   [`StoreError`].
+//!   [`StoreError`]; `store::tls`, TLS with libpq's `sslmode` ([`SslMode`]) over rustls.
 //! - `migrate`: numbered SQL migrations (`migrations/NNNN_<name>.sql`), applied under an advisory lock.
 //! - `projects`: [`Project`], named by the events' namespace, with a stable numeric id.
 //! - [`policy`]: the policy model, its validation (Harbor's messages) and the TCR-style filters. No I/O.
@@ -44,4 +44,4 @@ pub use projects::Project;
 pub use recorder::{HistoryRecorder, RecorderMetrics, RecorderSettings};
 pub use retention::SweepReport;
 pub use sealing::SecretsKeyring;
-pub use store::{Database, StoreError};
+pub use store::{Database, SslMode, StoreError, TlsError};

@@ -5,16 +5,22 @@
 //!   a connection from the pool and fails fast (connect and wait timeouts) while it stays down.
 //! - The URL's password never appears in an error, a log line or `Debug`: parse errors are scrubbed,
 //!   and the pool is described by user, hosts and database name only.
-//! - Plain TCP (`NoTls`): `sslmode=require` is refused at connect rather than failing on every call.
+//! - TLS with libpq's `sslmode`, `sslrootcert`, `sslcert` and `sslkey` ([`tls`]): one connector for
+//!   every pooled connection. A refused certificate is [`StoreError::Tls`], configuration rather
+//!   than an outage.
+
+mod tls;
 
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
-use tokio_postgres::config::{Host, SslMode};
+use tokio_postgres::config::Host;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{NoTls, Row};
+use tokio_postgres::Row;
+
+pub use tls::{SslMode, TlsError};
 
 use crate::policy::{PolicyError, REDACTED};
 
@@ -37,7 +43,12 @@ pub enum StoreError {
     /// No connection could be had: the database is unreachable, refusing, or every connection is
     /// busy. Callers may retry.
     #[error("database unavailable: {0}")]
-    Pool(#[from] PoolError),
+    Pool(PoolError),
+    /// The TLS handshake was refused: the server's certificate does not verify (CA or host name),
+    /// the server refused ours, or it offers no TLS while `sslmode` requires it. Configuration:
+    /// not [`StoreError::is_unavailable`], so nothing waits for it to heal.
+    #[error(transparent)]
+    Tls(TlsError),
     /// tokio-postgres says only "db error" for a server-side error; the server's message and
     /// SQLSTATE are what tell an operator what went wrong (never the detail, which may hold values).
     #[error("database error: {}", describe_db_error(.0))]
@@ -103,6 +114,9 @@ pub struct Database {
     /// The keys policy credentials are sealed with (`Database::with_secrets`); `None`: stored as
     /// given. See `sealing`.
     pub(crate) secrets: Option<Arc<crate::sealing::SecretsKeyring>>,
+    /// The effective `sslmode` (after libpq's `require` + `sslrootcert` rule): for errors and
+    /// [`Database::ssl_mode`].
+    ssl_mode: SslMode,
 }
 
 impl Database {
@@ -114,15 +128,25 @@ impl Database {
                 "max_connections must be at least 1".into(),
             ));
         }
-        let mut config: tokio_postgres::Config = url
+        let invalid =
+            |e: String| StoreError::Config(scrub(&format!("invalid database URL: {e}"), url));
+        let (rest, tls_params) = tls::split_tls_params(url).map_err(invalid)?;
+        let mut config: tokio_postgres::Config = rest
             .parse()
-            .map_err(|e| StoreError::Config(scrub(&format!("invalid database URL: {e}"), url)))?;
-        if config.get_ssl_mode() == SslMode::Require {
-            return Err(StoreError::Config(
-                "sslmode=require is not supported: regrelay connects to PostgreSQL without TLS"
-                    .into(),
-            ));
+            .map_err(|e: tokio_postgres::Error| invalid(e.to_string()))?;
+        let (negotiation, connector) = tls::connector(&tls_params).map_err(invalid)?;
+        config.ssl_mode(negotiation);
+        // libpq ignores sslmode on Unix-domain sockets (PostgreSQL offers no TLS there).
+        let unix_only = !config.get_hosts().is_empty()
+            && config.get_hostaddrs().is_empty()
+            && config
+                .get_hosts()
+                .iter()
+                .all(|h| matches!(h, Host::Unix(_)));
+        if unix_only {
+            config.ssl_mode(tokio_postgres::config::SslMode::Disable);
         }
+        let ssl_mode = connector.mode();
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
@@ -140,7 +164,7 @@ impl Database {
         let target: Arc<str> = describe(&config).into();
         let manager = Manager::from_config(
             config,
-            NoTls,
+            connector,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -157,6 +181,7 @@ impl Database {
             pool,
             target,
             secrets: None,
+            ssl_mode,
         })
     }
 
@@ -167,13 +192,40 @@ impl Database {
         Ok(())
     }
 
+    /// Whether a pooled connection is encrypted, as the server sees it (`pg_stat_ssl`): what
+    /// `sslmode=prefer` ended up with.
+    pub async fn session_encrypted(&self) -> Result<bool, StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_one(
+                "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+                &[],
+            )
+            .await?;
+        Ok(row.try_get(0)?)
+    }
+
     /// Where the store connects, without the password (for logs).
     pub fn target(&self) -> &str {
         &self.target
     }
 
+    /// The `sslmode` in effect (libpq's: `require` with `sslrootcert` is `verify-ca`).
+    pub fn ssl_mode(&self) -> SslMode {
+        self.ssl_mode
+    }
+
     pub(crate) async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
-        Ok(self.pool.get().await?)
+        self.pool.get().await.map_err(|error| {
+            let refusal = match &error {
+                PoolError::Backend(backend) => tls::refusal_in(backend, self.ssl_mode),
+                _ => None,
+            };
+            match refusal {
+                Some(refusal) => StoreError::Tls(refusal),
+                None => StoreError::Pool(error),
+            }
+        })
     }
 
     /// Runs a paged list's count and page queries in one read-only snapshot, so the total agrees
@@ -351,14 +403,24 @@ mod tests {
     }
 
     #[test]
-    fn refuses_zero_connections_and_tls() {
+    fn refuses_zero_connections_and_bad_tls_settings() {
         assert!(matches!(
             Database::connect("postgres://app@localhost/db", 0),
             Err(StoreError::Config(_))
         ));
-        let error =
-            Database::connect("postgres://app@localhost/db?sslmode=require", 2).unwrap_err();
-        assert!(error.to_string().contains("sslmode=require"), "{error}");
+        let db = Database::connect("postgres://app@localhost/db?sslmode=require", 2).unwrap();
+        assert_eq!(db.ssl_mode(), SslMode::Require);
+        let db = Database::connect("host=localhost user=app sslmode=disable", 2).unwrap();
+        assert_eq!(db.ssl_mode(), SslMode::Disable);
+        assert_eq!(db.target(), "postgres://app@localhost/");
+        let error = Database::connect(
+            "postgres://app:hunter2@localhost/db?sslmode=verify-ca&sslrootcert=/nonexistent/ca.pem",
+            2,
+        )
+        .unwrap_err();
+        let text = error.to_string();
+        assert!(text.contains("sslrootcert=/nonexistent/ca.pem"), "{text}");
+        assert!(!text.contains("hunter2"), "{text}");
     }
 
     #[test]

@@ -3,6 +3,11 @@
 //! Layers, lowest first: the embedded `config.default.toml` (which is also the reference), the file
 //! given with `--config` or `REGRELAY_CONFIG`, then `REGRELAY_*` environment variables. Validation
 //! runs once, after layering, so a bad value is reported with its key before anything starts.
+//!
+//! Every secret ([`SECRET_KEYS`]) can instead be given as a file: `REGRELAY_<KEY>_FILE` names it
+//! (a Kubernetes secret mount, a Docker secret); its content, less one trailing newline, is the
+//! value, at the environment's layer. Setting both `REGRELAY_<KEY>` and `REGRELAY_<KEY>_FILE` is
+//! an error naming both.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -31,6 +36,17 @@ const TEXT_KEYS: &[&str] = &[
     "amqp_ca_file",
     "amqp_client_cert_file",
     "amqp_client_key_file",
+];
+
+/// Keys that hold secrets: each can also be read from the file `REGRELAY_<KEY>_FILE` names.
+/// Every one is also in [`TEXT_KEYS`].
+pub const SECRET_KEYS: &[&str] = &[
+    "amqp_url",
+    "database_url",
+    "admin_password",
+    "api_token",
+    "ingest_token",
+    "secrets_key",
 ];
 
 #[derive(Debug, Deserialize)]
@@ -172,6 +188,65 @@ pub struct Config {
     pub trace_sample_ratio: f64,
 }
 
+/// A text key's value from the environment, verbatim: `REGRELAY_<KEY>`, or for a secret the
+/// content of the file `REGRELAY_<KEY>_FILE` names, less one trailing newline (`echo` and most
+/// editors add one; a Kubernetes secret mount keeps the bytes as given).
+fn text_from_env(key: &str) -> Result<Option<String>, ConfigError> {
+    let plain = format!("REGRELAY_{}", key.to_ascii_uppercase());
+    let file = format!("{plain}_FILE");
+    let from_file = match std::env::var_os(&file) {
+        Some(path) if SECRET_KEYS.contains(&key) => Some(path),
+        _ => None,
+    };
+    match (std::env::var(&plain), from_file) {
+        (Ok(_), Some(_)) => Err(ConfigError::BothSet { plain, file }),
+        (Ok(value), None) => Ok(Some(value)),
+        (Err(_), None) => Ok(None),
+        (Err(_), Some(path)) => {
+            let content =
+                std::fs::read_to_string(&path).map_err(|source| ConfigError::SecretFile {
+                    var: file,
+                    path: Path::new(&path).display().to_string(),
+                    source,
+                })?;
+            let value = match content.strip_suffix('\n') {
+                Some(line) => line.strip_suffix('\r').unwrap_or(line),
+                None => &content,
+            };
+            Ok(Some(value.to_owned()))
+        }
+    }
+}
+
+/// Whether `var` is `REGRELAY_<KEY>_FILE` for a `<KEY>` that is a setting but not a secret (e.g.
+/// `REGRELAY_QUEUE_PREFIX_FILE`): a file would be silently ignored. Keys that themselves end in
+/// `_file` (`REGRELAY_AMQP_CA_FILE` is `amqp_ca_file`) are not this.
+fn names_a_file_of_a_plain_key(var: &str) -> bool {
+    let Some(key) = var
+        .strip_prefix("REGRELAY_")
+        .and_then(|rest| rest.strip_suffix("_FILE"))
+        .map(str::to_ascii_lowercase)
+    else {
+        return false;
+    };
+    !SECRET_KEYS.contains(&key.as_str()) && reference_keys().any(|known| known == key)
+}
+
+/// Every key of the defaults file (commented-out optional ones included), plus the two whose
+/// defaults live in code.
+fn reference_keys() -> impl Iterator<Item = &'static str> {
+    DEFAULTS
+        .lines()
+        .filter_map(|line| {
+            let line = line.strip_prefix("# ").unwrap_or(line);
+            let (key, _) = line.split_once(" = ")?;
+            key.chars()
+                .all(|c| c.is_ascii_lowercase() || c == '_')
+                .then_some(key)
+        })
+        .chain(["max_attempts", "http_timeout"])
+}
+
 fn default_max_attempts() -> u32 {
     10
 }
@@ -215,6 +290,20 @@ pub enum ConfigError {
     Parse(Box<figment::Error>),
     #[error("invalid configuration: {key}: {message}")]
     Invalid { key: &'static str, message: String },
+    #[error("invalid configuration: {plain} and {file} are both set; set only one of them")]
+    BothSet { plain: String, file: String },
+    #[error("invalid configuration: cannot read {path}, the file {var} names")]
+    SecretFile {
+        var: String,
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "invalid configuration: {var}: only secret settings can be read from a file ({})",
+        SECRET_KEYS.join(", ")
+    )]
+    NotASecret { var: String },
 }
 
 impl Config {
@@ -231,14 +320,22 @@ impl Config {
         // values (`12345` becomes a number, `true` a bool, `"x"` loses its quotes), which would
         // refuse or alter a token or password that happens to look like one: text keys are
         // taken verbatim instead.
+        let file_keys: Vec<String> = SECRET_KEYS.iter().map(|k| format!("{k}_file")).collect();
         let mut ignored = vec!["config"];
         ignored.extend_from_slice(TEXT_KEYS);
+        ignored.extend(file_keys.iter().map(String::as_str));
         figment = figment.merge(Env::prefixed("REGRELAY_").ignore(&ignored));
         let mut verbatim = figment::value::Dict::new();
         for key in TEXT_KEYS {
-            if let Ok(value) = std::env::var(format!("REGRELAY_{}", key.to_ascii_uppercase())) {
+            if let Some(value) = text_from_env(key)? {
                 verbatim.insert((*key).to_owned(), value.into());
             }
+        }
+        if let Some(var) = std::env::vars_os()
+            .filter_map(|(var, _)| var.into_string().ok())
+            .find(|var| names_a_file_of_a_plain_key(var))
+        {
+            return Err(ConfigError::NotASecret { var });
         }
         figment = figment.merge(Serialized::defaults(verbatim));
         let config: Config = figment
@@ -441,6 +538,96 @@ mod tests {
     }
 
     #[test]
+    fn secrets_can_be_read_from_files() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("database_url", "postgres://app:s3cret@db/regrelay\n")?;
+            jail.create_file("ingest_token", "token-without-newline")?;
+            jail.create_file("admin_password", "two-newlines\n\n")?;
+            jail.create_file("api_token", "crlf\r\n")?;
+            let dir = jail.directory().to_owned();
+            let path = |name: &str| dir.join(name).display().to_string();
+            jail.set_env("REGRELAY_DATABASE_URL_FILE", path("database_url"));
+            jail.set_env("REGRELAY_INGEST_TOKEN_FILE", path("ingest_token"));
+            jail.set_env("REGRELAY_ADMIN_PASSWORD_FILE", path("admin_password"));
+            jail.set_env("REGRELAY_API_TOKEN_FILE", path("api_token"));
+            let config = Config::load(None).map_err(|e| e.to_string())?;
+            let secret =
+                |s: &Option<SecretString>| s.as_ref().map(|s| s.expose_secret().to_owned());
+            assert_eq!(
+                config.database_url.expose_secret(),
+                "postgres://app:s3cret@db/regrelay"
+            );
+            assert_eq!(
+                secret(&config.ingest_token).as_deref(),
+                Some("token-without-newline")
+            );
+            // Only one trailing newline is the file's end; the rest is the value.
+            assert_eq!(
+                secret(&config.admin_password).as_deref(),
+                Some("two-newlines\n")
+            );
+            assert_eq!(secret(&config.api_token).as_deref(), Some("crlf"));
+            // A file beats the config file's value, as the environment does.
+            jail.create_file(
+                "regrelay.toml",
+                "database_url = \"postgres://other@elsewhere/x\"\n",
+            )?;
+            let config =
+                Config::load(Some(Path::new("regrelay.toml"))).map_err(|e| e.to_string())?;
+            assert_eq!(
+                config.database_url.expose_secret(),
+                "postgres://app:s3cret@db/regrelay"
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_secret_set_twice_or_a_missing_file_is_refused_by_name() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("token", "from-file")?;
+            jail.set_env("REGRELAY_INGEST_TOKEN", "from-env");
+            jail.set_env("REGRELAY_INGEST_TOKEN_FILE", "token");
+            let error = Config::load(None).unwrap_err();
+            let text = error.to_string();
+            assert!(matches!(error, ConfigError::BothSet { .. }), "{text}");
+            assert!(
+                text.contains("REGRELAY_INGEST_TOKEN and REGRELAY_INGEST_TOKEN_FILE"),
+                "{text}"
+            );
+            assert!(
+                !text.contains("from-env") && !text.contains("from-file"),
+                "{text}"
+            );
+
+            // The jail restores it afterwards: it set it.
+            std::env::remove_var("REGRELAY_INGEST_TOKEN");
+            jail.set_env("REGRELAY_INGEST_TOKEN_FILE", "/nonexistent/token");
+            let text = Config::load(None).unwrap_err().to_string();
+            assert!(text.contains("/nonexistent/token"), "{text}");
+            assert!(text.contains("REGRELAY_INGEST_TOKEN_FILE"), "{text}");
+
+            jail.set_env("REGRELAY_INGEST_TOKEN_FILE", "token");
+            jail.set_env("REGRELAY_QUEUE_PREFIX_FILE", "token");
+            let text = Config::load(None).unwrap_err().to_string();
+            assert!(text.contains("REGRELAY_QUEUE_PREFIX_FILE"), "{text}");
+            Ok(())
+        });
+        // A key whose own name ends in _file is not a file variable.
+        assert!(!names_a_file_of_a_plain_key("REGRELAY_AMQP_CA_FILE"));
+        assert!(!names_a_file_of_a_plain_key("REGRELAY_DATABASE_URL_FILE"));
+        assert!(!names_a_file_of_a_plain_key("REGRELAY_NO_SUCH_KEY_FILE"));
+        assert!(names_a_file_of_a_plain_key("REGRELAY_LOG_LEVEL_FILE"));
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("ca.pem", "")?;
+            jail.set_env("REGRELAY_AMQP_CA_FILE", "ca.pem");
+            let config = Config::load(None).map_err(|e| e.to_string())?;
+            assert!(config.amqp_ca_file.is_some());
+            Ok(())
+        });
+    }
+
+    #[test]
     fn trace_settings_are_validated() {
         figment::Jail::expect_with(|jail| {
             assert!(Config::load(None)
@@ -464,29 +651,12 @@ mod tests {
         });
     }
 
-    /// Every key of the defaults file (commented-out optional ones included), plus the two whose
-    /// defaults live in code.
-    fn reference_keys() -> Vec<String> {
-        let mut keys: Vec<String> = DEFAULTS
-            .lines()
-            .filter_map(|line| {
-                let line = line.strip_prefix("# ").unwrap_or(line);
-                let (key, _) = line.split_once(" = ")?;
-                key.chars()
-                    .all(|c| c.is_ascii_lowercase() || c == '_')
-                    .then(|| key.to_owned())
-            })
-            .collect();
-        keys.extend(["max_attempts".to_owned(), "http_timeout".to_owned()]);
-        keys
-    }
-
     #[test]
     fn every_key_is_documented_and_has_a_helm_value() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
         let docs = std::fs::read_to_string(root.join("docs/configuration.md")).unwrap();
         let values = std::fs::read_to_string(root.join("helm/regrelay/values.yaml")).unwrap();
-        let keys = reference_keys();
+        let keys: Vec<&str> = reference_keys().collect();
         assert!(keys.len() > 40, "{keys:?}");
         for key in &keys {
             assert!(

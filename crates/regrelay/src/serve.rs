@@ -14,7 +14,7 @@ use regrelay_consumer::{
     RetrySchedule,
 };
 use regrelay_history::recorder::{RecorderMetrics, RecorderSettings};
-use regrelay_history::{Database, HistoryRecorder, SecretsKeyring};
+use regrelay_history::{Database, HistoryRecorder, SecretsKeyring, StoreError};
 use regrelay_producer::{
     Broker, BrokerSettings, ConfirmedPublisher, EventPublisher, ProducerMetrics, Topology,
 };
@@ -82,7 +82,25 @@ pub async fn serve(config: Config, role: Role) -> anyhow::Result<()> {
     }
     let db = database(&config, keyring)?;
     match db.migrate().await {
-        Ok(()) => tracing::info!(message = "Database schema is up to date."),
+        Ok(()) => {
+            // With sslmode=prefer (libpq's default) only the server knows whether TLS was used.
+            let tls = match db.session_encrypted().await {
+                Ok(true) => "on",
+                Ok(false) => "off",
+                Err(_) => "unknown",
+            };
+            tracing::info!(
+                message = "Database schema is up to date.",
+                database = %db.target(),
+                sslmode = db.ssl_mode().as_str(),
+                tls,
+            )
+        }
+        // A refused TLS handshake (certificate, host name) is configuration: waiting will not fix
+        // it, so stop now with the reason rather than answer 503 for ever.
+        Err(error @ StoreError::Tls(_)) => {
+            return Err(error).context(format!("cannot connect to {}", db.target()))
+        }
         // Not fatal: the consumer waits for the database, the API answers 503 meanwhile.
         Err(error) => {
             tracing::warn!(message = "Cannot migrate the database at start-up.", error = %error)

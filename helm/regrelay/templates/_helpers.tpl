@@ -212,11 +212,12 @@ text is another form (humantime accepts more), in which case the grace-period ch
 {{- end }}
 
 {{/*
-Secret environment variables of a component ("api", "consumer" or "migrations"). The api gets every
-key; consumers need only the broker, the database and the secrets key (they decrypt the policies'
-credentials); migrations only the database (`regrelay migrate` stores no credential).
+The secret keys a component ("api", "consumer" or "migrations") reads, as a JSON list of
+{"key": <regrelay key>, "secretKey": <key in the Secret>}: the api every key; consumers only the
+broker, the database and the secrets key (they decrypt the policies' credentials); migrations only
+the database (`regrelay migrate` stores no credential). Keys that are not set are left out.
 */}}
-{{- define "regrelay.secretEnv" -}}
+{{- define "regrelay.componentSecretKeys" -}}
 {{- $root := .root }}
 {{- $keys := list "amqp_url" "database_url" "secrets_key" }}
 {{- if eq .component "api" }}
@@ -224,27 +225,76 @@ credentials); migrations only the database (`regrelay migrate` stores no credent
 {{- else if eq .component "migrations" }}
 {{- $keys = list "database_url" }}
 {{- end }}
-{{- $secretName := .secretName | default (include "regrelay.secretName" $root) }}
+{{- $out := list }}
 {{- range $key := $keys }}
 {{- if $root.Values.existingSecret }}
 {{- $secretKey := get $root.Values.existingSecretKeys $key }}
 {{- if $secretKey }}
-- name: REGRELAY_{{ upper $key }}
-  valueFrom:
-    secretKeyRef:
-      name: {{ $root.Values.existingSecret }}
-      key: {{ $secretKey }}
-      {{- if has $key (list "api_token" "secrets_key") }}
-      optional: true
-      {{- end }}
+{{- $out = append $out (dict "key" $key "secretKey" $secretKey) }}
 {{- end }}
 {{- else if not (include "regrelay.isUnset" (get $root.Values.secrets $key)) }}
-- name: REGRELAY_{{ upper $key }}
+{{- $out = append $out (dict "key" $key "secretKey" $key) }}
+{{- end }}
+{{- end }}
+{{- $out | toJson }}
+{{- end }}
+
+{{/* The Secret a component reads: existingSecret, else .secretName (the migration hook's), else the chart's. */}}
+{{- define "regrelay.componentSecretName" -}}
+{{- .root.Values.existingSecret | default .secretName | default (include "regrelay.secretName" .root) }}
+{{- end }}
+
+{{/*
+Secret environment variables of a component: REGRELAY_<KEY> from a secretKeyRef, or with
+secretFiles.enabled REGRELAY_<KEY>_FILE naming the key's file in the mounted Secret
+(regrelay.secretFilesVolume).
+*/}}
+{{- define "regrelay.secretEnv" -}}
+{{- $root := .root }}
+{{- $secretName := include "regrelay.componentSecretName" . }}
+{{- range $item := include "regrelay.componentSecretKeys" . | fromJsonArray }}
+{{- if $root.Values.secretFiles.enabled }}
+- name: REGRELAY_{{ upper $item.key }}_FILE
+  value: {{ printf "%s/%s" (trimSuffix "/" $root.Values.secretFiles.mountPath) $item.key | quote }}
+{{- else }}
+- name: REGRELAY_{{ upper $item.key }}
   valueFrom:
     secretKeyRef:
       name: {{ $secretName }}
-      key: {{ $key }}
+      key: {{ $item.secretKey }}
+      {{- if and $root.Values.existingSecret (has $item.key (list "api_token" "secrets_key")) }}
+      optional: true
+      {{- end }}
 {{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+With secretFiles.enabled: the volume of a component's secret keys (only those it reads, each file
+named after its regrelay key) and its read-only mount. Both empty otherwise.
+*/}}
+{{- define "regrelay.secretFilesVolume" -}}
+{{- $root := .root }}
+{{- $items := include "regrelay.componentSecretKeys" . | fromJsonArray }}
+{{- if and $root.Values.secretFiles.enabled $items }}
+- name: secret-files
+  secret:
+    secretName: {{ include "regrelay.componentSecretName" . }}
+    # 0440: readable by the pod's fsGroup (the image's group), nobody else.
+    defaultMode: 288
+    items:
+      {{- range $item := $items }}
+      - key: {{ $item.secretKey }}
+        path: {{ $item.key }}
+      {{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "regrelay.secretFilesMount" -}}
+{{- if and .root.Values.secretFiles.enabled (include "regrelay.componentSecretKeys" . | fromJsonArray) }}
+- name: secret-files
+  mountPath: {{ .root.Values.secretFiles.mountPath }}
+  readOnly: true
 {{- end }}
 {{- end }}
 

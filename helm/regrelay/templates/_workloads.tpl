@@ -109,11 +109,23 @@ spec:
           volumeMounts:
             - name: tmp
               mountPath: /tmp
+            {{- with include "regrelay.secretFilesMount" $ctx | trim }}
+            {{- . | nindent 12 }}
+            {{- end }}
+            {{- with $root.Values.extraVolumeMounts }}
+            {{- toYaml . | nindent 12 }}
+            {{- end }}
       volumes:
         # The root filesystem is read-only; a small scratch /tmp for anything that insists on one.
         - name: tmp
           emptyDir:
             sizeLimit: 16Mi
+        {{- with include "regrelay.secretFilesVolume" $ctx | trim }}
+        {{- . | nindent 8 }}
+        {{- end }}
+        {{- with $root.Values.extraVolumes }}
+        {{- toYaml . | nindent 8 }}
+        {{- end }}
       {{- with $role.nodeSelector }}
       nodeSelector:
         {{- toYaml . | nindent 8 }}
