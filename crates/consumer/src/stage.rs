@@ -101,6 +101,8 @@ pub async fn consume_until<F, Fut>(
         tracing::info!(message = "Consuming.", stage = name, queue = %queue, prefetch = subscribed);
         let handlers = TaskTracker::new();
         let mut resubscribe = false;
+        // The channel or connection failed: its unacked messages go back to the queue anyway.
+        let mut lost = false;
         loop {
             let paused = async {
                 match enabled.as_mut() {
@@ -133,10 +135,12 @@ pub async fn consume_until<F, Fut>(
                     }
                     Some(Err(error)) => {
                         tracing::warn!(message = "Consumer stream failed; reconnecting.", stage = name, error = %error);
+                        lost = true;
                         break;
                     }
                     None => {
                         tracing::warn!(message = "Consumer was cancelled by the broker; reconnecting.", stage = name);
+                        lost = true;
                         break;
                     }
                 }
@@ -164,6 +168,19 @@ pub async fn consume_until<F, Fut>(
             tokio::spawn(async move {
                 handlers.wait().await;
                 let _ = channel.close(200, "resubscribed".into()).await;
+            });
+            continue;
+        }
+        if lost {
+            // A broker node went away (or cancelled us): consume again at once, on the next
+            // address if need be, instead of waiting for handlers whose messages the broker has
+            // already taken back (one may be waiting out the outage for `outage_hold`): a node loss
+            // must not stall the stage that long. The old handlers finish aside; where their channel
+            // died their acks fail and those messages are redelivered (at-least-once, same
+            // delivery ids).
+            tokio::spawn(async move {
+                handlers.wait().await;
+                let _ = channel.close(200, "connection lost".into()).await;
             });
             continue;
         }
