@@ -40,17 +40,9 @@ pub const WEBHOOK_ID: &str = "webhook-id";
 pub const WEBHOOK_TIMESTAMP: &str = "webhook-timestamp";
 pub const WEBHOOK_SIGNATURE: &str = "webhook-signature";
 
-/// Headers a target's custom headers may not set: they describe the message framing or the
-/// connection, which the HTTP client owns; setting them would corrupt the request.
-const RESERVED_HEADERS: [&str; 7] = [
-    "content-length",
-    "transfer-encoding",
-    "host",
-    "connection",
-    "keep-alive",
-    "upgrade",
-    "te",
-];
+// Headers a target's custom headers may not set (the policy API refuses them; a policy stored
+// before a header was refused has it skipped here).
+use regrelay_history::policy::RESERVED_HEADERS;
 
 /// Everything one attempt needs, borrowed from the task and its target.
 pub struct AttemptRequest<'a> {

@@ -720,41 +720,17 @@ pub fn parse_age(text: &str) -> Result<Duration, DeadLetterError> {
     if let Ok(seconds) = trimmed.parse::<u64>() {
         return Ok(Duration::from_secs(seconds));
     }
-    let mut total = Duration::ZERO;
-    let mut rest = trimmed;
-    while !rest.is_empty() {
-        let digits = rest
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        if digits == 0 {
-            return Err(invalid("expected a number"));
-        }
-        let number: u64 = rest[..digits]
-            .parse()
-            .map_err(|_| invalid("number too large"))?;
-        rest = &rest[digits..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        let unit_ms: u64 = match &rest[..unit_len] {
-            "ms" => 1,
-            "s" => 1000,
-            "m" => 60_000,
-            "h" => 3_600_000,
-            "d" => 86_400_000,
-            "w" => 7 * 86_400_000,
-            "" => return Err(invalid("missing unit")),
-            _ => return Err(invalid("unknown unit; use ms, s, m, h, d or w")),
-        };
-        rest = &rest[unit_len..];
-        let ms = number
-            .checked_mul(unit_ms)
-            .ok_or_else(|| invalid("too long"))?;
-        total = total
-            .checked_add(Duration::from_millis(ms))
-            .ok_or_else(|| invalid("too long"))?;
-    }
-    Ok(total)
+    // The configuration's own duration syntax (humantime): `90s`, `1h30m`, `1h 30m`, `2days`.
+    humantime::parse_duration(trimmed).map_err(|error| DeadLetterError::InvalidDuration {
+        text: text.to_owned(),
+        message: match error {
+            humantime::DurationError::UnknownUnit { .. } => {
+                "unknown unit; use ms, s, m, h, d or w (e.g. 1h 30m)"
+            }
+            humantime::DurationError::NumberOverflow => "too long",
+            _ => "expected a duration such as 90s, 10m or 1h 30m",
+        },
+    })
 }
 
 /// The time since `dead_lettered_at` (RFC 3339) at `now`.
@@ -1173,10 +1149,13 @@ mod tests {
         ok("90s", 90);
         ok("10m", 600);
         ok("1h30m", 5400);
+        ok("1h 30m", 5400);
+        ok("10 m", 600);
         ok("2d", 172_800);
         ok("1w", 604_800);
         assert_eq!(parse_age("500ms").unwrap(), Duration::from_millis(500));
-        for bad in ["", "h", "10x", "1.5h", "-1h", "10 m"] {
+        ok("1.5h", 5400);
+        for bad in ["", "h", "10x", "-1h"] {
             assert!(parse_age(bad).is_err(), "{bad}");
         }
     }

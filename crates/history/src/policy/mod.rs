@@ -63,15 +63,21 @@ pub const MAX_FILTER_PATTERN_CHARS: usize = 256;
 /// Longest piece of a caller's text quoted in an error message or a log line ([`echo`]).
 pub const ECHO_MAX_CHARS: usize = 128;
 
-/// Headers regrelay sets itself on every delivery, or that frame the request; a target's custom
-/// headers may not replace them. `webhook-*` (the signature headers) are refused too.
-const RESERVED_HEADERS: [&str; 6] = [
+/// Headers regrelay sets itself on every delivery, or that frame the request or the connection
+/// (which the HTTP client owns); a target's custom headers may not set them. `webhook-*` (the
+/// signature headers) are refused too. The one list: the policy API refuses these when a policy
+/// is written, and a delivery skips them in a policy stored before they were refused.
+pub const RESERVED_HEADERS: [&str; 10] = [
     "content-type",
     "user-agent",
     "content-length",
     "transfer-encoding",
     "host",
     "connection",
+    "keep-alive",
+    "upgrade",
+    "te",
+    "proxy-connection",
 ];
 
 /// Why a policy (or a part of one) is invalid. The `Display` text is the message the API returns.
@@ -746,6 +752,9 @@ mod tests {
             "user-agent",
             "Content-Length",
             "Host",
+            "Keep-Alive",
+            "Upgrade",
+            "TE",
             "webhook-signature",
             "Webhook-Id",
         ] {
