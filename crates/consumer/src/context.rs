@@ -54,6 +54,9 @@ pub struct ConsumerSettings {
     pub largest_message_bytes: usize,
 }
 
+/// Project ids kept in memory for system-wide policies' CloudEvents `source`.
+pub const MAX_CACHED_PROJECTS: usize = 10_000;
+
 /// See [`DeliveryContext::fanout_budget`]. Enough for dozens of ordinary events at once.
 pub const FANOUT_BUDGET: usize = 1024;
 
@@ -141,10 +144,16 @@ impl DeliveryContext {
             return Ok(*id);
         }
         let project = self.db.ensure_project(name).await?;
-        self.project_ids
+        let mut ids = self
+            .project_ids
             .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(name.to_owned(), project.id);
+            .unwrap_or_else(PoisonError::into_inner);
+        // Bounded: a registry with very many projects (or a sender inventing names) costs at most
+        // this many entries; past it the cache starts again (ids are read back from the store).
+        if ids.len() >= MAX_CACHED_PROJECTS {
+            ids.clear();
+        }
+        ids.insert(name.to_owned(), project.id);
         Ok(project.id)
     }
 

@@ -19,6 +19,8 @@
 //!   holds its waiting tasks at most that long before they are deferred, and other targets get
 //!   the window back.
 //! - No polling: waiting is on a semaphore.
+//! - Bounded state: at most [`MAX_TRACKED_TARGETS`] targets are remembered; past that, targets with
+//!   nothing in flight and nothing waiting are forgotten (they count as new, i.e. slow, next time).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -39,6 +41,9 @@ pub struct TargetLimiter {
     /// One slot per target fingerprint, created on first use.
     targets: Mutex<HashMap<String, Arc<TargetSlot>>>,
 }
+
+/// Targets whose slots and averages are kept; idle ones beyond this are forgotten.
+pub const MAX_TRACKED_TARGETS: usize = 10_000;
 
 /// Above this average attempt duration a target counts as slow, and its surplus tasks are deferred.
 pub const SLOW_ATTEMPT: Duration = Duration::from_millis(250);
@@ -71,6 +76,14 @@ impl TargetLimiter {
 
     fn slot(&self, target: &str) -> Arc<TargetSlot> {
         let mut targets = self.targets.lock().unwrap_or_else(PoisonError::into_inner);
+        if targets.len() >= MAX_TRACKED_TARGETS && !targets.contains_key(target) {
+            // Keep a target someone holds (a task waiting or attempting, a permit out).
+            targets.retain(|_, slot| {
+                Arc::strong_count(slot) > 1
+                    || Arc::strong_count(&slot.semaphore) > 1
+                    || slot.waiting.load(Ordering::Relaxed) > 0
+            });
+        }
         targets
             .entry(target.to_owned())
             .or_insert_with(|| {
@@ -138,6 +151,22 @@ fn is_slow(average_micros: u64) -> bool {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn idle_targets_are_forgotten_past_the_bound() {
+        let limiter = TargetLimiter::new(2, 2, Duration::from_millis(10));
+        for i in 0..MAX_TRACKED_TARGETS + 10 {
+            limiter.record_attempt(&format!("target-{i}"), Duration::from_millis(1));
+        }
+        let tracked = limiter
+            .targets
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len();
+        assert!(tracked <= MAX_TRACKED_TARGETS, "{tracked} tracked");
+        assert!(limiter.is_fast(&format!("target-{}", MAX_TRACKED_TARGETS + 9)));
+    }
+
     use super::*;
 
     #[tokio::test]
