@@ -11,9 +11,12 @@
 //!   this process has seen, and further reads are skipped for [`BACKOFF`], so an outage costs each
 //!   request nothing. No write can succeed while the store is down, so the fallback misses only a
 //!   write made through another process between this process's last read and the outage.
-//! - One indexed single-row read per ingest request (not per event).
+//! - At most one read in flight, shared: a read covers every request that arrived before it
+//!   started, so requests that arrive while one is running share the next (two round trips of
+//!   latency at most, and a read per round trip however many requests arrive). Requests are
+//!   numbered as they arrive; a read records how many had arrived when it started.
 
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
@@ -34,8 +37,16 @@ pub struct PolicyGenerationStamp {
     last_seen: AtomicI64,
     /// Until when reads are skipped after a failure.
     skip_until: Mutex<Option<Instant>>,
+    /// Requests numbered in order of arrival.
+    arrivals: AtomicU64,
+    /// The last successful read: (the number of requests that had arrived when it started, the
+    /// generation it read). It serves every request numbered below the first.
+    covered: Mutex<(u64, i64)>,
+    /// Held while reading, so one read runs at a time.
+    reading: tokio::sync::Mutex<()>,
     /// `regrelay_policy_generation_reads_total{result}`: `ok`, `failed` (the last one seen was
-    /// used), `skipped` (within the back-off after a failure).
+    /// used), `skipped` (within the back-off after a failure), `shared` (served by a read another
+    /// request made after this one arrived).
     reads: IntCounterVec,
 }
 
@@ -44,18 +55,21 @@ impl PolicyGenerationStamp {
         let reads = IntCounterVec::new(
             Opts::new(
                 "regrelay_policy_generation_reads_total",
-                "Reads of the policy generation stamped on ingested events, by result (ok, failed, skipped).",
+                "Reads of the policy generation stamped on ingested events, by result (ok, failed, skipped, shared).",
             ),
             &["result"],
         )?;
         registry.register(Box::new(reads.clone()))?;
-        for result in ["ok", "failed", "skipped"] {
+        for result in ["ok", "failed", "skipped", "shared"] {
             reads.with_label_values(&[result]);
         }
         Ok(Self {
             db,
             last_seen: AtomicI64::new(-1),
             skip_until: Mutex::new(None),
+            arrivals: AtomicU64::new(0),
+            covered: Mutex::new((0, -1)),
+            reading: tokio::sync::Mutex::new(()),
             reads,
         })
     }
@@ -63,6 +77,18 @@ impl PolicyGenerationStamp {
     /// The generation to stamp on events that arrived before this call; `None` when the store has
     /// never been read by this process.
     pub async fn current(&self) -> Option<i64> {
+        let arrival = self.arrivals.fetch_add(1, Ordering::SeqCst);
+        if let Some(generation) = self.covering(arrival) {
+            self.reads.with_label_values(&["shared"]).inc();
+            return Some(generation);
+        }
+        let _reading = self.reading.lock().await;
+        if let Some(generation) = self.covering(arrival) {
+            self.reads.with_label_values(&["shared"]).inc();
+            return Some(generation);
+        }
+        // Every request numbered below this had arrived before the read starts.
+        let covers = self.arrivals.load(Ordering::SeqCst);
         let skipping = self
             .skip_until
             .lock()
@@ -76,6 +102,10 @@ impl PolicyGenerationStamp {
             Ok(Ok(generation)) => {
                 self.reads.with_label_values(&["ok"]).inc();
                 self.last_seen.fetch_max(generation, Ordering::Relaxed);
+                let mut covered = self.covered.lock().unwrap_or_else(PoisonError::into_inner);
+                if covers > covered.0 {
+                    *covered = (covers, generation);
+                }
                 Some(generation)
             }
             outcome => {
@@ -96,6 +126,12 @@ impl PolicyGenerationStamp {
                 self.last_seen()
             }
         }
+    }
+
+    /// The generation of a read that started after request `arrival` arrived, if there was one.
+    fn covering(&self, arrival: u64) -> Option<i64> {
+        let (covers, generation) = *self.covered.lock().unwrap_or_else(PoisonError::into_inner);
+        (arrival < covers).then_some(generation)
     }
 
     fn last_seen(&self) -> Option<i64> {
