@@ -153,6 +153,10 @@ pub(crate) fn trigger(trigger: Trigger) -> ExecutionTrigger {
 /// (`user:abc@`, `"abc"`, `=abc&`).
 pub fn redact_snippet(report: &AttemptReport, target: &Target) -> Option<String> {
     let answer = report.answer.as_ref()?;
+    if answer.text.trim().is_empty() {
+        // Most receivers answer with nothing worth keeping: no credential list to build.
+        return None;
+    }
     let mut credentials = credentials_of(target);
     for value in &answer.sent_secrets {
         credentials.extend(header_value_forms(value));

@@ -14,8 +14,13 @@ impl Database {
     /// reload when it moved.
     pub async fn generation(&self) -> Result<i64, StoreError> {
         let client = self.client().await?;
+        // Read for every ingest request and by every consumer's refresh: prepared once per
+        // connection, so each read is one round trip.
+        let statement = client
+            .prepare_cached("SELECT generation FROM store_generation")
+            .await?;
         let row = client
-            .query_opt("SELECT generation FROM store_generation", &[])
+            .query_opt(&statement, &[])
             .await?
             .ok_or_else(|| missing("store_generation"))?;
         Ok(row.try_get(0)?)
