@@ -13,6 +13,20 @@ use regrelay_events::{EventType, RegistryEvent};
 use regrelay_producer::{EventMessage, EventSource};
 use regrelay_testkit::TestReceiver;
 
+/// Settings of a publishing connection a test makes itself (quick reconnects).
+fn publish_settings(url: String, connection_name: &str) -> regrelay_producer::BrokerSettings {
+    regrelay_producer::BrokerSettings {
+        url,
+        connection_name: connection_name.into(),
+        role: "publish",
+        publish_channels: 1,
+        connect_timeout: Duration::from_secs(2),
+        reconnect_min_delay: Duration::from_millis(20),
+        reconnect_max_delay: Duration::from_millis(200),
+        tls: Default::default(),
+    }
+}
+
 /// A RabbitMQ policy on this test's work queues, cleared on drop.
 struct DeliveryLimitPolicy {
     name: String,
@@ -255,7 +269,7 @@ async fn the_first_retry_into_a_new_bucket_does_not_repeat_the_attempt() {
 async fn a_work_queue_of_an_older_release_is_used_and_reported() {
     use lapin::options::QueueDeclareOptions;
     use lapin::types::{AMQPValue, FieldTable};
-    use regrelay_producer::{Broker, BrokerSettings, ProducerMetrics};
+    use regrelay_producer::{Broker, ProducerMetrics};
 
     let broker = regrelay_testkit::TestBroker::new("outdated-queue").await;
     // The events queue as an older regrelay declared it: quorum, nothing else.
@@ -276,16 +290,7 @@ async fn a_work_queue_of_an_older_release_is_used_and_reported() {
     let registry = prometheus::Registry::new();
     let metrics = ProducerMetrics::register(&registry).unwrap();
     let handle = Broker::new(
-        BrokerSettings {
-            url: regrelay_testkit::amqp_url(),
-            connection_name: "regrelay-test-outdated".into(),
-            role: "publish",
-            publish_channels: 1,
-            connect_timeout: Duration::from_secs(2),
-            reconnect_min_delay: Duration::from_millis(50),
-            reconnect_max_delay: Duration::from_millis(500),
-            tls: Default::default(),
-        },
+        publish_settings(regrelay_testkit::amqp_url(), "regrelay-test-outdated"),
         broker.topology.clone(),
         metrics.clone(),
     );
@@ -306,7 +311,7 @@ async fn an_event_past_its_delivery_limit_is_dead_lettered_by_the_broker_and_rep
     use regrelay_consumer::dead_letter_queue::{
         DeadLetterFilter, DeadLetterMetrics, DeadLetterQueue, ReplaySelection,
     };
-    use regrelay_producer::{Broker, BrokerSettings, ConfirmedPublisher, ProducerMetrics};
+    use regrelay_producer::{Broker, ConfirmedPublisher, ProducerMetrics};
     use std::sync::Arc;
 
     let broker = regrelay_testkit::TestBroker::new("limit-dead-letter").await;
@@ -361,16 +366,7 @@ async fn an_event_past_its_delivery_limit_is_dead_lettered_by_the_broker_and_rep
 
     let registry = prometheus::Registry::new();
     let publish = Arc::new(Broker::new(
-        BrokerSettings {
-            url: regrelay_testkit::amqp_url(),
-            connection_name: "regrelay-test-limit".into(),
-            role: "publish",
-            publish_channels: 1,
-            connect_timeout: Duration::from_secs(2),
-            reconnect_min_delay: Duration::from_millis(50),
-            reconnect_max_delay: Duration::from_millis(200),
-            tls: Default::default(),
-        },
+        publish_settings(regrelay_testkit::amqp_url(), "regrelay-test-limit"),
         broker.topology.clone(),
         ProducerMetrics::register(&registry).unwrap(),
     ));
@@ -448,7 +444,7 @@ async fn after_shutdown_no_new_attempt_starts() {
 
 #[tokio::test]
 async fn a_broker_connection_moves_to_the_next_address_when_one_fails() {
-    use regrelay_producer::{Broker, BrokerSettings, ProducerMetrics};
+    use regrelay_producer::{Broker, ProducerMetrics};
     use regrelay_testkit::{TcpProxy, TestBroker};
 
     let broker = TestBroker::new("broker-addresses").await;
@@ -459,16 +455,10 @@ async fn a_broker_connection_moves_to_the_next_address_when_one_fails() {
     let registry = prometheus::Registry::new();
     let metrics = ProducerMetrics::register(&registry).unwrap();
     let handle = Broker::new(
-        BrokerSettings {
-            url: format!("{}, {}", url(&first), url(&second)),
-            connection_name: "regrelay-test-addresses".into(),
-            role: "publish",
-            publish_channels: 1,
-            connect_timeout: Duration::from_secs(2),
-            reconnect_min_delay: Duration::from_millis(20),
-            reconnect_max_delay: Duration::from_millis(100),
-            tls: Default::default(),
-        },
+        publish_settings(
+            format!("{}, {}", url(&first), url(&second)),
+            "regrelay-test-addresses",
+        ),
         broker.topology.clone(),
         metrics.clone(),
     );
