@@ -19,9 +19,9 @@ use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use regrelay_consumer::dead_letter_queue::{
-    parse_age, parse_ids, DeadLetter, DeadLetterError, DeadLetterFilter, DeadLetterSummary,
-    ReplayReport, ReplaySelection,
+use regrelay_dead_letters::{
+    parse_age, parse_ids, DeadLetter, DeadLetterError, DeadLetterFilter, DeadLetterReason,
+    DeadLetterSummary, ReplayReport, ReplaySelection,
 };
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -196,7 +196,10 @@ fn filter_from_body(filter: FilterIn) -> Result<DeadLetterFilter, ApiError> {
         project: text(filter.project),
         policy_id: filter.policy_id,
         event_type: text(filter.event_type),
-        reason: text(filter.reason),
+        reason: text(filter.reason)
+            .map(|name| name.trim().parse::<DeadLetterReason>())
+            .transpose()
+            .map_err(|error| api_error(error.into()))?,
         older_than: age(text(filter.older_than))?,
         newer_than: age(text(filter.newer_than))?,
     })

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus::Registry;
-use regrelay_consumer::dead_letter_queue::{DeadLetterMetrics, DeadLetterQueue};
+use regrelay_dead_letters::{DeadLetterMetrics, DeadLetterQueue};
 use regrelay_history::Database;
 use regrelay_producer::EventPublisher;
 use secrecy::SecretString;

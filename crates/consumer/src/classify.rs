@@ -14,6 +14,8 @@
 
 use std::time::Duration;
 
+pub use regrelay_dead_letters::DeadLetterReason;
+
 /// What one HTTP attempt produced, as far as "retry?" is concerned.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AttemptResult {
@@ -64,20 +66,14 @@ pub enum RetryReason {
     RequestError,
 }
 
-/// Why a delivery is dead-lettered without further attempts. A metric label
-/// (`regrelay_dead_letters_total{reason}`); the delivery stage adds reasons of its own
-/// (`attempts_exhausted`, `unrenderable`, ...) that do not come from an attempt.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum DeadLetterReason {
-    /// A 3xx: redirects are not followed.
-    Redirect,
-    /// A 4xx other than 408 and 429: the receiver refuses this request and will keep refusing it.
-    ClientError,
-    /// The SSRF guard refused the target's address.
-    BlockedAddress,
-    /// 1xx or a code outside 100..=599: nothing we can interpret.
-    UnexpectedStatus,
-}
+/// The dead-letter reasons [`classify`] decides (the delivery stage adds its own, such as
+/// `attempts_exhausted`); all are [`DeadLetterReason`]s, the one closed vocabulary.
+pub const CLASSIFIED_DEAD_LETTER_REASONS: [DeadLetterReason; 4] = [
+    DeadLetterReason::Redirect,
+    DeadLetterReason::ClientError,
+    DeadLetterReason::BlockedAddress,
+    DeadLetterReason::UnexpectedStatus,
+];
 
 impl RetryReason {
     /// Every reason, for pre-registering metric series.
@@ -99,26 +95,6 @@ impl RetryReason {
             RetryReason::Timeout => "timeout",
             RetryReason::Connect => "connect",
             RetryReason::RequestError => "request_error",
-        }
-    }
-}
-
-impl DeadLetterReason {
-    /// Every reason, for pre-registering metric series.
-    pub const ALL: [DeadLetterReason; 4] = [
-        DeadLetterReason::Redirect,
-        DeadLetterReason::ClientError,
-        DeadLetterReason::BlockedAddress,
-        DeadLetterReason::UnexpectedStatus,
-    ];
-
-    /// The metric label value (also the dead letter's `reason`).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DeadLetterReason::Redirect => "redirect",
-            DeadLetterReason::ClientError => "client_error",
-            DeadLetterReason::BlockedAddress => "blocked_address",
-            DeadLetterReason::UnexpectedStatus => "unexpected_status",
         }
     }
 }
@@ -282,7 +258,10 @@ mod tests {
                 "request_error"
             ]
         );
-        let dead: Vec<&str> = DeadLetterReason::ALL.iter().map(|r| r.as_str()).collect();
+        let dead: Vec<&str> = CLASSIFIED_DEAD_LETTER_REASONS
+            .iter()
+            .map(|r| r.as_str())
+            .collect();
         assert_eq!(
             dead,
             [

@@ -1,16 +1,12 @@
 //! [`DeliveryContext`]: the handles both stages borrow, and [`ConsumerSettings`].
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use lapin::BasicProperties;
 use regrelay_history::{Database, HistoryRecorder};
-use regrelay_producer::topology::bucket_for;
-use regrelay_producer::{Broker, ConfirmedPublisher, OutgoingMessage, PublishError, Topology};
+use regrelay_producer::{Broker, ConfirmedPublisher, TaskQueue, Topology};
 use tokio_util::sync::CancellationToken;
-
-use crate::outage::GaveUp;
 
 use crate::http_client::HttpClients;
 use crate::limiter::TargetLimiter;
@@ -65,8 +61,9 @@ pub struct DeliveryContext {
     pub topology: Topology,
     /// The connection deliveries are consumed on (separate from publishing: see `BrokerSettings::role`).
     pub consume_broker: Arc<Broker>,
-    /// Publishes delivery tasks, retries and dead letters, and waits for the confirms.
-    pub publisher: ConfirmedPublisher,
+    /// Publishes delivery tasks, retries, parked messages and dead letters, and waits for the
+    /// confirms.
+    pub queue: TaskQueue,
     pub cache: Arc<PolicyCache>,
     pub db: Database,
     pub clients: HttpClients,
@@ -89,8 +86,6 @@ pub struct DeliveryContext {
     pub direct_attempts: tokio::sync::Semaphore,
     /// Project ids by name, for the CloudEvents `source` of system-wide policies; ids never change.
     project_ids: Mutex<HashMap<String, i64>>,
-    /// Retry buckets already declared by this process.
-    declared_buckets: Mutex<HashSet<Duration>>,
 }
 
 impl DeliveryContext {
@@ -117,7 +112,7 @@ impl DeliveryContext {
             ),
             topology,
             consume_broker,
-            publisher,
+            queue: TaskQueue::new(publisher),
             cache,
             db,
             clients,
@@ -129,7 +124,6 @@ impl DeliveryContext {
             fanout_budget: tokio::sync::Semaphore::new(FANOUT_BUDGET),
             direct_attempts: tokio::sync::Semaphore::new(direct_attempts),
             project_ids: Mutex::new(HashMap::new()),
-            declared_buckets: Mutex::new(HashSet::new()),
         }
     }
 
@@ -155,83 +149,5 @@ impl DeliveryContext {
         }
         ids.insert(name.to_owned(), project.id);
         Ok(project.id)
-    }
-
-    pub(crate) fn bucket_declared(&self, bucket: Duration) -> bool {
-        self.declared_buckets
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .contains(&bucket)
-    }
-
-    pub(crate) fn set_bucket_declared(&self, bucket: Duration, declared: bool) {
-        let mut buckets = self
-            .declared_buckets
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if declared {
-            buckets.insert(bucket);
-        } else {
-            buckets.remove(&bucket);
-        }
-    }
-
-    /// Publishes to the deliveries or dead-letter queue, waiting out an outage for `outage_hold`.
-    /// A publish that comes back unroutable (someone deleted the queue) declares the topology
-    /// again before the next try, as the retry buckets do.
-    pub(crate) async fn publish_patiently<'m>(
-        &self,
-        what: &'static str,
-        build: impl Fn() -> Vec<OutgoingMessage<'m>>,
-    ) -> Result<(), GaveUp<PublishError>> {
-        let build = &build;
-        self.patiently(what, self.settings.outage_hold, || async move {
-            let result = self.publisher.publish(build()).await;
-            if let Err(PublishError::Returned { .. }) = &result {
-                if let Err(error) = self.publisher.broker().redeclare_topology().await {
-                    tracing::warn!(message = "Cannot declare the topology again.", error = %error);
-                }
-            }
-            result.map(|_| ())
-        })
-        .await
-    }
-
-    /// Publishes one message to the retry bucket for `delay` (rounded up) and waits for the
-    /// confirm; returns the bucket. Buckets are declared on first use; if someone deleted one
-    /// since, the publish comes back unroutable and one re-declaration fixes it.
-    pub(crate) async fn publish_to_retry_bucket(
-        &self,
-        delay: Duration,
-        body: &[u8],
-        properties: BasicProperties,
-    ) -> Result<Duration, PublishError> {
-        let bucket = bucket_for(delay);
-        let queue = self.topology.retry_queue(bucket);
-        for attempt in 0..2 {
-            if !self.bucket_declared(bucket) {
-                let channel = self.publisher.broker().open_channel().await?;
-                let declared = self.topology.declare_retry_queue(&channel, bucket).await;
-                let _ = channel.close(200, "declared".into()).await;
-                declared?;
-                self.set_bucket_declared(bucket, true);
-            }
-            let result = self
-                .publisher
-                .publish(vec![OutgoingMessage {
-                    exchange: "",
-                    routing_key: &queue,
-                    body,
-                    properties: properties.clone(),
-                }])
-                .await;
-            match result {
-                Err(PublishError::Returned { .. }) if attempt == 0 => {
-                    self.set_bucket_declared(bucket, false);
-                }
-                other => return other.map(|_| bucket),
-            }
-        }
-        Ok(bucket)
     }
 }

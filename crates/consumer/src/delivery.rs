@@ -15,19 +15,19 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use lapin::message::Delivery;
+use regrelay_dead_letters::{DeadLetterBody, DeadLetterReason, PolicySummary, TargetSummary};
 use regrelay_events::cloudevents::CloudEventContext;
 use regrelay_history::executions::TaskStatus;
 use regrelay_history::policy::{PayloadFormat, Target, TargetKind};
 use regrelay_producer::topology::bucket_for;
-use regrelay_producer::trace_context;
+use regrelay_producer::{trace_context, DeliveryTask};
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::attempt::{send_with_report, AttemptReport, AttemptRequest};
 use crate::classify::{classify, AttemptResult, DeliveryOutcome};
 use crate::context::DeliveryContext;
-use crate::dead_letter::{kind_str, now_rfc3339, DeadLetterBody, PolicySummary, TargetSummary};
+use crate::dead_letter;
 use crate::history::{self, redact_snippet, Step};
 use crate::http_client::HttpClients;
 use crate::limiter::Admission;
@@ -35,8 +35,7 @@ use crate::outage::GaveUp;
 use crate::policy_cache::CachedPolicy;
 use crate::render::{render_payload, PayloadKind};
 use crate::signing::SigningKey;
-use crate::stage::{Settlement, Stage, StageError};
-use crate::task::DeliveryTask;
+use crate::stage::{Received, Settlement, Stage, StageError};
 use tokio::sync::OwnedSemaphorePermit;
 
 /// Counts a task as in flight for as long as it lives.
@@ -55,7 +54,7 @@ impl Drop for InFlight<'_> {
     }
 }
 
-pub async fn handle_task(ctx: Arc<DeliveryContext>, delivery: Delivery) {
+pub async fn handle_task(ctx: Arc<DeliveryContext>, delivery: Received) {
     // One span per task message, continuing the trace of whatever published it: the matching
     // stage, or the attempt before (a retry).
     let span = tracing::debug_span!(
@@ -64,9 +63,9 @@ pub async fn handle_task(ctx: Arc<DeliveryContext>, delivery: Delivery) {
         otel.status_code = tracing::field::Empty,
     );
     // Err only when no OpenTelemetry layer is installed (tracing off): nothing to continue then.
-    let _ = span.set_parent(trace_context::extract(&delivery.properties));
+    let _ = span.set_parent(trace_context::extract(delivery.properties()));
     async {
-        let settlement = process(&ctx, &delivery.data).await;
+        let settlement = process(&ctx, delivery.body()).await;
         if !matches!(settlement, Settlement::Ack) {
             tracing::Span::current().record("otel.status_code", "ERROR");
         }
@@ -107,17 +106,9 @@ async fn process(ctx: &DeliveryContext, body: &[u8]) -> Settlement {
             "policy {} or its target is gone or disabled since the event was matched",
             task.policy_id
         );
-        return dead_letter(
-            ctx,
-            &task,
-            &event,
-            None,
-            None,
-            "policy_changed",
-            detail,
-            None,
-        )
-        .await;
+        let undeliverable =
+            Undeliverable::new(&task, &event, DeadLetterReason::PolicyChanged, detail);
+        return dead_letter(ctx, undeliverable).await;
     };
     let permit = match ctx.limiter.admit(&task.target_fingerprint).await {
         Admission::Go(permit) => permit,
@@ -213,17 +204,12 @@ async fn attempt_in_span(
     let prepared = match prepare(target, event, &cloud_context) {
         Ok(prepared) => prepared,
         Err(unsendable) => {
-            return dead_letter(
-                ctx,
-                &task,
-                event,
-                Some(cached),
-                Some(target),
-                unsendable.reason,
-                unsendable.detail,
-                None,
-            )
-            .await;
+            let undeliverable = Undeliverable {
+                policy: Some(cached),
+                target: Some(target),
+                ..Undeliverable::new(&task, event, unsendable.reason, unsendable.detail)
+            };
+            return dead_letter(ctx, undeliverable).await;
         }
     };
     // Kept for the history record: the exact body sent.
@@ -243,7 +229,7 @@ async fn attempt_in_span(
     ctx.limiter
         .record_attempt(&task.target_fingerprint, elapsed);
     task.attempts += 1;
-    let target_type = kind_str(target.kind);
+    let target_type = target.kind.as_str();
     ctx.metrics
         .attempt_seconds
         .with_label_values(&[target_type])
@@ -348,32 +334,24 @@ async fn attempt_in_span(
                     task.attempts,
                     describe(result)
                 );
-                dead_letter(
-                    ctx,
-                    &task,
-                    event,
-                    Some(cached),
-                    Some(target),
-                    "attempts_exhausted",
-                    detail,
-                    Some(&attempt),
-                )
-                .await
+                let undeliverable = Undeliverable {
+                    policy: Some(cached),
+                    target: Some(target),
+                    attempt: Some(&attempt),
+                    ..Undeliverable::new(&task, event, DeadLetterReason::AttemptsExhausted, detail)
+                };
+                dead_letter(ctx, undeliverable).await
             }
         },
         DeliveryOutcome::DeadLetter { reason } => {
             let detail = format!("not retryable: {}", describe(result));
-            dead_letter(
-                ctx,
-                &task,
-                event,
-                Some(cached),
-                Some(target),
-                reason.as_str(),
-                detail,
-                Some(&attempt),
-            )
-            .await
+            let undeliverable = Undeliverable {
+                policy: Some(cached),
+                target: Some(target),
+                attempt: Some(&attempt),
+                ..Undeliverable::new(&task, event, reason, detail)
+            };
+            dead_letter(ctx, undeliverable).await
         }
     }
 }
@@ -400,8 +378,7 @@ pub struct PreparedRequest {
 
 /// Why a request cannot be made at all (no attempt is possible; the delivery is dead-lettered).
 pub struct Unsendable {
-    /// The dead-letter reason (a metrics label).
-    pub reason: &'static str,
+    pub reason: DeadLetterReason,
     pub detail: String,
 }
 
@@ -414,7 +391,7 @@ pub fn prepare(
     // A credential the store could not decrypt is still sealed: never send it as the credential.
     if let Some(field) = target.unreadable_credential() {
         return Err(Unsendable {
-            reason: "bad_secret",
+            reason: DeadLetterReason::BadSecret,
             detail: format!("the target's stored {field} cannot be decrypted with the configured secrets_key (see the consumer's log)"),
         });
     }
@@ -424,12 +401,12 @@ pub fn prepare(
         (TargetKind::Http, PayloadFormat::Default) => PayloadKind::Default,
     };
     let rendered = render_payload(event, kind, cloud_context).map_err(|error| Unsendable {
-        reason: "unrenderable",
+        reason: DeadLetterReason::Unrenderable,
         detail: format!("cannot render the payload: {error}"),
     })?;
     let signing = match target.secret.as_deref().filter(|s| !s.is_empty()) {
         Some(secret) => Some(SigningKey::from_secret(secret).map_err(|error| Unsendable {
-            reason: "bad_secret",
+            reason: DeadLetterReason::BadSecret,
             detail: format!("the target's signing secret is unusable: {error}"),
         })?),
         None => None,
@@ -528,30 +505,58 @@ async fn schedule(
     event_type: &str,
     delay: Duration,
 ) -> Result<Duration, StageError> {
-    let body = task
-        .encode()
+    let message = task
+        .to_message(event_type)
         .map_err(|error| StageError::Bug("cannot encode a delivery task", error))?;
-    ctx.patiently("publish_retry", ctx.settings.outage_hold, || {
-        ctx.publish_to_retry_bucket(delay, &body, task.properties(event_type))
+    ctx.publish_patiently("publish_retry", || {
+        ctx.queue.schedule_retry(&message, delay)
     })
     .await
-    .map_err(|gave_up| match gave_up {
-        GaveUp::Refused(error) | GaveUp::Outlasted(error) => StageError::Broker(error),
-    })
 }
 
-// The arguments are what a dead letter says; bundling them would only rename them.
-#[allow(clippy::too_many_arguments)]
-async fn dead_letter(
-    ctx: &DeliveryContext,
-    task: &DeliveryTask,
-    event: &regrelay_events::RegistryEvent,
-    policy: Option<&CachedPolicy>,
-    target: Option<&Target>,
-    reason: &'static str,
+/// What a delivery's dead letter says: the task, why, and what is known of where it was going.
+struct Undeliverable<'a> {
+    task: &'a DeliveryTask,
+    event: &'a regrelay_events::RegistryEvent,
+    /// The policy and target, when they were found.
+    policy: Option<&'a CachedPolicy>,
+    target: Option<&'a Target>,
+    reason: DeadLetterReason,
     detail: String,
-    attempt: Option<&Attempted<'_>>,
-) -> Settlement {
+    /// The attempt that decided it, if one was made.
+    attempt: Option<&'a Attempted<'a>>,
+}
+
+impl<'a> Undeliverable<'a> {
+    fn new(
+        task: &'a DeliveryTask,
+        event: &'a regrelay_events::RegistryEvent,
+        reason: DeadLetterReason,
+        detail: String,
+    ) -> Self {
+        Self {
+            task,
+            event,
+            policy: None,
+            target: None,
+            reason,
+            detail,
+            attempt: None,
+        }
+    }
+}
+
+/// Records the dead letter's step in history, then publishes it (confirmed) to settle the task.
+async fn dead_letter(ctx: &DeliveryContext, undeliverable: Undeliverable<'_>) -> Settlement {
+    let Undeliverable {
+        task,
+        event,
+        policy,
+        target,
+        reason,
+        detail,
+        attempt,
+    } = undeliverable;
     // History first: the task is Error from now on, whatever the broker does next.
     let kind = target.map_or(TargetKind::Http, |t| t.kind);
     let event_type = event.event_type().as_str();
@@ -571,34 +576,25 @@ async fn dead_letter(
     if let Some(target) = target {
         ctx.metrics
             .deliveries
-            .with_label_values(&["dead_lettered", kind_str(target.kind)])
+            .with_label_values(&["dead_lettered", target.kind.as_str()])
             .inc();
     }
-    let body = DeadLetterBody {
-        schema: crate::dead_letter::SCHEMA,
-        id: task.delivery_id,
-        reason,
-        detail,
-        dead_lettered_at: now_rfc3339(),
-        attempts: task.attempts,
-        last_status: task.last_status,
-        last_error: task.last_error.clone(),
-        event_type: Some(event.event_type().as_str().to_owned()),
+    let letter = DeadLetterBody {
+        event_type: Some(event_type.to_owned()),
         project: Some(event.project().to_owned()),
         policy: policy.map(|p| PolicySummary::of(&p.policy)),
         target: target.map(TargetSummary::of),
-        task: Some(task),
-        original: None,
+        ..DeadLetterBody::of_task(task, reason, detail)
     };
-    body.publish_and_settle(ctx).await
+    dead_letter::publish_and_settle(ctx, &letter).await
 }
 
 async fn poison(ctx: &DeliveryContext, body: &[u8], error: String) -> Settlement {
-    DeadLetterBody::poison(
+    let letter = DeadLetterBody::<()>::unprocessable(
+        DeadLetterReason::Poison,
         ctx.topology.deliveries_queue(),
         body,
         format!("delivery task cannot be read: {error}"),
-    )
-    .publish_and_settle(ctx)
-    .await
+    );
+    dead_letter::publish_and_settle(ctx, &letter).await
 }

@@ -43,8 +43,8 @@ use base64::Engine as _;
 use crate::attempt::{AttemptReport, MAX_SNIPPET};
 use crate::classify::AttemptResult;
 use crate::context::DeliveryContext;
-use crate::task::{DeliveryTask, Trigger};
 use crate::telemetry::ConsumerMetrics;
+use regrelay_producer::{DeliveryTask, Trigger};
 
 /// How long a write that fails for a reason other than an unreachable database (a constraint, a
 /// value PostgreSQL refuses) is retried before the delivery is settled without its record.

@@ -1,7 +1,6 @@
 //! The consumer role: matches events against webhook policies and delivers them, durably.
 //!
 //! Module map:
-//! - [`task`]: [`DeliveryTask`], the versioned message of one delivery (event × policy × target).
 //! - [`policy_cache`]: every consumer's in-memory copy of the policies and the global switch.
 //! - [`matching`]: stage 1, `<prefix>.events` → one task per (policy, target) → a direct first
 //!   attempt (fast targets) or `<prefix>.deliveries`.
@@ -13,8 +12,8 @@
 //! - [`ssrf`]: refuses private, loopback, link-local and multicast addresses, on the resolved address.
 //! - [`http_client`], [`attempt`]: the shared HTTP clients and one attempt.
 //! - [`limiter`]: per-target concurrency, so one slow receiver starves no one.
-//! - [`dead_letter`]: the dead-letter body and its publishing.
-//! - [`dead_letter_queue`]: operator access to the dead letters: list, show, replay, purge.
+//! - `dead_letter`: publishing a dead letter (the body and the operator tooling are in
+//!   `regrelay-dead-letters`).
 //! - [`history`]: records each delivery's progress (durably, before the message is settled) and
 //!   runs the history retention sweep.
 //! - [`byte_budget`]: bounds the bytes of message bodies a stage holds; adapts the prefetch.
@@ -30,8 +29,7 @@ pub mod attempt;
 pub mod byte_budget;
 pub mod classify;
 pub mod context;
-pub mod dead_letter;
-pub mod dead_letter_queue;
+mod dead_letter;
 pub mod delivery;
 pub mod history;
 pub mod http_client;
@@ -44,7 +42,6 @@ pub mod retry;
 pub mod signing;
 pub mod ssrf;
 pub mod stage;
-pub mod task;
 pub mod telemetry;
 pub mod test_delivery;
 
@@ -60,7 +57,6 @@ pub use history::RetentionSettings;
 pub use http_client::{HttpClients, HttpSettings};
 pub use policy_cache::PolicyCache;
 pub use retry::RetrySchedule;
-pub use task::{DeliveryTask, Trigger};
 pub use telemetry::ConsumerMetrics;
 
 /// Everything the consumer role needs, before it runs.

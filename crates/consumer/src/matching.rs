@@ -28,24 +28,23 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use lapin::message::Delivery;
-use regrelay_producer::{trace_context, EventMessage, OutgoingMessage};
+use regrelay_producer::{trace_context, DeliveryTask, EventMessage, TaskMessageOut, Trigger};
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
+use regrelay_dead_letters::{DeadLetterBody, DeadLetterReason};
 use regrelay_history::policy::TargetKind;
 
 use crate::context::DeliveryContext;
-use crate::dead_letter::DeadLetterBody;
+use crate::dead_letter;
 use crate::delivery;
 use crate::history::{self, Step};
 use crate::limiter::Admission;
 use crate::outage::GaveUp;
 use crate::policy_cache::CachedPolicy;
-use crate::stage::{self, Settlement, Stage, StageError};
-use crate::task::{DeliveryTask, Trigger};
+use crate::stage::{self, Received, Settlement, Stage, StageError};
 
-pub async fn handle_event(ctx: Arc<DeliveryContext>, delivery: Delivery) {
+pub async fn handle_event(ctx: Arc<DeliveryContext>, delivery: Received) {
     // One span per event, continuing the trace of the request that published it.
     let span = tracing::debug_span!(
         "match_event",
@@ -55,22 +54,22 @@ pub async fn handle_event(ctx: Arc<DeliveryContext>, delivery: Delivery) {
         otel.status_code = tracing::field::Empty,
     );
     // Err only when no OpenTelemetry layer is installed (tracing off): nothing to continue then.
-    let _ = span.set_parent(trace_context::extract(&delivery.properties));
+    let _ = span.set_parent(trace_context::extract(delivery.properties()));
     match_event(ctx, delivery).instrument(span).await;
 }
 
-async fn match_event(ctx: Arc<DeliveryContext>, delivery: Delivery) {
+async fn match_event(ctx: Arc<DeliveryContext>, delivery: Received) {
     let span = tracing::Span::current();
-    let message = match EventMessage::decode(&delivery.properties, &delivery.data) {
+    let message = match EventMessage::decode(delivery.properties(), delivery.body()) {
         Ok(message) => message,
         Err(error) => {
-            let dead = DeadLetterBody::unprocessable(
-                "poison",
+            let dead = DeadLetterBody::<()>::unprocessable(
+                DeadLetterReason::Poison,
                 ctx.topology.events_queue(),
-                &delivery.data,
+                delivery.body(),
                 format!("event message cannot be read: {error}"),
             );
-            let settlement = dead.publish_and_settle(&ctx).await;
+            let settlement = dead_letter::publish_and_settle(&ctx, &dead).await;
             stage::settle(&ctx, Stage::Matching, &delivery, settlement).await;
             return;
         }
@@ -83,15 +82,15 @@ async fn match_event(ctx: Arc<DeliveryContext>, delivery: Delivery) {
         Err(FanOutError::Unprocessable { reason, detail }) => {
             // It can never be fanned out (a value the database refuses, a task that cannot be
             // encoded): dead-lettered once, with the event, never retried in a loop.
-            let mut dead = DeadLetterBody::unprocessable(
+            let mut dead = DeadLetterBody::<()>::unprocessable(
                 reason,
                 ctx.topology.events_queue(),
-                &delivery.data,
+                delivery.body(),
                 detail,
             );
             dead.event_type = Some(message.event_type().as_str().to_owned());
             dead.project = Some(message.event.project().to_owned());
-            dead.publish_and_settle(&ctx).await
+            dead_letter::publish_and_settle(&ctx, &dead).await
         }
     };
     if !matches!(settlement, Settlement::Ack) {
@@ -104,9 +103,9 @@ async fn match_event(ctx: Arc<DeliveryContext>, delivery: Delivery) {
 enum FanOutError {
     /// Not now (an outage outlasted `outage_hold`, or the process is stopping): park it.
     Later(StageError),
-    /// Never: dead-letter it with `reason` (a dead-letter reason, also a metrics label).
+    /// Never: dead-letter it with `reason`.
     Unprocessable {
-        reason: &'static str,
+        reason: DeadLetterReason,
         detail: String,
     },
 }
@@ -115,7 +114,7 @@ enum FanOutError {
 struct QueuedTask {
     task: DeliveryTask,
     kind: TargetKind,
-    body: Vec<u8>,
+    message: TaskMessageOut,
 }
 
 /// Matches and publishes the tasks; `Ok` once they are all settled durably.
@@ -158,6 +157,7 @@ async fn fan_out(ctx: &DeliveryContext, message: &EventMessage) -> Result<(), Fa
     let Ok(_budget) = ctx.fanout_budget.acquire_many(wanted).await else {
         return Err(FanOutError::Later(StageError::ShuttingDown));
     };
+    let event_type = message.event_type().as_str();
     // Everything that can refuse the event for good happens here, before any side effect.
     // (task, its policy, the target's index in it)
     let mut tasks = Vec::new();
@@ -173,7 +173,7 @@ async fn fan_out(ctx: &DeliveryContext, message: &EventMessage) -> Result<(), Fa
                 .map_err(|gave_up| match gave_up {
                     GaveUp::Outlasted(error) => FanOutError::Later(StageError::Database(error)),
                     GaveUp::Refused(error) => FanOutError::Unprocessable {
-                        reason: "unstorable",
+                        reason: DeadLetterReason::Unstorable,
                         detail: format!("the event's project cannot be stored: {error}"),
                     },
                 })?,
@@ -190,37 +190,42 @@ async fn fan_out(ctx: &DeliveryContext, message: &EventMessage) -> Result<(), Fa
                 Trigger::Event,
             )
             .map_err(|error| FanOutError::Unprocessable {
-                reason: "unencodable",
+                reason: DeadLetterReason::Unencodable,
                 detail: format!("cannot build a delivery task: {error}"),
             })?;
             let task = DeliveryTask {
                 policy_generation: set.generation,
                 ..task
             };
-            let body = task.encode().map_err(|error| FanOutError::Unprocessable {
-                reason: "unencodable",
-                detail: format!("cannot encode a delivery task: {error}"),
-            })?;
-            tasks.push((task, body, cached.clone(), index));
+            let encoded =
+                task.to_message(event_type)
+                    .map_err(|error| FanOutError::Unprocessable {
+                        reason: DeadLetterReason::Unencodable,
+                        detail: format!("cannot encode a delivery task: {error}"),
+                    })?;
+            tasks.push((task, encoded, cached.clone(), index));
         }
     }
-    let event_type = message.event_type().as_str();
     let direct_allowed = ctx.settings.direct_first_attempt && set.notifications_enabled;
     let mut queued = Vec::new();
     let mut direct = Vec::new();
-    for (task, body, cached, index) in tasks {
+    for (task, encoded, cached, index) in tasks {
         if direct_allowed && ctx.limiter.is_fast(&task.target_fingerprint) {
             direct.push(attempt_directly(
                 ctx,
                 task,
-                body,
+                encoded,
                 &message.event,
                 cached,
                 index,
             ));
         } else {
             let kind = cached.policy.targets[index].kind;
-            queued.push(QueuedTask { task, kind, body });
+            queued.push(QueuedTask {
+                task,
+                kind,
+                message: encoded,
+            });
         }
     }
     let task_count = queued.len() + direct.len();
@@ -247,7 +252,7 @@ async fn fan_out(ctx: &DeliveryContext, message: &EventMessage) -> Result<(), Fa
 async fn attempt_directly(
     ctx: &DeliveryContext,
     task: DeliveryTask,
-    body: Vec<u8>,
+    encoded: TaskMessageOut,
     event: &regrelay_events::RegistryEvent,
     cached: Arc<CachedPolicy>,
     target_index: usize,
@@ -260,7 +265,12 @@ async fn attempt_directly(
         Admission::Saturated => {
             let kind = cached.policy.targets[target_index].kind;
             let event_type = event.event_type().as_str();
-            return queue_tasks(ctx, vec![QueuedTask { task, kind, body }], event_type)
+            let queued = QueuedTask {
+                task,
+                kind,
+                message: encoded,
+            };
+            return queue_tasks(ctx, vec![queued], event_type)
                 .await
                 .map_err(FanOutError::Later);
         }
@@ -301,22 +311,9 @@ async fn queue_tasks(
         })
         .collect();
     history::record_in_background(ctx, steps);
-    let queue = ctx.topology.deliveries_queue();
-    ctx.publish_patiently("publish_tasks", || {
-        tasks
-            .iter()
-            .map(|queued| OutgoingMessage {
-                exchange: "",
-                routing_key: &queue,
-                body: &queued.body,
-                properties: queued.task.properties(event_type),
-            })
-            .collect()
-    })
-    .await
-    .map_err(|gave_up| match gave_up {
-        GaveUp::Refused(error) | GaveUp::Outlasted(error) => StageError::Broker(error),
-    })?;
+    let messages: Vec<&TaskMessageOut> = tasks.iter().map(|queued| &queued.message).collect();
+    ctx.publish_patiently("publish_tasks", || ctx.queue.publish_tasks(&messages))
+        .await?;
     ctx.metrics
         .tasks_created
         .with_label_values(&["queued"])

@@ -23,6 +23,7 @@ use regrelay_history::StoreError;
 use regrelay_producer::PublishError;
 
 use crate::context::DeliveryContext;
+use crate::stage::StageError;
 
 /// Whether an error is an outage worth waiting out (rather than a refusal).
 pub(crate) trait Outage: std::fmt::Display {
@@ -90,6 +91,26 @@ impl DeliveryContext {
             }
             delay = (delay * 2).min(MAX_RETRY_DELAY);
         }
+    }
+}
+
+impl DeliveryContext {
+    /// A publish run [`Self::patiently`] for `outage_hold`; what the broker would still not take
+    /// is a [`StageError::Broker`] (the stage then parks the message).
+    pub(crate) async fn publish_patiently<T, F, Fut>(
+        &self,
+        what: &'static str,
+        call: F,
+    ) -> Result<T, StageError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, PublishError>>,
+    {
+        self.patiently(what, self.settings.outage_hold, call)
+            .await
+            .map_err(|gave_up| match gave_up {
+                GaveUp::Refused(error) | GaveUp::Outlasted(error) => StageError::Broker(error),
+            })
     }
 }
 

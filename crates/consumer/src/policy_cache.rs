@@ -27,8 +27,8 @@ use regrelay_history::{Database, StoreError};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::task::target_fingerprint;
 use crate::telemetry::ConsumerMetrics;
+use regrelay_producer::task::target_fingerprint;
 
 /// A policy with its filters compiled once.
 pub struct CachedPolicy {

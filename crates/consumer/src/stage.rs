@@ -36,7 +36,7 @@ pub async fn consume_until<F, Fut>(
     shutdown: CancellationToken,
     handler: F,
 ) where
-    F: Fn(Arc<DeliveryContext>, Delivery) -> Fut + Send + Sync + 'static,
+    F: Fn(Arc<DeliveryContext>, Received) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
     let handler = Arc::new(handler);
@@ -123,7 +123,7 @@ pub async fn consume_until<F, Fut>(
                             held = budget.admit(size) => held,
                             () = shutdown.cancelled() => break,
                         };
-                        let handle = handler(ctx.clone(), delivery);
+                        let handle = handler(ctx.clone(), Received(delivery));
                         handlers.spawn(async move {
                             handle.await;
                             drop(held);
@@ -186,6 +186,20 @@ pub async fn consume_until<F, Fut>(
         }
         handlers.wait().await;
         let _ = channel.close(200, "stage stopped".into()).await;
+    }
+}
+
+/// A message a stage took from its queue, held until [`settle`] acks or nacks it. Only this module
+/// speaks AMQP to the consume side; handlers read the message through this.
+pub struct Received(Delivery);
+
+impl Received {
+    pub fn body(&self) -> &[u8] {
+        &self.0.data
+    }
+
+    pub fn properties(&self) -> &lapin::BasicProperties {
+        &self.0.properties
     }
 }
 
@@ -272,9 +286,10 @@ pub(crate) fn cause_chain(error: &dyn std::error::Error) -> String {
 pub(crate) async fn settle(
     ctx: &DeliveryContext,
     stage: Stage,
-    delivery: &Delivery,
+    received: &Received,
     settlement: Settlement,
 ) {
+    let delivery = &received.0;
     let error = match settlement {
         Settlement::Ack => {
             if let Err(error) = delivery.ack(BasicAckOptions::default()).await {
@@ -339,22 +354,14 @@ async fn park(
 ) -> Result<String, regrelay_producer::PublishError> {
     match stage {
         Stage::Matching => {
-            let queue = ctx.topology.events_wait_queue();
-            ctx.publisher
-                .publish(vec![regrelay_producer::OutgoingMessage {
-                    exchange: "",
-                    routing_key: &queue,
-                    body: &delivery.data,
-                    properties: delivery.properties.clone(),
-                }])
-                .await?;
-            Ok(queue)
+            ctx.queue
+                .park_event(&delivery.data, &delivery.properties)
+                .await
         }
         Stage::Delivery => {
-            let bucket = ctx
-                .publish_to_retry_bucket(PARK_DELAY, &delivery.data, delivery.properties.clone())
-                .await?;
-            Ok(ctx.topology.retry_queue(bucket))
+            ctx.queue
+                .park_task(&delivery.data, &delivery.properties, PARK_DELAY)
+                .await
         }
     }
 }

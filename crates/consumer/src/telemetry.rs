@@ -68,14 +68,6 @@ pub struct ConsumerMetrics {
 
 pub const TARGET_TYPES: [&str; 2] = ["http", "slack"];
 pub const OUTCOMES: [&str; 3] = ["delivered", "retried", "dead_lettered"];
-/// Dead-letter reasons decided outside [`crate::classify`] (by the delivery and matching stages).
-pub const OTHER_DEAD_LETTER_REASONS: [&str; 5] = [
-    "attempts_exhausted",
-    "poison",
-    "policy_changed",
-    "unrenderable",
-    "bad_secret",
-];
 
 impl ConsumerMetrics {
     pub fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
@@ -254,12 +246,11 @@ impl ConsumerMetrics {
         for reason in crate::classify::RetryReason::ALL {
             retries_scheduled.with_label_values(&[reason.as_str()]);
         }
-        for reason in crate::classify::DeadLetterReason::ALL
-            .iter()
-            .map(|r| r.as_str())
-            .chain(OTHER_DEAD_LETTER_REASONS)
+        for reason in regrelay_dead_letters::DeadLetterReason::ALL
+            .into_iter()
+            .filter(|reason| reason.is_written_by_regrelay())
         {
-            dead_letters.with_label_values(&[reason]);
+            dead_letters.with_label_values(&[reason.as_str()]);
         }
         for stage in crate::stage::Stage::ALL {
             messages_parked.with_label_values(&[stage.as_str()]);

@@ -25,10 +25,10 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use crate::classify::{classify, AttemptResult, DeliveryOutcome};
-use crate::dead_letter::TargetSummary;
 use crate::delivery::{describe, prepare, send_prepared};
 use crate::history::{attempt_log, redact_snippet, vendor_type};
 use crate::http_client::HttpClients;
+use regrelay_dead_letters::TargetSummary;
 
 /// Targets one test delivery calls at once.
 pub const TEST_DELIVERY_CONCURRENCY: usize = 8;

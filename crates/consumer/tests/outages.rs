@@ -308,8 +308,8 @@ async fn a_work_queue_of_an_older_release_is_used_and_reported() {
 #[tokio::test]
 async fn an_event_past_its_delivery_limit_is_dead_lettered_by_the_broker_and_replayable() {
     use lapin::options::{BasicGetOptions, BasicNackOptions};
-    use regrelay_consumer::dead_letter_queue::{
-        DeadLetterFilter, DeadLetterMetrics, DeadLetterQueue, ReplaySelection,
+    use regrelay_dead_letters::{
+        DeadLetterFilter, DeadLetterMetrics, DeadLetterQueue, DeadLetterReason, ReplaySelection,
     };
     use regrelay_producer::{Broker, ConfirmedPublisher, ProducerMetrics};
     use std::sync::Arc;
@@ -376,7 +376,7 @@ async fn an_event_past_its_delivery_limit_is_dead_lettered_by_the_broker_and_rep
     );
     let letters = queue.list(&DeadLetterFilter::default(), 10).await.unwrap();
     assert_eq!(letters.len(), 1);
-    assert_eq!(letters[0].reason, "delivery_limit");
+    assert_eq!(letters[0].reason, DeadLetterReason::DeliveryLimit);
     assert_eq!(letters[0].id, message.id);
     assert_eq!(letters[0].project.as_deref(), Some("lib"));
     assert!(letters[0].replayable);

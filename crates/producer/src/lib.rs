@@ -5,6 +5,9 @@
 //! - [`message`]: the wire contract of one event message (body, properties, headers, schema version).
 //! - [`broker`]: one supervised AMQP connection with a small pool of confirm-mode channels, reconnecting with backoff.
 //! - [`publisher`]: [`EventPublisher`], which returns only once the broker has confirmed every message.
+//! - [`task`]: [`DeliveryTask`], the wire contract of one delivery (event × policy × target).
+//! - [`task_queue`]: [`TaskQueue`], which publishes tasks, retries (into their bucket), parked
+//!   messages, dead letters and replays, confirmed.
 //! - [`telemetry`]: the metrics this crate feeds.
 //! - [`trace_context`]: W3C trace context in message headers, written on every publish.
 //!
@@ -14,6 +17,8 @@
 pub mod broker;
 pub mod message;
 pub mod publisher;
+pub mod task;
+pub mod task_queue;
 pub mod telemetry;
 pub mod topology;
 pub mod trace_context;
@@ -21,5 +26,7 @@ pub mod trace_context;
 pub use broker::{Broker, BrokerError, BrokerSettings, BrokerTls};
 pub use message::{DecodeError, EventMessage, EventSource, SCHEMA_VERSION};
 pub use publisher::{ConfirmedPublisher, EventPublisher, OutgoingMessage, PublishError};
+pub use task::{DeliveryTask, TaskDecodeError, TaskMessageOut, Trigger};
+pub use task_queue::{DeadLetterMessage, TaskQueue};
 pub use telemetry::ProducerMetrics;
 pub use topology::{Topology, TopologyError};

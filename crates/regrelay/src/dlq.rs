@@ -19,9 +19,9 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
 use prometheus::Registry;
-use regrelay_consumer::dead_letter_queue::{
+use regrelay_dead_letters::{
     parse_age, parse_ids, DeadLetter, DeadLetterError, DeadLetterFilter, DeadLetterMetrics,
-    DeadLetterQueue, DeadLetterSummary, ReplayReport, ReplaySelection,
+    DeadLetterQueue, DeadLetterReason, DeadLetterSummary, ReplayReport, ReplaySelection,
 };
 use regrelay_producer::{Broker, BrokerSettings, ConfirmedPublisher, ProducerMetrics, Topology};
 use secrecy::ExposeSecret;
@@ -86,9 +86,9 @@ pub struct FilterArgs {
     /// The event type, e.g. PUSH_ARTIFACT.
     #[arg(long)]
     event_type: Option<String>,
-    /// The dead-letter reason, e.g. attempts_exhausted, client_error, poison.
-    #[arg(long)]
-    reason: Option<String>,
+    /// The dead-letter reason, e.g. attempts_exhausted, client_error, poison, delivery_limit.
+    #[arg(long, value_parser = reason_arg)]
+    reason: Option<DeadLetterReason>,
     /// Dead-lettered at least this long ago (90s, 10m, 1h30m, 2d).
     #[arg(long, value_parser = age_arg)]
     older_than: Option<Duration>,
@@ -108,6 +108,12 @@ impl FilterArgs {
             newer_than: self.newer_than,
         }
     }
+}
+
+fn reason_arg(text: &str) -> Result<DeadLetterReason, String> {
+    text.trim()
+        .parse()
+        .map_err(|e: regrelay_dead_letters::UnknownReason| e.to_string())
 }
 
 fn age_arg(text: &str) -> Result<Duration, String> {
@@ -312,7 +318,7 @@ fn table(found: &[DeadLetterSummary]) -> String {
             [
                 s.id.to_string(),
                 s.age_seconds.map(age).unwrap_or_else(|| "-".into()),
-                s.reason.clone(),
+                s.reason.to_string(),
                 s.event_type.clone().unwrap_or_else(|| "-".into()),
                 s.project.clone().unwrap_or_else(|| "-".into()),
                 s.policy
@@ -380,7 +386,7 @@ fn details(letter: &DeadLetter) -> anyhow::Result<String> {
     let or_dash = |v: Option<String>| v.unwrap_or_else(|| "-".into());
     let mut rows: Vec<(&str, String)> = vec![
         ("ID", s.id.to_string()),
-        ("Reason", s.reason.clone()),
+        ("Reason", s.reason.to_string()),
         ("Detail", s.detail.clone()),
         (
             "Dead-lettered",
@@ -405,9 +411,9 @@ fn details(letter: &DeadLetter) -> anyhow::Result<String> {
             "Target",
             or_dash(s.target.as_ref().map(|t| {
                 if t.payload_format.is_empty() {
-                    format!("{} {}", t.kind, t.address)
+                    format!("{} {}", t.kind.as_str(), t.address)
                 } else {
-                    format!("{} {} ({})", t.kind, t.address, t.payload_format)
+                    format!("{} {} ({})", t.kind.as_str(), t.address, t.payload_format)
                 }
             })),
         ),

@@ -172,8 +172,17 @@ impl DeliveryTask {
         }
     }
 
+    /// The task as the AMQP message the deliveries queue, the retry buckets and a replay take:
+    /// the encoded body and its properties. Fails only if the task cannot be encoded.
+    pub fn to_message(&self, event_type: &str) -> Result<TaskMessageOut, serde_json::Error> {
+        Ok(TaskMessageOut {
+            body: self.encode()?,
+            properties: self.properties(event_type),
+        })
+    }
+
     /// Persistent properties, with headers that let an operator see at a glance what a message is.
-    pub fn properties(&self, event_type: &str) -> BasicProperties {
+    pub(crate) fn properties(&self, event_type: &str) -> BasicProperties {
         let mut headers = FieldTable::default();
         headers.insert("x-regrelay-event-type".into(), text(event_type));
         headers.insert(
@@ -190,6 +199,21 @@ impl DeliveryTask {
             .with_app_id("regrelay".into())
             .with_delivery_mode(2)
             .with_headers(headers)
+    }
+}
+
+/// A delivery task encoded for the broker ([`DeliveryTask::to_message`]); published by
+/// [`crate::TaskQueue`]. Opaque: only this crate builds AMQP messages.
+#[derive(Debug, Clone)]
+pub struct TaskMessageOut {
+    pub(crate) body: Vec<u8>,
+    pub(crate) properties: BasicProperties,
+}
+
+impl TaskMessageOut {
+    /// The encoded body (`delivery.v1` JSON).
+    pub fn body(&self) -> &[u8] {
+        &self.body
     }
 }
 
@@ -214,7 +238,7 @@ fn delivery_id(event_id: Uuid, policy_id: i64, fingerprint: &str, trigger: Trigg
     }
 }
 
-pub(crate) fn now_ms() -> u64 {
+pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)

@@ -11,13 +11,15 @@ use lapin::options::BasicPublishOptions;
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::BasicProperties;
 use prometheus::Registry;
-use regrelay_consumer::dead_letter::{DeadLetterBody, PolicySummary, TargetSummary, SCHEMA};
-use regrelay_consumer::dead_letter_queue::{
-    DeadLetterFilter, DeadLetterMetrics, DeadLetterQueue, ReplaySelection,
+use regrelay_dead_letters::letter::Schema;
+use regrelay_dead_letters::{
+    DeadLetterBody, DeadLetterFilter, DeadLetterMetrics, DeadLetterQueue, DeadLetterReason,
+    PolicySummary, ReplaySelection, TargetSummary,
 };
-use regrelay_consumer::{DeliveryTask, Trigger};
 use regrelay_events::RegistryEvent;
+use regrelay_history::policy::TargetKind;
 use regrelay_producer::{Broker, BrokerSettings, ConfirmedPublisher, ProducerMetrics};
+use regrelay_producer::{DeliveryTask, Trigger};
 use regrelay_testkit::{amqp_url, TcpProxy, TestBroker};
 use uuid::Uuid;
 
@@ -87,7 +89,7 @@ impl Env {
         task.attempts = 3;
         task.last_status = Some(500);
         let body = DeadLetterBody {
-            schema: SCHEMA,
+            schema: Schema,
             id: task.delivery_id,
             reason: letter.reason,
             detail: "gave up after 3 attempts; last: HTTP 500".into(),
@@ -103,9 +105,9 @@ impl Env {
                 project: Some(letter.project.into()),
             }),
             target: Some(TargetSummary {
-                kind: "http",
+                kind: TargetKind::Http,
                 address: "https://hooks.example.com/x?redacted".into(),
-                payload_format: "Default",
+                payload_format: "Default".into(),
             }),
             task: Some(&task),
             original: None,
@@ -117,7 +119,8 @@ impl Env {
 
     /// Publishes a poison dead letter (no task); returns its id.
     async fn poison(&self) -> Uuid {
-        let body = DeadLetterBody::poison(
+        let body = DeadLetterBody::<()>::unprocessable(
+            DeadLetterReason::Poison,
             self.deliveries(),
             b"{not a task",
             "task body is not a known task message".into(),
@@ -183,11 +186,16 @@ impl Env {
 struct Letter<'a> {
     project: &'a str,
     policy_id: i64,
-    reason: &'static str,
+    reason: DeadLetterReason,
     age: Duration,
 }
 
-fn letter<'a>(project: &'a str, policy_id: i64, reason: &'static str, age: Duration) -> Letter<'a> {
+fn letter<'a>(
+    project: &'a str,
+    policy_id: i64,
+    reason: DeadLetterReason,
+    age: Duration,
+) -> Letter<'a> {
     Letter {
         project,
         policy_id,
@@ -210,7 +218,7 @@ fn ago(age: Duration) -> String {
 const MIN: Duration = Duration::from_secs(60);
 const HOUR: Duration = Duration::from_secs(3600);
 
-fn ids(summaries: &[regrelay_consumer::dead_letter_queue::DeadLetterSummary]) -> HashSet<Uuid> {
+fn ids(summaries: &[regrelay_dead_letters::DeadLetterSummary]) -> HashSet<Uuid> {
     summaries.iter().map(|s| s.id).collect()
 }
 
@@ -218,11 +226,18 @@ fn ids(summaries: &[regrelay_consumer::dead_letter_queue::DeadLetterSummary]) ->
 async fn list_filters_by_every_field_and_leaves_the_queue_as_it_was() {
     let env = Env::start("dlq-list").await;
     let a = env
-        .dead_letter(letter("lib", 1, "attempts_exhausted", 2 * HOUR))
+        .dead_letter(letter(
+            "lib",
+            1,
+            DeadLetterReason::AttemptsExhausted,
+            2 * HOUR,
+        ))
         .await;
-    let b = env.dead_letter(letter("lib", 2, "client_error", MIN)).await;
+    let b = env
+        .dead_letter(letter("lib", 2, DeadLetterReason::ClientError, MIN))
+        .await;
     let c = env
-        .dead_letter(letter("ops", 3, "attempts_exhausted", MIN))
+        .dead_letter(letter("ops", 3, DeadLetterReason::AttemptsExhausted, MIN))
         .await;
     let p = env.poison().await;
 
@@ -233,7 +248,7 @@ async fn list_filters_by_every_field_and_leaves_the_queue_as_it_was() {
         .unwrap();
     assert_eq!(ids(&all), HashSet::from([a, b, c, p]));
     let first = all.iter().find(|s| s.id == a).unwrap();
-    assert_eq!(first.reason, "attempts_exhausted");
+    assert_eq!(first.reason, DeadLetterReason::AttemptsExhausted);
     assert_eq!(first.attempts, 3);
     assert_eq!(first.last_status, Some(500));
     assert_eq!(first.project.as_deref(), Some("lib"));
@@ -279,7 +294,7 @@ async fn list_filters_by_every_field_and_leaves_the_queue_as_it_was() {
     .await;
     check(
         DeadLetterFilter {
-            reason: Some("poison".into()),
+            reason: Some(DeadLetterReason::Poison),
             ..Default::default()
         },
         vec![p],
@@ -296,7 +311,7 @@ async fn list_filters_by_every_field_and_leaves_the_queue_as_it_was() {
     check(
         DeadLetterFilter {
             newer_than: Some(10 * MIN),
-            reason: Some("attempts_exhausted".into()),
+            reason: Some(DeadLetterReason::AttemptsExhausted),
             ..Default::default()
         },
         vec![c],
@@ -331,11 +346,11 @@ async fn list_filters_by_every_field_and_leaves_the_queue_as_it_was() {
 async fn show_returns_everything_known_and_no_secret() {
     let env = Env::start("dlq-show").await;
     let id = env
-        .dead_letter(letter("lib", 7, "attempts_exhausted", MIN))
+        .dead_letter(letter("lib", 7, DeadLetterReason::AttemptsExhausted, MIN))
         .await;
     let letter = env.queue.show(id).await.unwrap().expect("found");
     assert_eq!(letter.summary.id, id);
-    assert_eq!(letter.summary.reason, "attempts_exhausted");
+    assert_eq!(letter.summary.reason, DeadLetterReason::AttemptsExhausted);
     assert_eq!(letter.body["schema"], "dead-letter.v1");
     assert_eq!(letter.body["task"]["delivery_id"], id.to_string());
     assert_eq!(letter.body["policy"]["id"], 7);
@@ -364,9 +379,11 @@ async fn show_returns_everything_known_and_no_secret() {
 async fn replay_puts_the_task_back_as_a_new_execution_then_removes_the_dead_letter() {
     let env = Env::start("dlq-replay").await;
     let id = env
-        .dead_letter(letter("lib", 7, "attempts_exhausted", MIN))
+        .dead_letter(letter("lib", 7, DeadLetterReason::AttemptsExhausted, MIN))
         .await;
-    let other = env.dead_letter(letter("lib", 8, "client_error", MIN)).await;
+    let other = env
+        .dead_letter(letter("lib", 8, DeadLetterReason::ClientError, MIN))
+        .await;
     let missing = Uuid::new_v4();
 
     let report = env
@@ -423,7 +440,7 @@ async fn poison_and_unreadable_messages_are_reported_failed_and_kept() {
     let poison = env.poison().await;
     env.publish_raw(b"not json at all", None).await;
     let good = env
-        .dead_letter(letter("lib", 7, "attempts_exhausted", MIN))
+        .dead_letter(letter("lib", 7, DeadLetterReason::AttemptsExhausted, MIN))
         .await;
 
     let listed = env
@@ -433,7 +450,7 @@ async fn poison_and_unreadable_messages_are_reported_failed_and_kept() {
         .unwrap();
     let unreadable = listed
         .iter()
-        .find(|s| s.reason == "unreadable")
+        .find(|s| s.reason == DeadLetterReason::Unreadable)
         .expect("an unreadable message is listed, not hidden");
     assert!(!unreadable.replayable);
     // Its id is derived from its content, so it is the same on every scan.
@@ -464,7 +481,7 @@ async fn poison_and_unreadable_messages_are_reported_failed_and_kept() {
     let purged = env
         .queue
         .purge(&DeadLetterFilter {
-            reason: Some("unreadable".into()),
+            reason: Some(DeadLetterReason::Unreadable),
             ..Default::default()
         })
         .await
@@ -477,13 +494,13 @@ async fn poison_and_unreadable_messages_are_reported_failed_and_kept() {
 async fn replay_all_replays_only_what_matches() {
     let env = Env::start("dlq-replay-all").await;
     let a = env
-        .dead_letter(letter("lib", 1, "attempts_exhausted", MIN))
+        .dead_letter(letter("lib", 1, DeadLetterReason::AttemptsExhausted, MIN))
         .await;
     let b = env
-        .dead_letter(letter("lib", 1, "attempts_exhausted", MIN))
+        .dead_letter(letter("lib", 1, DeadLetterReason::AttemptsExhausted, MIN))
         .await;
     let c = env
-        .dead_letter(letter("ops", 2, "attempts_exhausted", MIN))
+        .dead_letter(letter("ops", 2, DeadLetterReason::AttemptsExhausted, MIN))
         .await;
     let report = env
         .queue
@@ -512,15 +529,25 @@ async fn replay_all_replays_only_what_matches() {
 #[tokio::test]
 async fn purge_with_a_filter_keeps_the_others() {
     let env = Env::start("dlq-purge").await;
-    env.dead_letter(letter("lib", 1, "attempts_exhausted", 2 * HOUR))
-        .await;
-    env.dead_letter(letter("lib", 1, "attempts_exhausted", 2 * HOUR))
-        .await;
+    env.dead_letter(letter(
+        "lib",
+        1,
+        DeadLetterReason::AttemptsExhausted,
+        2 * HOUR,
+    ))
+    .await;
+    env.dead_letter(letter(
+        "lib",
+        1,
+        DeadLetterReason::AttemptsExhausted,
+        2 * HOUR,
+    ))
+    .await;
     let young = env
-        .dead_letter(letter("lib", 1, "attempts_exhausted", MIN))
+        .dead_letter(letter("lib", 1, DeadLetterReason::AttemptsExhausted, MIN))
         .await;
     let other = env
-        .dead_letter(letter("ops", 2, "client_error", 2 * HOUR))
+        .dead_letter(letter("ops", 2, DeadLetterReason::ClientError, 2 * HOUR))
         .await;
 
     let purged = env
@@ -563,7 +590,7 @@ async fn a_connection_cut_mid_replay_loses_nothing() {
     let mut all = HashSet::new();
     for _ in 0..LETTERS {
         all.insert(
-            env.dead_letter(letter("lib", 1, "attempts_exhausted", MIN))
+            env.dead_letter(letter("lib", 1, DeadLetterReason::AttemptsExhausted, MIN))
                 .await,
         );
     }
@@ -646,7 +673,12 @@ async fn an_unreachable_broker_is_an_unavailable_error_naming_no_password() {
 #[test]
 fn original_is_kept_for_poison_messages() {
     // The poison body keeps the message it could not read (what `show` displays).
-    let body = DeadLetterBody::poison("p.deliveries".into(), b"raw", "bad".into());
+    let body = DeadLetterBody::<()>::unprocessable(
+        DeadLetterReason::Poison,
+        "p.deliveries".into(),
+        b"raw",
+        "bad".into(),
+    );
     let json = serde_json::to_value(&body).unwrap();
     assert_eq!(json["original"]["body"], "raw");
 }
