@@ -34,6 +34,19 @@ pub enum AttemptResult {
     Other(String),
 }
 
+impl AttemptResult {
+    /// The result in words, for history and dead letters: `HTTP 503`, `timed out`, ...
+    pub fn describe(&self) -> String {
+        match self {
+            AttemptResult::Response { status, .. } => format!("HTTP {status}"),
+            AttemptResult::Timeout => "timed out".to_owned(),
+            AttemptResult::Connect(error) => format!("connection failed: {error}"),
+            AttemptResult::Blocked(error) => format!("address refused: {error}"),
+            AttemptResult::Other(error) => format!("request failed: {error}"),
+        }
+    }
+}
+
 /// What to do with a delivery after one attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeliveryOutcome {

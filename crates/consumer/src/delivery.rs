@@ -18,23 +18,21 @@ use std::time::Duration;
 use regrelay_dead_letters::{DeadLetterBody, DeadLetterReason, PolicySummary, TargetSummary};
 use regrelay_events::cloudevents::CloudEventContext;
 use regrelay_history::executions::TaskStatus;
-use regrelay_history::policy::{PayloadFormat, Target, TargetKind};
+use regrelay_history::policy::{Target, TargetKind};
 use regrelay_producer::topology::bucket_for;
 use regrelay_producer::{trace_context, DeliveryTask};
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use crate::attempt::{send_with_report, AttemptReport, AttemptRequest};
+use crate::attempt::AttemptReport;
 use crate::classify::{classify, AttemptResult, DeliveryOutcome};
 use crate::context::DeliveryContext;
 use crate::dead_letter;
 use crate::history::{self, redact_snippet, Step};
-use crate::http_client::HttpClients;
 use crate::limiter::Admission;
 use crate::outage::GaveUp;
 use crate::policy_cache::CachedPolicy;
-use crate::render::{render_payload, PayloadKind};
-use crate::signing::SigningKey;
+use crate::request::{prepare, send_prepared};
 use crate::stage::{Received, Settlement, Stage, StageError};
 use tokio::sync::OwnedSemaphorePermit;
 
@@ -265,7 +263,7 @@ async fn attempt_in_span(
                 event_type,
                 target.kind,
                 TaskStatus::Success,
-                describe(result),
+                result.describe(),
             );
             history::record(ctx, step).await;
             ctx.metrics
@@ -290,7 +288,7 @@ async fn attempt_in_span(
             Some(delay) => {
                 let message = format!(
                     "{}; retry {} of {} in {}",
-                    describe(result),
+                    result.describe(),
                     task.attempts + 1,
                     ctx.schedule.max_attempts(),
                     humanize(bucket_for(delay))
@@ -332,7 +330,7 @@ async fn attempt_in_span(
                 let detail = format!(
                     "gave up after {} attempts; last: {}",
                     task.attempts,
-                    describe(result)
+                    result.describe()
                 );
                 let undeliverable = Undeliverable {
                     policy: Some(cached),
@@ -344,7 +342,7 @@ async fn attempt_in_span(
             }
         },
         DeliveryOutcome::DeadLetter { reason } => {
-            let detail = format!("not retryable: {}", describe(result));
+            let detail = format!("not retryable: {}", result.describe());
             let undeliverable = Undeliverable {
                 policy: Some(cached),
                 target: Some(target),
@@ -364,85 +362,9 @@ fn record_last(task: &mut DeliveryTask, result: &AttemptResult) {
         }
         other => {
             task.last_status = None;
-            task.last_error = Some(describe(other));
+            task.last_error = Some(other.describe());
         }
     }
-}
-
-/// A request ready to send to one target.
-pub struct PreparedRequest {
-    pub body: Vec<u8>,
-    pub content_type: &'static str,
-    pub signing: Option<SigningKey>,
-}
-
-/// Why a request cannot be made at all (no attempt is possible; the delivery is dead-lettered).
-pub struct Unsendable {
-    pub reason: DeadLetterReason,
-    pub detail: String,
-}
-
-/// Renders the payload the target's kind and format ask for, and readies its signing key.
-pub fn prepare(
-    target: &Target,
-    event: &regrelay_events::RegistryEvent,
-    cloud_context: &CloudEventContext,
-) -> Result<PreparedRequest, Unsendable> {
-    // A credential the store could not decrypt is still sealed: never send it as the credential.
-    if let Some(field) = target.unreadable_credential() {
-        return Err(Unsendable {
-            reason: DeadLetterReason::BadSecret,
-            detail: format!("the target's stored {field} cannot be decrypted with the configured secrets_key (see the consumer's log)"),
-        });
-    }
-    let kind = match (target.kind, target.payload_format) {
-        (TargetKind::Slack, _) => PayloadKind::Slack,
-        (TargetKind::Http, PayloadFormat::CloudEvents) => PayloadKind::CloudEvents,
-        (TargetKind::Http, PayloadFormat::Default) => PayloadKind::Default,
-    };
-    let rendered = render_payload(event, kind, cloud_context).map_err(|error| Unsendable {
-        reason: DeadLetterReason::Unrenderable,
-        detail: format!("cannot render the payload: {error}"),
-    })?;
-    let signing = match target.secret.as_deref().filter(|s| !s.is_empty()) {
-        Some(secret) => Some(SigningKey::from_secret(secret).map_err(|error| Unsendable {
-            reason: DeadLetterReason::BadSecret,
-            detail: format!("the target's signing secret is unusable: {error}"),
-        })?),
-        None => None,
-    };
-    Ok(PreparedRequest {
-        body: rendered.body,
-        content_type: rendered.content_type,
-        signing,
-    })
-}
-
-/// Makes one attempt of a prepared request to `target`.
-pub async fn send_prepared(
-    clients: &HttpClients,
-    target: &Target,
-    prepared: PreparedRequest,
-    delivery_id: uuid::Uuid,
-    allow_private: bool,
-) -> AttemptReport {
-    let delivery_id = delivery_id.to_string();
-    send_with_report(AttemptRequest {
-        client: clients.for_target(target.skip_cert_verify),
-        url: &target.address,
-        body: prepared.body,
-        content_type: prepared.content_type,
-        auth_header: match target.kind {
-            // Harbor sends no auth header to Slack.
-            TargetKind::Slack => None,
-            TargetKind::Http => target.auth_header.as_deref().filter(|h| !h.is_empty()),
-        },
-        headers: &target.headers,
-        delivery_id: &delivery_id,
-        signing: prepared.signing.as_ref(),
-        allow_private,
-    })
-    .await
 }
 
 /// What an attempt left for the history record.
@@ -483,16 +405,6 @@ fn humanize(delay: Duration) -> String {
         s if s >= 60 && s % 60 == 0 => format!("{}m", s / 60),
         s if s >= 1 => format!("{s}s"),
         _ => format!("{}ms", delay.as_millis()),
-    }
-}
-
-pub(crate) fn describe(result: &AttemptResult) -> String {
-    match result {
-        AttemptResult::Response { status, .. } => format!("HTTP {status}"),
-        AttemptResult::Timeout => "timed out".to_owned(),
-        AttemptResult::Connect(error) => format!("connection failed: {error}"),
-        AttemptResult::Blocked(error) => format!("address refused: {error}"),
-        AttemptResult::Other(error) => format!("request failed: {error}"),
     }
 }
 

@@ -113,7 +113,7 @@ pub(crate) fn attempt_log(
 ) -> AttemptLog {
     let (status_code, error) = match &report.result {
         AttemptResult::Response { status, .. } => (Some(*status), None),
-        other => (None, Some(crate::delivery::describe(other))),
+        other => (None, Some(other.describe())),
     };
     AttemptLog {
         attempt: i32::try_from(attempt).unwrap_or(i32::MAX),

@@ -11,6 +11,8 @@
 //! - [`signing`]: Standard Webhooks signatures.
 //! - [`ssrf`]: refuses private, loopback, link-local and multicast addresses, on the resolved address.
 //! - [`http_client`], [`attempt`]: the shared HTTP clients and one attempt.
+//! - [`request`]: the request for one target (payload, signing, attempt), shared by deliveries
+//!   and test deliveries.
 //! - [`limiter`]: per-target concurrency, so one slow receiver starves no one.
 //! - `dead_letter`: publishing a dead letter (the body and the operator tooling are in
 //!   `regrelay-dead-letters`).
@@ -19,6 +21,7 @@
 //! - [`byte_budget`]: bounds the bytes of message bodies a stage holds; adapts the prefetch.
 //! - [`stage`]: the consume loop both stages share (prefetch, pause, clean stop) and `settle`, the
 //!   one place a message is acked, parked or put back.
+//! - [`settlement`]: `Settlement`, `StageError` and `Stage`, the typed outcome a handler returns.
 //! - `outage`: waiting out a database or broker outage for a bounded time (`outage_hold`).
 //! - [`context`]: the handles the stages share, and [`ConsumerSettings`].
 //! - [`telemetry`]: the consumer's metrics.
@@ -38,7 +41,9 @@ pub mod matching;
 mod outage;
 pub mod policy_cache;
 pub mod render;
+pub mod request;
 pub mod retry;
+pub mod settlement;
 pub mod signing;
 pub mod ssrf;
 pub mod stage;

@@ -23,7 +23,7 @@ use regrelay_history::StoreError;
 use regrelay_producer::PublishError;
 
 use crate::context::DeliveryContext;
-use crate::stage::StageError;
+use crate::settlement::StageError;
 
 /// Whether an error is an outage worth waiting out (rather than a refusal).
 pub(crate) trait Outage: std::fmt::Display {
@@ -113,12 +113,3 @@ impl DeliveryContext {
             })
     }
 }
-
-/// The calls [`DeliveryContext::patiently`] names (`what`): a fixed set, so the label is bounded.
-pub(crate) const CALLS: &[&str] = &[
-    "policy_catch_up",
-    "project_id",
-    "publish_tasks",
-    "publish_retry",
-    "publish_dead_letter",
-];

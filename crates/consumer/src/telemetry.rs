@@ -67,6 +67,14 @@ pub struct ConsumerMetrics {
 }
 
 pub const TARGET_TYPES: [&str; 2] = ["http", "slack"];
+/// The calls `DeliveryContext::patiently` names (`what`): a fixed set, so the label is bounded.
+pub(crate) const OUTAGE_CALLS: &[&str] = &[
+    "policy_catch_up",
+    "project_id",
+    "publish_tasks",
+    "publish_retry",
+    "publish_dead_letter",
+];
 pub const OUTCOMES: [&str; 3] = ["delivered", "retried", "dead_lettered"];
 
 impl ConsumerMetrics {
@@ -229,7 +237,7 @@ impl ConsumerMetrics {
         registry.register(Box::new(messages_parked.clone()))?;
         registry.register(Box::new(prefetch_changes.clone()))?;
         registry.register(Box::new(outage_retries.clone()))?;
-        for call in crate::outage::CALLS {
+        for call in OUTAGE_CALLS {
             outage_retries.with_label_values(&[call]);
         }
         for outcome in OUTCOMES {
@@ -252,10 +260,10 @@ impl ConsumerMetrics {
         {
             dead_letters.with_label_values(&[reason.as_str()]);
         }
-        for stage in crate::stage::Stage::ALL {
+        for stage in crate::settlement::Stage::ALL {
             messages_parked.with_label_values(&[stage.as_str()]);
             prefetch_changes.with_label_values(&[stage.as_str()]);
-            for error_type in crate::stage::StageError::TYPES {
+            for error_type in crate::settlement::StageError::TYPES {
                 stage_errors.with_label_values(&[stage.as_str(), error_type]);
             }
         }

@@ -4,7 +4,7 @@
 //!
 //! Design constraints:
 //! - The same request a real delivery makes: same rendering, signing, headers, SSRF guard and
-//!   timeout ([`crate::delivery::prepare`], [`crate::delivery::send_prepared`]); only the event
+//!   timeout ([`crate::request::prepare`], [`crate::request::send_prepared`]); only the event
 //!   is a sample ([`regrelay_events::samples`]). One attempt, no retry: the user is waiting.
 //! - Nothing goes through RabbitMQ: a test is answered synchronously, and a failed one is not
 //!   dead-lettered (the user sees the failure in the response).
@@ -25,9 +25,9 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use crate::classify::{classify, AttemptResult, DeliveryOutcome};
-use crate::delivery::{describe, prepare, send_prepared};
 use crate::history::{attempt_log, redact_snippet, vendor_type};
 use crate::http_client::HttpClients;
+use crate::request::{prepare, send_prepared};
 use regrelay_dead_letters::TargetSummary;
 
 /// Targets one test delivery calls at once.
@@ -133,7 +133,7 @@ pub async fn run_test_delivery(
                 };
                 let (status_code, error) = match &report.result {
                     AttemptResult::Response { status, .. } => (Some(*status), None),
-                    other => (None, Some(describe(other))),
+                    other => (None, Some(other.describe())),
                 };
                 if let Some(policy_id) = test.policy_id {
                     records.push(DeliveryRecord {
@@ -144,7 +144,7 @@ pub async fn run_test_delivery(
                         event_type: test.event_type.as_str().to_owned(),
                         event_id: delivery_id,
                         status,
-                        status_message: format!("test delivery: {}", describe(&report.result)),
+                        status_message: format!("test delivery: {}", report.result.describe()),
                         run_count: 1,
                         payload: Some(payload),
                         attempt: Some(attempt_log(&report, snippet.clone(), 1, now)),

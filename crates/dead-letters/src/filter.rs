@@ -10,6 +10,15 @@ use crate::error::DeadLetterError;
 use crate::reason::DeadLetterReason;
 use crate::view::DeadLetterSummary;
 
+/// What to replay.
+#[derive(Debug, Clone)]
+pub enum ReplaySelection {
+    /// These dead letters, by id.
+    Ids(Vec<Uuid>),
+    /// Every dead letter that matches (up to the scan limit).
+    All(DeadLetterFilter),
+}
+
 /// Which dead letters an operation applies to. Every field that is set must match; an empty filter
 /// matches everything.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

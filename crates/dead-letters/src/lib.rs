@@ -26,9 +26,9 @@ mod scan;
 pub mod view;
 
 pub use error::DeadLetterError;
-pub use filter::{parse_age, parse_ids, DeadLetterFilter};
+pub use filter::{parse_age, parse_ids, DeadLetterFilter, ReplaySelection};
 pub use letter::{now_rfc3339, DeadLetterBody, Original, PolicySummary, TargetSummary, SCHEMA};
 pub use metrics::DeadLetterMetrics;
 pub use queue::{spawn_depth_monitor, DeadLetterQueue, DEFAULT_SCAN_LIMIT};
 pub use reason::{DeadLetterReason, UnknownReason};
-pub use view::{DeadLetter, DeadLetterSummary, MessageInfo, ReplayReport, ReplaySelection};
+pub use view::{DeadLetter, DeadLetterSummary, MessageInfo, ReplayReport};

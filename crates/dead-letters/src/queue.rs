@@ -41,10 +41,10 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 use uuid::Uuid;
 
 use crate::error::DeadLetterError;
-use crate::filter::DeadLetterFilter;
+use crate::filter::{DeadLetterFilter, ReplaySelection};
 use crate::metrics::DeadLetterMetrics;
 use crate::scan::{remove_replayed, Held, Scan, Stored};
-use crate::view::{DeadLetter, DeadLetterSummary, ReplayReport, ReplaySelection};
+use crate::view::{DeadLetter, DeadLetterSummary, ReplayReport};
 
 pub const DEFAULT_SCAN_LIMIT: usize = 10_000;
 

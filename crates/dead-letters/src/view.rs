@@ -5,7 +5,6 @@ use serde::{Serialize, Serializer};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
-use crate::filter::DeadLetterFilter;
 use crate::letter::{PolicySummary, TargetSummary};
 use crate::reason::DeadLetterReason;
 
@@ -59,15 +58,6 @@ pub struct MessageInfo {
     /// Publication time, seconds since the Unix epoch.
     pub timestamp: Option<u64>,
     pub size_bytes: usize,
-}
-
-/// What to replay.
-#[derive(Debug, Clone)]
-pub enum ReplaySelection {
-    /// These dead letters, by id.
-    Ids(Vec<Uuid>),
-    /// Every dead letter that matches (up to the scan limit).
-    All(DeadLetterFilter),
 }
 
 /// What a replay did. Serialised as `{"replayed": [id], "not_found": [id], "failed": [{"id", "reason"}]}`.
