@@ -33,19 +33,19 @@ use crate::signing::{sign, SigningKey};
 use crate::ssrf;
 
 /// How much of an answer's body is read (and discarded) to let its connection be reused.
-pub const MAX_BODY: usize = 4 * 1024;
+pub(crate) const MAX_BODY: usize = 4 * 1024;
 
 /// Standard Webhooks headers.
-pub const WEBHOOK_ID: &str = "webhook-id";
-pub const WEBHOOK_TIMESTAMP: &str = "webhook-timestamp";
-pub const WEBHOOK_SIGNATURE: &str = "webhook-signature";
+pub(crate) const WEBHOOK_ID: &str = "webhook-id";
+pub(crate) const WEBHOOK_TIMESTAMP: &str = "webhook-timestamp";
+pub(crate) const WEBHOOK_SIGNATURE: &str = "webhook-signature";
 
 // Headers a target's custom headers may not set (the policy API refuses them; a policy stored
 // before a header was refused has it skipped here).
 use regrelay_history::policy::RESERVED_HEADERS;
 
 /// Everything one attempt needs, borrowed from the task and its target.
-pub struct AttemptRequest<'a> {
+pub(crate) struct AttemptRequest<'a> {
     /// The shared client (verifying or not, per the target's `skip_cert_verify`).
     pub client: &'a reqwest::Client,
     /// The target's address.
@@ -66,11 +66,11 @@ pub struct AttemptRequest<'a> {
 }
 
 /// How long a response snippet kept for the task log may be.
-pub const MAX_SNIPPET: usize = 512;
+pub(crate) const MAX_SNIPPET: usize = 512;
 
 /// What one attempt came to, for classification and for the task log.
 #[derive(Debug)]
-pub struct AttemptReport {
+pub(crate) struct AttemptReport {
     pub result: AttemptResult,
     pub elapsed: Duration,
     /// The start of the receiver's answer, not redacted yet: a receiver that echoes requests hands
@@ -100,14 +100,15 @@ impl std::fmt::Debug for Answer {
     }
 }
 
+#[cfg(test)]
 /// Makes the attempt; returns what came of it and how long it took.
-pub async fn send(request: AttemptRequest<'_>) -> (AttemptResult, Duration) {
+pub(crate) async fn send(request: AttemptRequest<'_>) -> (AttemptResult, Duration) {
     let report = send_with_report(request).await;
     (report.result, report.elapsed)
 }
 
 /// Makes the attempt; returns what came of it, how long it took and the start of the answer.
-pub async fn send_with_report(request: AttemptRequest<'_>) -> AttemptReport {
+pub(crate) async fn send_with_report(request: AttemptRequest<'_>) -> AttemptReport {
     let started = Instant::now();
     let mut answer = None;
     let result = attempt_result(request, &mut answer).await;
@@ -295,7 +296,7 @@ async fn drain(response: &mut reqwest::Response) -> Option<(String, bool)> {
 
 /// `Retry-After` as a delay from `now`: delta-seconds, or an HTTP-date (a past date means "now").
 /// Anything else is ignored.
-pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+pub(crate) fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
     let value = value.trim();
     if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
         // More digits than a u64 holds is still "a very long time"; the schedule caps it.

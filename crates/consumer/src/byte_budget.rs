@@ -26,13 +26,13 @@ use std::sync::{Arc, Mutex, PoisonError};
 use tokio::sync::Notify;
 
 /// Bodies remembered to size the prefetch.
-pub const WINDOW: usize = 256;
+pub(crate) const WINDOW: usize = 256;
 
 /// Bodies a stage sees before it trusts what it saw over the largest possible size.
-pub const WARM_UP: usize = 32;
+pub(crate) const WARM_UP: usize = 32;
 
 /// The byte bound of one stage.
-pub struct ByteBudget {
+pub(crate) struct ByteBudget {
     limit: usize,
     held: AtomicUsize,
     freed: Notify,
@@ -43,7 +43,7 @@ pub struct ByteBudget {
 }
 
 /// Bytes held for one message being handled; released on drop.
-pub struct HeldBytes {
+pub(crate) struct HeldBytes {
     budget: Arc<ByteBudget>,
     bytes: usize,
 }
@@ -57,7 +57,7 @@ impl Drop for HeldBytes {
 
 impl ByteBudget {
     /// A budget of `limit` bytes for a stage whose messages may be up to `largest_expected`.
-    pub fn new(limit: usize, largest_expected: usize) -> Arc<Self> {
+    pub(crate) fn new(limit: usize, largest_expected: usize) -> Arc<Self> {
         Arc::new(Self {
             limit: limit.max(1),
             held: AtomicUsize::new(0),
@@ -69,7 +69,7 @@ impl ByteBudget {
     }
 
     /// Notes the size of a body just received.
-    pub fn observe(&self, bytes: usize) {
+    pub(crate) fn observe(&self, bytes: usize) {
         let mut recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
         if recent.len() == WINDOW {
             recent.pop_front();
@@ -79,7 +79,7 @@ impl ByteBudget {
     }
 
     /// The prefetch to subscribe with: `configured`, or fewer when recent bodies are large.
-    pub fn prefetch_for(&self, configured: u16) -> u16 {
+    pub(crate) fn prefetch_for(&self, configured: u16) -> u16 {
         let largest = self
             .recent
             .lock()
@@ -102,13 +102,13 @@ impl ByteBudget {
 
     /// Whether a stage subscribed with `current` should subscribe again: the fitting prefetch is
     /// below it, or at least twice it.
-    pub fn should_resubscribe(&self, configured: u16, current: u16) -> bool {
+    pub(crate) fn should_resubscribe(&self, configured: u16, current: u16) -> bool {
         let wanted = self.prefetch_for(configured);
         wanted < current || (wanted >= current.saturating_mul(2) && wanted > current)
     }
 
     /// Waits until `bytes` more fit (or nothing is held), then holds them.
-    pub async fn admit(self: &Arc<Self>, bytes: usize) -> HeldBytes {
+    pub(crate) async fn admit(self: &Arc<Self>, bytes: usize) -> HeldBytes {
         loop {
             let freed = self.freed.notified();
             let held = self.held.load(Ordering::Acquire);
@@ -129,8 +129,9 @@ impl ByteBudget {
         }
     }
 
+    #[cfg(test)]
     /// Bytes being handled now.
-    pub fn held(&self) -> usize {
+    pub(crate) fn held(&self) -> usize {
         self.held.load(Ordering::Acquire)
     }
 }

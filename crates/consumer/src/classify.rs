@@ -14,11 +14,11 @@
 
 use std::time::Duration;
 
-pub use regrelay_dead_letters::DeadLetterReason;
+pub(crate) use regrelay_dead_letters::DeadLetterReason;
 
 /// What one HTTP attempt produced, as far as "retry?" is concerned.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AttemptResult {
+pub(crate) enum AttemptResult {
     /// The receiver answered. `retry_after` is its `Retry-After` header, parsed, when it sent one.
     Response {
         status: u16,
@@ -36,7 +36,7 @@ pub enum AttemptResult {
 
 impl AttemptResult {
     /// The result in words, for history and dead letters: `HTTP 503`, `timed out`, ...
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         match self {
             AttemptResult::Response { status, .. } => format!("HTTP {status}"),
             AttemptResult::Timeout => "timed out".to_owned(),
@@ -49,7 +49,7 @@ impl AttemptResult {
 
 /// What to do with a delivery after one attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DeliveryOutcome {
+pub(crate) enum DeliveryOutcome {
     /// The receiver took it (2xx): ack, done.
     Delivered,
     /// A transient failure: try again later, if attempts remain. `retry_after` is the receiver's
@@ -64,7 +64,7 @@ pub enum DeliveryOutcome {
 
 /// Why a delivery is retried. A metric label (`regrelay_delivery_retries_scheduled_total{reason}`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum RetryReason {
+pub(crate) enum RetryReason {
     /// 408 Request Timeout.
     Status408,
     /// 429 Too Many Requests.
@@ -79,9 +79,10 @@ pub enum RetryReason {
     RequestError,
 }
 
+#[cfg(test)]
 /// The dead-letter reasons [`classify`] decides (the delivery stage adds its own, such as
 /// `attempts_exhausted`); all are [`DeadLetterReason`]s, the one closed vocabulary.
-pub const CLASSIFIED_DEAD_LETTER_REASONS: [DeadLetterReason; 4] = [
+pub(crate) const CLASSIFIED_DEAD_LETTER_REASONS: [DeadLetterReason; 4] = [
     DeadLetterReason::Redirect,
     DeadLetterReason::ClientError,
     DeadLetterReason::BlockedAddress,
@@ -90,7 +91,7 @@ pub const CLASSIFIED_DEAD_LETTER_REASONS: [DeadLetterReason; 4] = [
 
 impl RetryReason {
     /// Every reason, for pre-registering metric series.
-    pub const ALL: [RetryReason; 6] = [
+    pub(crate) const ALL: [RetryReason; 6] = [
         RetryReason::Status408,
         RetryReason::Status429,
         RetryReason::Status5xx,
@@ -100,7 +101,7 @@ impl RetryReason {
     ];
 
     /// The metric label value.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             RetryReason::Status408 => "status_408",
             RetryReason::Status429 => "status_429",
@@ -116,7 +117,7 @@ impl RetryReason {
 ///
 /// `Retry-After` is carried for 429 (RFC 6585) and 503 (RFC 9110 §10.2.3), the two answers that
 /// define it as "come back later"; elsewhere it is ignored.
-pub fn classify(result: &AttemptResult) -> DeliveryOutcome {
+pub(crate) fn classify(result: &AttemptResult) -> DeliveryOutcome {
     match *result {
         AttemptResult::Response {
             status,

@@ -51,10 +51,10 @@ pub struct ConsumerSettings {
 }
 
 /// Project ids kept in memory for system-wide policies' CloudEvents `source`.
-pub const MAX_CACHED_PROJECTS: usize = 10_000;
+pub(crate) const MAX_CACHED_PROJECTS: usize = 10_000;
 
 /// See [`DeliveryContext::fanout_budget`]. Enough for dozens of ordinary events at once.
-pub const FANOUT_BUDGET: usize = 1024;
+pub(crate) const FANOUT_BUDGET: usize = 1024;
 
 /// Everything a stage needs, shared by all its tasks.
 pub struct DeliveryContext {

@@ -52,7 +52,7 @@ impl Drop for InFlight<'_> {
     }
 }
 
-pub async fn handle_task(ctx: Arc<DeliveryContext>, delivery: Received) {
+pub(crate) async fn handle_task(ctx: Arc<DeliveryContext>, delivery: Received) {
     // One span per task message, continuing the trace of whatever published it: the matching
     // stage, or the attempt before (a retry).
     let span = tracing::debug_span!(

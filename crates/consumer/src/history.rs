@@ -48,10 +48,10 @@ use regrelay_producer::{DeliveryTask, Trigger};
 
 /// How long a write that fails for a reason other than an unreachable database (a constraint, a
 /// value PostgreSQL refuses) is retried before the delivery is settled without its record.
-pub const RECORD_PATIENCE: Duration = Duration::from_secs(30);
+pub(crate) const RECORD_PATIENCE: Duration = Duration::from_secs(30);
 
 /// Longest one write may take before it is treated as an unreachable database and retried.
-pub const RECORD_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const RECORD_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How the retention sweep runs (the `history_*` configuration keys).
 #[derive(Debug, Clone)]
@@ -151,7 +151,7 @@ pub(crate) fn trigger(trigger: Trigger) -> ExecutionTrigger {
 /// as a whole word (no letter or digit either side): blanking every `a` of an answer would destroy
 /// it and say which letter the secret is, while an echo of a credential sets it apart anyway
 /// (`user:abc@`, `"abc"`, `=abc&`).
-pub fn redact_snippet(report: &AttemptReport, target: &Target) -> Option<String> {
+pub(crate) fn redact_snippet(report: &AttemptReport, target: &Target) -> Option<String> {
     let answer = report.answer.as_ref()?;
     if answer.text.trim().is_empty() {
         // Most receivers answer with nothing worth keeping: no credential list to build.
@@ -423,7 +423,7 @@ async fn record_with(
 
 /// Runs the retention sweep every `settings.interval` until `shutdown`. Several consumers may run
 /// it; the store lets one sweep at a time (an advisory lock) and the others find nothing to do.
-pub async fn sweep_until(
+pub(crate) async fn sweep_until(
     db: Database,
     settings: RetentionSettings,
     metrics: ConsumerMetrics,

@@ -1,53 +1,56 @@
 //! The consumer role: matches events against webhook policies and delivers them, durably.
 //!
 //! Module map:
-//! - [`policy_cache`]: every consumer's in-memory copy of the policies and the global switch.
-//! - [`matching`]: stage 1, `<prefix>.events` → one task per (policy, target) → a direct first
+//! - `policy_cache`: every consumer's in-memory copy of the policies and the global switch.
+//! - `matching`: stage 1, `<prefix>.events` → one task per (policy, target) → a direct first
 //!   attempt (fast targets) or `<prefix>.deliveries`.
-//! - [`delivery`]: stage 2, one HTTP attempt per task, then ack, retry (broker-held) or dead-letter.
-//! - [`classify`]: the pure "retry?" decision (SPEC §3's status table).
-//! - [`retry`]: the pure "when?" decision ([`RetrySchedule`]).
-//! - [`render`]: the payload for a target (Default, CloudEvents, Slack).
+//! - `delivery`: stage 2, one HTTP attempt per task, then ack, retry (broker-held) or dead-letter.
+//! - `classify`: the pure "retry?" decision (SPEC §3's status table).
+//! - `retry`: the pure "when?" decision ([`RetrySchedule`]).
+//! - `render`: the payload for a target (Default, CloudEvents, Slack).
 //! - [`signing`]: Standard Webhooks signatures.
-//! - [`ssrf`]: refuses private, loopback, link-local and multicast addresses, on the resolved address.
-//! - [`http_client`], [`attempt`]: the shared HTTP clients and one attempt.
-//! - [`request`]: the request for one target (payload, signing, attempt), shared by deliveries
+//! - `ssrf`: refuses private, loopback, link-local and multicast addresses, on the resolved address.
+//! - `http_client`, `attempt`: the shared HTTP clients and one attempt.
+//! - `request`: the request for one target (payload, signing, attempt), shared by deliveries
 //!   and test deliveries.
-//! - [`limiter`]: per-target concurrency, so one slow receiver starves no one.
+//! - `limiter`: per-target concurrency, so one slow receiver starves no one.
 //! - `dead_letter`: publishing a dead letter (the body and the operator tooling are in
 //!   `regrelay-dead-letters`).
-//! - [`history`]: records each delivery's progress (durably, before the message is settled) and
+//! - `history`: records each delivery's progress (durably, before the message is settled) and
 //!   runs the history retention sweep.
-//! - [`byte_budget`]: bounds the bytes of message bodies a stage holds; adapts the prefetch.
-//! - [`stage`]: the consume loop both stages share (prefetch, pause, clean stop) and `settle`, the
+//! - `byte_budget`: bounds the bytes of message bodies a stage holds; adapts the prefetch.
+//! - `stage`: the consume loop both stages share (prefetch, pause, clean stop) and `settle`, the
 //!   one place a message is acked, parked or put back.
-//! - [`settlement`]: `Settlement`, `StageError` and `Stage`, the typed outcome a handler returns.
+//! - `settlement`: `Settlement`, `StageError` and `Stage`, the typed outcome a handler returns.
 //! - `outage`: waiting out a database or broker outage for a bounded time (`outage_hold`).
-//! - [`context`]: the handles the stages share, and [`ConsumerSettings`].
-//! - [`telemetry`]: the consumer's metrics.
+//! - `context`: the handles the stages share, and [`ConsumerSettings`].
+//! - `telemetry`: the consumer's metrics.
 //!
 //! [`Consumer::run`] runs both stages and the policy refresher until shutdown.
 
-pub mod attempt;
-pub mod byte_budget;
-pub mod classify;
-pub mod context;
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
+#![warn(unreachable_pub)]
+
+mod attempt;
+mod byte_budget;
+mod classify;
+mod context;
 mod dead_letter;
-pub mod delivery;
-pub mod history;
-pub mod http_client;
-pub mod limiter;
-pub mod matching;
+mod delivery;
+mod history;
+mod http_client;
+mod limiter;
+mod matching;
 mod outage;
-pub mod policy_cache;
-pub mod render;
-pub mod request;
-pub mod retry;
-pub mod settlement;
+mod policy_cache;
+mod render;
+mod request;
+mod retry;
+mod settlement;
 pub mod signing;
-pub mod ssrf;
-pub mod stage;
-pub mod telemetry;
+mod ssrf;
+mod stage;
+mod telemetry;
 pub mod test_delivery;
 
 use std::sync::Arc;

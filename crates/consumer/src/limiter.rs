@@ -43,10 +43,10 @@ pub struct TargetLimiter {
 }
 
 /// Targets whose slots and averages are kept; idle ones beyond this are forgotten.
-pub const MAX_TRACKED_TARGETS: usize = 10_000;
+pub(crate) const MAX_TRACKED_TARGETS: usize = 10_000;
 
 /// Above this average attempt duration a target counts as slow, and its surplus tasks are deferred.
-pub const SLOW_ATTEMPT: Duration = Duration::from_millis(250);
+pub(crate) const SLOW_ATTEMPT: Duration = Duration::from_millis(250);
 
 struct TargetSlot {
     semaphore: Arc<Semaphore>,

@@ -44,7 +44,7 @@ use crate::outage::GaveUp;
 use crate::policy_cache::CachedPolicy;
 use crate::stage::{self, Received, Settlement, Stage, StageError};
 
-pub async fn handle_event(ctx: Arc<DeliveryContext>, delivery: Received) {
+pub(crate) async fn handle_event(ctx: Arc<DeliveryContext>, delivery: Received) {
     // One span per event, continuing the trace of the request that published it.
     let span = tracing::debug_span!(
         "match_event",

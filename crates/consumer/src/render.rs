@@ -7,11 +7,11 @@ use regrelay_events::cloudevents::{self, CloudEventContext};
 use regrelay_events::{slack, RegistryEvent};
 
 /// `Content-Type` of the Default and Slack bodies.
-pub const JSON: &str = "application/json";
+pub(crate) const JSON: &str = "application/json";
 
 /// Which body a target gets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PayloadKind {
+pub(crate) enum PayloadKind {
     /// The event JSON exactly as received.
     Default,
     /// A structured-mode CloudEvent (HTTP targets only).
@@ -22,7 +22,7 @@ pub enum PayloadKind {
 
 /// A rendered body, ready to send.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Rendered {
+pub(crate) struct Rendered {
     pub body: Vec<u8>,
     pub content_type: &'static str,
 }
@@ -30,14 +30,14 @@ pub struct Rendered {
 /// Why an event cannot be rendered for a target. Not retryable: the same event renders the same
 /// way every time, so the caller dead-letters it.
 #[derive(Debug, thiserror::Error)]
-pub enum RenderError {
+pub(crate) enum RenderError {
     /// E.g. a legacy chart event for a CloudEvents target: chart events have no CloudEvents type.
     #[error(transparent)]
     CloudEvents(#[from] cloudevents::RenderError),
 }
 
 /// Renders `event` for a target of `kind`; `ctx` is used by CloudEvents only.
-pub fn render_payload(
+pub(crate) fn render_payload(
     event: &RegistryEvent,
     kind: PayloadKind,
     ctx: &CloudEventContext,

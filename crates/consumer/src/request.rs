@@ -17,20 +17,20 @@ use crate::render::{render_payload, PayloadKind};
 use crate::signing::SigningKey;
 
 /// A request ready to send to one target.
-pub struct PreparedRequest {
+pub(crate) struct PreparedRequest {
     pub body: Vec<u8>,
     pub content_type: &'static str,
     pub signing: Option<SigningKey>,
 }
 
 /// Why a request cannot be made at all (no attempt is possible; the delivery is dead-lettered).
-pub struct Unsendable {
+pub(crate) struct Unsendable {
     pub reason: DeadLetterReason,
     pub detail: String,
 }
 
 /// Renders the payload the target's kind and format ask for, and readies its signing key.
-pub fn prepare(
+pub(crate) fn prepare(
     target: &Target,
     event: &regrelay_events::RegistryEvent,
     cloud_context: &CloudEventContext,
@@ -66,7 +66,7 @@ pub fn prepare(
 }
 
 /// Makes one attempt of a prepared request to `target`.
-pub async fn send_prepared(
+pub(crate) async fn send_prepared(
     clients: &HttpClients,
     target: &Target,
     prepared: PreparedRequest,

@@ -4,15 +4,15 @@
 
 /// Which stage a message belongs to: where it is parked, and the `stage` label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stage {
+pub(crate) enum Stage {
     Matching,
     Delivery,
 }
 
 impl Stage {
-    pub const ALL: [Stage; 2] = [Stage::Matching, Stage::Delivery];
+    pub(crate) const ALL: [Stage; 2] = [Stage::Matching, Stage::Delivery];
 
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Stage::Matching => "matching",
             Stage::Delivery => "delivery",

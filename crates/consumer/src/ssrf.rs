@@ -29,7 +29,7 @@ use reqwest::dns::{Addrs, Name, Resolve, Resolving};
     "the address of {host} is not a public address (loopback, private, link-local, multicast or \
      reserved); private targets are not allowed"
 )]
-pub struct BlockedAddress {
+pub(crate) struct BlockedAddress {
     /// The host as written in the target's URL (no user info, path or query).
     pub host: String,
 }
@@ -37,7 +37,7 @@ pub struct BlockedAddress {
 /// Cloud instance metadata services. Each also lies in a range forbidden anyway (link-local,
 /// CGNAT, IETF protocol assignments, ULA); they are listed so that stays true if the ranges are
 /// ever relaxed.
-pub const METADATA_ADDRESSES: [IpAddr; 4] = [
+pub(crate) const METADATA_ADDRESSES: [IpAddr; 4] = [
     // AWS, GCP, Azure, OpenStack, DigitalOcean, ...
     IpAddr::V4(Ipv4Addr::new(169, 254, 169, 254)),
     // Alibaba Cloud.
@@ -49,7 +49,7 @@ pub const METADATA_ADDRESSES: [IpAddr; 4] = [
 ];
 
 /// Whether regrelay must not connect to `ip` when private targets are not allowed.
-pub fn is_forbidden(ip: IpAddr) -> bool {
+pub(crate) fn is_forbidden(ip: IpAddr) -> bool {
     if METADATA_ADDRESSES.contains(&ip) {
         return true;
     }
@@ -61,7 +61,7 @@ pub fn is_forbidden(ip: IpAddr) -> bool {
 
 /// Refuses a URL whose host is an IP literal that [`is_forbidden`], or `localhost`. Names are
 /// checked later, on their resolved addresses, by [`GuardedResolver`].
-pub fn check_url(url: &reqwest::Url) -> Result<(), BlockedAddress> {
+pub(crate) fn check_url(url: &reqwest::Url) -> Result<(), BlockedAddress> {
     let Some(host) = url.host_str() else {
         // No host at all (not an http URL): nothing to connect to; the request fails elsewhere.
         return Ok(());
@@ -85,14 +85,17 @@ pub fn check_url(url: &reqwest::Url) -> Result<(), BlockedAddress> {
     }
 }
 
+#[cfg(test)]
 /// Whether an error, or any error in its source chain, is a [`BlockedAddress`] (reqwest wraps the
 /// resolver's error several layers deep).
-pub fn is_blocked(error: &(dyn StdError + 'static)) -> bool {
+pub(crate) fn is_blocked(error: &(dyn StdError + 'static)) -> bool {
     blocked_address(error).is_some()
 }
 
 /// The [`BlockedAddress`] in an error's source chain, if any.
-pub fn blocked_address<'a>(error: &'a (dyn StdError + 'static)) -> Option<&'a BlockedAddress> {
+pub(crate) fn blocked_address<'a>(
+    error: &'a (dyn StdError + 'static),
+) -> Option<&'a BlockedAddress> {
     let mut current = Some(error);
     while let Some(error) = current {
         if let Some(blocked) = error.downcast_ref::<BlockedAddress>() {
@@ -106,7 +109,7 @@ pub fn blocked_address<'a>(error: &'a (dyn StdError + 'static)) -> Option<&'a Bl
 /// A `reqwest` resolver that resolves with the system resolver (`tokio::net::lookup_host`) and
 /// keeps only addresses that are not [`is_forbidden`].
 #[derive(Debug, Clone, Copy, Default)]
-pub struct GuardedResolver;
+pub(crate) struct GuardedResolver;
 
 impl Resolve for GuardedResolver {
     fn resolve(&self, name: Name) -> Resolving {
@@ -132,7 +135,7 @@ impl Resolve for GuardedResolver {
 }
 
 /// The resolved addresses that may be connected to; [`BlockedAddress`] when none may.
-pub fn keep_allowed(
+pub(crate) fn keep_allowed(
     host: &str,
     resolved: impl IntoIterator<Item = SocketAddr>,
 ) -> Result<Vec<SocketAddr>, BlockedAddress> {

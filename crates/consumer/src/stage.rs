@@ -25,11 +25,11 @@ use tokio_util::task::TaskTracker;
 
 use crate::byte_budget::ByteBudget;
 use crate::context::DeliveryContext;
-pub use crate::settlement::Stage;
+pub(crate) use crate::settlement::Stage;
 pub(crate) use crate::settlement::{cause_chain, Settlement, StageError};
 
 /// Consumes `queue` until `shutdown`, pausing while `enabled` is false (when given).
-pub async fn consume_until<F, Fut>(
+pub(crate) async fn consume_until<F, Fut>(
     ctx: Arc<DeliveryContext>,
     name: &'static str,
     queue: String,
@@ -193,14 +193,14 @@ pub async fn consume_until<F, Fut>(
 
 /// A message a stage took from its queue, held until [`settle`] acks or nacks it. Only this module
 /// speaks AMQP to the consume side; handlers read the message through this.
-pub struct Received(Delivery);
+pub(crate) struct Received(Delivery);
 
 impl Received {
-    pub fn body(&self) -> &[u8] {
+    pub(crate) fn body(&self) -> &[u8] {
         &self.0.data
     }
 
-    pub fn properties(&self) -> &lapin::BasicProperties {
+    pub(crate) fn properties(&self) -> &lapin::BasicProperties {
         &self.0.properties
     }
 }

@@ -66,7 +66,7 @@ pub struct ConsumerMetrics {
     pub history_records_abandoned: IntCounter,
 }
 
-pub const TARGET_TYPES: [&str; 2] = ["http", "slack"];
+pub(crate) const TARGET_TYPES: [&str; 2] = ["http", "slack"];
 /// The calls `DeliveryContext::patiently` names (`what`): a fixed set, so the label is bounded.
 pub(crate) const OUTAGE_CALLS: &[&str] = &[
     "policy_catch_up",
@@ -75,7 +75,7 @@ pub(crate) const OUTAGE_CALLS: &[&str] = &[
     "publish_retry",
     "publish_dead_letter",
 ];
-pub const OUTCOMES: [&str; 3] = ["delivered", "retried", "dead_lettered"];
+pub(crate) const OUTCOMES: [&str; 3] = ["delivered", "retried", "dead_lettered"];
 
 impl ConsumerMetrics {
     pub fn register(registry: &Registry) -> Result<Self, prometheus::Error> {

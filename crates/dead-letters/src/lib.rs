@@ -14,6 +14,7 @@
 //! `regrelay`.
 
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
+#![warn(unreachable_pub)]
 
 mod amqp_json;
 pub mod error;

@@ -14,6 +14,9 @@
 //! The producer is both the ingest API's back end and a library that a registry-side program can embed:
 //! build a [`Broker`], wrap it in an [`EventPublisher`] and call [`EventPublisher::publish`].
 
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
+#![warn(unreachable_pub)]
+
 pub mod broker;
 pub mod message;
 pub mod publisher;
