@@ -7,6 +7,8 @@
 //! - [`Filters`], [`CompiledFilters`] (module `filter`): repository and tag globs with TCR's rules.
 //! - [`parse_event_types`]: event type names to [`EventType`]s, Harbor's message on an unknown one.
 //! - [`echo`]: a caller's text made safe to quote in an error message or a log line.
+//! - [`is_sealed`], [`SEALED_PREFIX`]: the form of a credential sealed at rest (`sealing` seals
+//!   and opens it; validation needs only to recognise it).
 //!
 //! Design constraints:
 //! - Messages are Harbor's, word for word, where Harbor has one: Harbor's API clients show them to
@@ -35,9 +37,17 @@ use regrelay_events::{EventType, UnknownEventType};
 use serde::{Deserialize, Serialize};
 
 use crate::projects::Project;
-use crate::sealing::is_sealed;
 
 pub use filter::CompiledFilters;
+
+/// The prefix of a credential sealed at rest (`sealing`): format version 1.
+pub const SEALED_PREFIX: &str = "enc:v1:";
+
+/// Whether a stored credential value is in the sealed form (whether or not it opens). Validation
+/// lets such a value through unchecked: it was checked when it was written.
+pub fn is_sealed(value: &str) -> bool {
+    value.starts_with(SEALED_PREFIX)
+}
 
 /// What the API shows instead of a credential (`auth_header`, the secret, custom header values).
 pub const REDACTED: &str = "********";
