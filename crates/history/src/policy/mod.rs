@@ -2,7 +2,8 @@
 //!
 //! - [`PolicySpec`]: what a client writes; [`PolicySpec::validate`] applies Harbor's rules, with
 //!   Harbor's messages, and regrelay's own (custom headers, filters).
-//! - [`Policy`]: a stored policy, as `api` shows it and `consumer` matches and delivers it.
+//! - [`Policy`]: a stored policy, as `api` shows it and `consumer` matches and delivers it;
+//!   [`Project`], the project it belongs to.
 //! - [`Target`], [`TargetKind`], [`PayloadFormat`]: where a policy delivers, and in which format.
 //! - [`Filters`], [`CompiledFilters`] (module `filter`): repository and tag globs with TCR's rules.
 //! - [`parse_event_types`]: event type names to [`EventType`]s, Harbor's message on an unknown one.
@@ -35,8 +36,6 @@ use std::fmt;
 use chrono::{DateTime, Utc};
 use regrelay_events::{EventType, UnknownEventType};
 use serde::{Deserialize, Serialize};
-
-use crate::projects::Project;
 
 pub use filter::CompiledFilters;
 
@@ -260,6 +259,14 @@ pub struct PolicySpec {
     /// Who created it; kept unchanged by updates.
     pub creator: String,
     pub enabled: bool,
+}
+
+/// A project (Harbor's project, a Distribution namespace), as a policy names it. Stored in the
+/// `projects` table (module `projects`), which keeps its id stable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Project {
+    pub id: i64,
+    pub name: String,
 }
 
 /// A stored policy.
