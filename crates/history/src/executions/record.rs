@@ -2,6 +2,7 @@
 //! with a fixed number of statements (see the module's design constraints).
 
 use std::collections::{HashMap, HashSet};
+use std::future::Future;
 
 use chrono::{DateTime, Utc};
 use tokio_postgres::types::{ToSql, Type};
@@ -177,14 +178,14 @@ fn query_typed<'a>(
     sql: &'a str,
     types: &[Type],
     params: &[&'a (dyn ToSql + Sync)],
-) -> impl std::future::Future<Output = Result<Vec<Row>, tokio_postgres::Error>> + 'a {
+) -> impl Future<Output = Result<Vec<Row>, tokio_postgres::Error>> + 'a {
     debug_assert_eq!(types.len(), params.len(), "one type per parameter");
     let typed: Vec<(&'a (dyn ToSql + Sync), Type)> =
         params.iter().copied().zip(types.iter().cloned()).collect();
     async move { tx.query_typed(sql, &typed).await }
 }
 
-/// Locks every key of a batch, in one order for all writers (see `record_deliveries`).
+/// Locks every key of a batch, in one order for all writers (see `BatchLocks::lock_keys`).
 /// The sort is inside the subquery so the locks are taken while reading its sorted output (a
 /// function in the select list of a sorting query may run before the sort).
 const LOCK_KEYS: &str = "SELECT pg_advisory_xact_lock(lock_key)
@@ -192,7 +193,8 @@ const LOCK_KEYS: &str = "SELECT pg_advisory_xact_lock(lock_key)
            FROM unnest($1::uuid[]) AS key
            ORDER BY lock_key) AS sorted_keys";
 
-/// Keeps the batch's policies from being deleted until it commits (see `record_deliveries`).
+/// Keeps the batch's policies from being deleted until it commits (see
+/// `BatchLocks::lock_policies`).
 const LOCK_POLICIES: &str = "SELECT id FROM notification_policies
      WHERE id = ANY($1::bigint[]) ORDER BY id FOR KEY SHARE";
 
@@ -200,6 +202,10 @@ impl Database {
     /// Writes a batch of delivery steps in one transaction, with a fixed number of statements
     /// (array parameters through `UNNEST`), not one per record. Idempotent, and a stale step never
     /// moves a task back; see the module's design constraints.
+    ///
+    /// The steps: the batch is folded per key (`fold`); 0. its keys and policies are locked
+    /// (`BatchLocks`); 1. new keys get their execution and task (`NewRows`); 3. every attempt
+    /// gets its log line (`LogRows`); 2. the keys that were not new move forward (`KnownRows`).
     pub async fn record_deliveries(&self, records: &[DeliveryRecord]) -> Result<(), StoreError> {
         if records.is_empty() {
             return Ok(());
@@ -209,59 +215,149 @@ impl Database {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
 
-        // 0. Several batches may touch one key at once (the matching stage's Pending and the
-        // delivery stage's outcome, two writers in flight), and their statements lock rows in
-        // whatever order the planner picks: measured, that deadlocked a few batches per thousand.
-        // Taking a transaction-scoped advisory lock per key first, all in one global order,
-        // makes writers of the same keys queue instead of deadlocking.
-        let lock_keys: Vec<Uuid> = folded.iter().map(|f| f.winner.history_key).collect();
-        // A policy deleted while this batch runs would fail the whole batch on the foreign
-        // key (its records passed the existence check a moment earlier). Holding a key-share
-        // lock on the policies makes such a delete wait for this commit, or, if it committed
-        // first, the later statements see the policy gone and skip its records.
-        let mut lock_policy_ids: Vec<i64> = folded.iter().map(|f| f.winner.policy_id).collect();
-        lock_policy_ids.sort_unstable();
-        lock_policy_ids.dedup();
+        let locks = BatchLocks::of(&folded);
+        let new_rows = NewRows::of(&folded);
+        let log_rows = LogRows::of(&logs);
+        // Steps 0, 1 and 3 go out together, pipelined on the connection in this order (each is
+        // sent when first polled, and `try_join4` polls in order): one round trip instead of four.
+        // Only step 2 needs step 1's answer. A failing statement aborts the transaction, so the
+        // ones after it fail too and the batch fails whole.
+        let (_, _, rows, _) = futures::future::try_join4(
+            locks.lock_keys(&tx),
+            locks.lock_policies(&tx),
+            new_rows.insert(&tx),
+            log_rows.insert(&tx),
+        )
+        .await?;
+        let inserted: HashSet<Uuid> = rows
+            .iter()
+            .map(|row| row.try_get::<_, Uuid>(0))
+            .collect::<Result<_, _>>()?;
 
-        // 1. New keys: the execution and its one task, in one statement.
-        let keys: Vec<Uuid> = folded.iter().map(|f| f.winner.history_key).collect();
-        let policy_ids: Vec<i64> = folded.iter().map(|f| f.winner.policy_id).collect();
-        let vendor_types: Vec<&str> = folded
+        // 2. Known keys (a separate statement, so it sees rows a concurrent batch committed while
+        // the insert waited on them): move the task forward, then roll it up into the execution.
+        let known: Vec<&Folded<'_>> = folded
             .iter()
-            .map(|f| f.winner.vendor_type.as_str())
+            .filter(|f| !inserted.contains(&f.winner.history_key))
             .collect();
-        let triggers: Vec<&str> = folded.iter().map(|f| f.winner.trigger.as_str()).collect();
-        let event_types: Vec<String> = folded
-            .iter()
-            .map(|f| storable(&f.winner.event_type))
-            .collect();
-        let event_ids: Vec<Uuid> = folded.iter().map(|f| f.winner.event_id).collect();
-        let statuses: Vec<&str> = folded.iter().map(|f| f.winner.status.as_str()).collect();
-        let messages: Vec<String> = folded
-            .iter()
-            .map(|f| storable(&f.winner.status_message))
-            .collect();
-        let run_counts: Vec<i32> = folded.iter().map(|f| f.winner.run_count).collect();
-        let payloads: Vec<Option<String>> =
-            folded.iter().map(|f| f.payload.map(storable)).collect();
-        let first_ats: Vec<DateTime<Utc>> = folded.iter().map(|f| f.first_at).collect();
-        let ats: Vec<DateTime<Utc>> = folded.iter().map(|f| f.winner.at).collect();
-        let end_times: Vec<Option<DateTime<Utc>>> = folded
-            .iter()
-            .map(|f| end_time_of(f.winner.status, f.winner.at))
-            .collect();
+        if !known.is_empty() {
+            let known_rows = KnownRows::of(&known);
+            let moved = known_rows.move_tasks(&tx).await?;
+            known_rows.roll_up(&tx, &moved).await?;
+        }
+
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+/// Step 0's parameters: the batch's keys and policies, to lock before writing.
+struct BatchLocks {
+    keys: Vec<Uuid>,
+    /// Sorted, without duplicates.
+    policy_ids: Vec<i64>,
+}
+
+impl BatchLocks {
+    fn of(folded: &[Folded<'_>]) -> Self {
+        let keys = folded.iter().map(|f| f.winner.history_key).collect();
+        let mut policy_ids: Vec<i64> = folded.iter().map(|f| f.winner.policy_id).collect();
+        policy_ids.sort_unstable();
+        policy_ids.dedup();
+        Self { keys, policy_ids }
+    }
+
+    /// Several batches may touch one key at once (the matching stage's Pending and the delivery
+    /// stage's outcome, two writers in flight), and their statements lock rows in whatever order
+    /// the planner picks: measured, that deadlocked a few batches per thousand. Taking a
+    /// transaction-scoped advisory lock per key first, all in one global order, makes writers of
+    /// the same keys queue instead of deadlocking.
+    fn lock_keys<'t>(
+        &'t self,
+        tx: &'t deadpool_postgres::Transaction<'t>,
+    ) -> impl Future<Output = Result<Vec<Row>, tokio_postgres::Error>> + 't {
+        query_typed(tx, LOCK_KEYS, &[Type::UUID_ARRAY], &[&self.keys])
+    }
+
+    /// A policy deleted while this batch runs would fail the whole batch on the foreign key (its
+    /// records passed the existence check a moment earlier). Holding a key-share lock on the
+    /// policies makes such a delete wait for this commit, or, if it committed first, the later
+    /// statements see the policy gone and skip its records.
+    fn lock_policies<'t>(
+        &'t self,
+        tx: &'t deadpool_postgres::Transaction<'t>,
+    ) -> impl Future<Output = Result<Vec<Row>, tokio_postgres::Error>> + 't {
+        query_typed(tx, LOCK_POLICIES, &[Type::INT8_ARRAY], &[&self.policy_ids])
+    }
+}
+
+/// Step 1's parameters, one row per folded key: a new key's execution and its one task, inserted
+/// in one statement ([`INSERT_NEW`]).
+struct NewRows<'a> {
+    keys: Vec<Uuid>,
+    policy_ids: Vec<i64>,
+    vendor_types: Vec<&'a str>,
+    triggers: Vec<&'a str>,
+    event_types: Vec<String>,
+    event_ids: Vec<Uuid>,
+    statuses: Vec<&'a str>,
+    messages: Vec<String>,
+    run_counts: Vec<i32>,
+    payloads: Vec<Option<String>>,
+    first_ats: Vec<DateTime<Utc>>,
+    ats: Vec<DateTime<Utc>>,
+    end_times: Vec<Option<DateTime<Utc>>>,
+    execution_statuses: Vec<&'a str>,
+    execution_end_times: Vec<Option<DateTime<Utc>>>,
+}
+
+impl<'a> NewRows<'a> {
+    fn of(folded: &[Folded<'a>]) -> Self {
         // One task per execution, so the execution's status is the roll-up of that one.
         let execution_statuses: Vec<TaskStatus> =
             folded.iter().map(|f| rollup(&[f.winner.status])).collect();
-        let execution_status_names: Vec<&str> =
-            execution_statuses.iter().map(|s| s.as_str()).collect();
-        let execution_end_times: Vec<Option<DateTime<Utc>>> = folded
-            .iter()
-            .zip(&execution_statuses)
-            .map(|(f, status)| end_time_of(*status, f.winner.at))
-            .collect();
-        let insert_new = query_typed(
-            &tx,
+        Self {
+            keys: folded.iter().map(|f| f.winner.history_key).collect(),
+            policy_ids: folded.iter().map(|f| f.winner.policy_id).collect(),
+            vendor_types: folded
+                .iter()
+                .map(|f| f.winner.vendor_type.as_str())
+                .collect(),
+            triggers: folded.iter().map(|f| f.winner.trigger.as_str()).collect(),
+            event_types: folded
+                .iter()
+                .map(|f| storable(&f.winner.event_type))
+                .collect(),
+            event_ids: folded.iter().map(|f| f.winner.event_id).collect(),
+            statuses: folded.iter().map(|f| f.winner.status.as_str()).collect(),
+            messages: folded
+                .iter()
+                .map(|f| storable(&f.winner.status_message))
+                .collect(),
+            run_counts: folded.iter().map(|f| f.winner.run_count).collect(),
+            payloads: folded.iter().map(|f| f.payload.map(storable)).collect(),
+            first_ats: folded.iter().map(|f| f.first_at).collect(),
+            ats: folded.iter().map(|f| f.winner.at).collect(),
+            end_times: folded
+                .iter()
+                .map(|f| end_time_of(f.winner.status, f.winner.at))
+                .collect(),
+            execution_statuses: execution_statuses.iter().map(|s| s.as_str()).collect(),
+            execution_end_times: folded
+                .iter()
+                .zip(&execution_statuses)
+                .map(|(f, status)| end_time_of(*status, f.winner.at))
+                .collect(),
+        }
+    }
+
+    /// Inserts the new keys; the statement returns the keys it inserted.
+    fn insert<'t>(
+        &'t self,
+        tx: &'t deadpool_postgres::Transaction<'t>,
+    ) -> impl Future<Output = Result<Vec<Row>, tokio_postgres::Error>> + 't {
+        query_typed(
+            tx,
             INSERT_NEW,
             &[
                 Type::UUID_ARRAY,
@@ -281,168 +377,207 @@ impl Database {
                 Type::TIMESTAMPTZ_ARRAY,
             ],
             &[
-                &keys,
-                &policy_ids,
-                &vendor_types,
-                &triggers,
-                &event_types,
-                &event_ids,
-                &statuses,
-                &messages,
-                &run_counts,
-                &payloads,
-                &first_ats,
-                &ats,
-                &end_times,
-                &execution_status_names,
-                &execution_end_times,
+                &self.keys,
+                &self.policy_ids,
+                &self.vendor_types,
+                &self.triggers,
+                &self.event_types,
+                &self.event_ids,
+                &self.statuses,
+                &self.messages,
+                &self.run_counts,
+                &self.payloads,
+                &self.first_ats,
+                &self.ats,
+                &self.end_times,
+                &self.execution_statuses,
+                &self.execution_end_times,
             ],
-        );
+        )
+    }
+}
 
-        // 3. Every attempt's log line, once (a line already there is kept).
-        let log_keys: Vec<Uuid> = logs.iter().map(|(key, _)| *key).collect();
-        let attempts: Vec<i32> = logs.iter().map(|(_, log)| log.attempt).collect();
-        let times: Vec<DateTime<Utc>> = logs.iter().map(|(_, log)| log.at).collect();
-        let codes: Vec<Option<i32>> = logs
-            .iter()
-            .map(|(_, log)| log.status_code.map(i32::from))
-            .collect();
-        let errors: Vec<Option<String>> = logs
-            .iter()
-            .map(|(_, log)| log.error.as_deref().map(storable))
-            .collect();
-        let durations: Vec<i64> = logs
-            .iter()
-            .map(|(_, log)| i64::try_from(log.duration.as_millis()).unwrap_or(i64::MAX))
-            .collect();
-        let snippets: Vec<Option<String>> = logs
-            .iter()
-            .map(|(_, log)| log.response_snippet.as_deref().map(storable))
-            .collect();
-        let insert_logs = async {
-            if logs.is_empty() {
-                return Ok(Vec::new());
-            }
-            query_typed(
-                &tx,
-                INSERT_LOGS,
-                &[
-                    Type::UUID_ARRAY,
-                    Type::INT4_ARRAY,
-                    Type::TIMESTAMPTZ_ARRAY,
-                    Type::INT4_ARRAY,
-                    Type::TEXT_ARRAY,
-                    Type::INT8_ARRAY,
-                    Type::TEXT_ARRAY,
-                ],
-                &[
-                    &log_keys, &attempts, &times, &codes, &errors, &durations, &snippets,
-                ],
-            )
-            .await
-        };
+/// Step 3's parameters: every attempt's log line, once ([`INSERT_LOGS`]; a line already there is
+/// kept).
+struct LogRows {
+    keys: Vec<Uuid>,
+    attempts: Vec<i32>,
+    times: Vec<DateTime<Utc>>,
+    codes: Vec<Option<i32>>,
+    errors: Vec<Option<String>>,
+    durations: Vec<i64>,
+    snippets: Vec<Option<String>>,
+}
 
-        // Steps 0, 1 and 3 go out together, pipelined on the connection in this order (each is
-        // sent when first polled, and `try_join4` polls in order): one round trip instead of four.
-        // Only step 2 needs step 1's answer. A failing statement aborts the transaction, so the
-        // ones after it fail too and the batch fails whole.
-        let lock_keys_done = query_typed(&tx, LOCK_KEYS, &[Type::UUID_ARRAY], &[&lock_keys]);
-        let lock_policies_done =
-            query_typed(&tx, LOCK_POLICIES, &[Type::INT8_ARRAY], &[&lock_policy_ids]);
-        let (_, _, rows, _) =
-            futures::future::try_join4(lock_keys_done, lock_policies_done, insert_new, insert_logs)
-                .await?;
-        let inserted: HashSet<Uuid> = rows
-            .iter()
-            .map(|row| row.try_get::<_, Uuid>(0))
-            .collect::<Result<_, _>>()?;
+impl LogRows {
+    fn of(logs: &[(Uuid, &AttemptLog)]) -> Self {
+        Self {
+            keys: logs.iter().map(|(key, _)| *key).collect(),
+            attempts: logs.iter().map(|(_, log)| log.attempt).collect(),
+            times: logs.iter().map(|(_, log)| log.at).collect(),
+            codes: logs
+                .iter()
+                .map(|(_, log)| log.status_code.map(i32::from))
+                .collect(),
+            errors: logs
+                .iter()
+                .map(|(_, log)| log.error.as_deref().map(storable))
+                .collect(),
+            durations: logs
+                .iter()
+                .map(|(_, log)| i64::try_from(log.duration.as_millis()).unwrap_or(i64::MAX))
+                .collect(),
+            snippets: logs
+                .iter()
+                .map(|(_, log)| log.response_snippet.as_deref().map(storable))
+                .collect(),
+        }
+    }
 
-        // 2. Known keys (a separate statement, so it sees rows a concurrent batch committed while
-        // the insert waited on them): move the task forward, then roll it up into the execution.
-        let known: Vec<&Folded<'_>> = folded
-            .iter()
-            .filter(|f| !inserted.contains(&f.winner.history_key))
-            .collect();
-        if !known.is_empty() {
-            let keys: Vec<Uuid> = known.iter().map(|f| f.winner.history_key).collect();
-            let statuses: Vec<&str> = known.iter().map(|f| f.winner.status.as_str()).collect();
-            let messages: Vec<String> = known
+    /// Inserts the log lines; no statement when the batch made no attempt.
+    async fn insert(
+        &self,
+        tx: &deadpool_postgres::Transaction<'_>,
+    ) -> Result<Vec<Row>, tokio_postgres::Error> {
+        if self.keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        query_typed(
+            tx,
+            INSERT_LOGS,
+            &[
+                Type::UUID_ARRAY,
+                Type::INT4_ARRAY,
+                Type::TIMESTAMPTZ_ARRAY,
+                Type::INT4_ARRAY,
+                Type::TEXT_ARRAY,
+                Type::INT8_ARRAY,
+                Type::TEXT_ARRAY,
+            ],
+            &[
+                &self.keys,
+                &self.attempts,
+                &self.times,
+                &self.codes,
+                &self.errors,
+                &self.durations,
+                &self.snippets,
+            ],
+        )
+        .await
+    }
+}
+
+/// Step 2's parameters, one row per key that was already stored: its task moved forward
+/// ([`update_tasks_sql`]), then rolled up into its execution ([`UPDATE_EXECUTIONS`]).
+struct KnownRows<'a> {
+    known: &'a [&'a Folded<'a>],
+    keys: Vec<Uuid>,
+    statuses: Vec<&'a str>,
+    messages: Vec<String>,
+    run_counts: Vec<i32>,
+    ats: Vec<DateTime<Utc>>,
+    end_times: Vec<Option<DateTime<Utc>>>,
+    finals: Vec<bool>,
+    payloads: Vec<Option<String>>,
+}
+
+impl<'a> KnownRows<'a> {
+    fn of(known: &'a [&'a Folded<'a>]) -> Self {
+        Self {
+            known,
+            keys: known.iter().map(|f| f.winner.history_key).collect(),
+            statuses: known.iter().map(|f| f.winner.status.as_str()).collect(),
+            messages: known
                 .iter()
                 .map(|f| storable(&f.winner.status_message))
-                .collect();
-            let run_counts: Vec<i32> = known.iter().map(|f| f.winner.run_count).collect();
-            let ats: Vec<DateTime<Utc>> = known.iter().map(|f| f.winner.at).collect();
-            let end_times: Vec<Option<DateTime<Utc>>> = known
+                .collect(),
+            run_counts: known.iter().map(|f| f.winner.run_count).collect(),
+            ats: known.iter().map(|f| f.winner.at).collect(),
+            end_times: known
                 .iter()
                 .map(|f| end_time_of(f.winner.status, f.winner.at))
-                .collect();
-            let finals: Vec<bool> = known.iter().map(|f| f.winner.status.is_final()).collect();
-            let moved_rows = query_typed(
-                &tx,
-                &update_tasks_sql(),
-                &[
-                    Type::UUID_ARRAY,
-                    Type::TEXT_ARRAY,
-                    Type::TEXT_ARRAY,
-                    Type::INT4_ARRAY,
-                    Type::TIMESTAMPTZ_ARRAY,
-                    Type::TIMESTAMPTZ_ARRAY,
-                    Type::BOOL_ARRAY,
-                ],
-                &[
-                    &keys,
-                    &statuses,
-                    &messages,
-                    &run_counts,
-                    &ats,
-                    &end_times,
-                    &finals,
-                ],
-            )
-            .await?;
-            let mut moved: HashMap<Uuid, TaskStatus> = HashMap::new();
-            for row in &moved_rows {
-                let key: Uuid = row.try_get(0)?;
-                moved.insert(key, parse_column(row, 1)?);
-            }
-
-            let mut moved_flags = Vec::with_capacity(known.len());
-            let mut execution_statuses = Vec::with_capacity(known.len());
-            let mut execution_end_times = Vec::with_capacity(known.len());
-            for f in &known {
-                let task_status = moved.get(&f.winner.history_key);
-                // One task per execution: its status is the roll-up of that one.
-                let status = task_status.map(|s| rollup(&[*s]));
-                moved_flags.push(status.is_some());
-                execution_statuses.push(status.map(|s| s.as_str()));
-                execution_end_times.push(status.and_then(|s| end_time_of(s, f.winner.at)));
-            }
-            let payloads: Vec<Option<String>> =
-                known.iter().map(|f| f.payload.map(storable)).collect();
-            query_typed(
-                &tx,
-                UPDATE_EXECUTIONS,
-                &[
-                    Type::UUID_ARRAY,
-                    Type::BOOL_ARRAY,
-                    Type::TEXT_ARRAY,
-                    Type::TEXT_ARRAY,
-                    Type::TIMESTAMPTZ_ARRAY,
-                    Type::TEXT_ARRAY,
-                ],
-                &[
-                    &keys,
-                    &moved_flags,
-                    &execution_statuses,
-                    &messages,
-                    &execution_end_times,
-                    &payloads,
-                ],
-            )
-            .await?;
+                .collect(),
+            finals: known.iter().map(|f| f.winner.status.is_final()).collect(),
+            payloads: known.iter().map(|f| f.payload.map(storable)).collect(),
         }
+    }
 
-        tx.commit().await?;
+    /// Moves the tasks that this step is as far along as ([`FRESHER_THAN_STORED`]); returns the
+    /// moved ones with their new status.
+    async fn move_tasks(
+        &self,
+        tx: &deadpool_postgres::Transaction<'_>,
+    ) -> Result<HashMap<Uuid, TaskStatus>, StoreError> {
+        let moved_rows = query_typed(
+            tx,
+            &update_tasks_sql(),
+            &[
+                Type::UUID_ARRAY,
+                Type::TEXT_ARRAY,
+                Type::TEXT_ARRAY,
+                Type::INT4_ARRAY,
+                Type::TIMESTAMPTZ_ARRAY,
+                Type::TIMESTAMPTZ_ARRAY,
+                Type::BOOL_ARRAY,
+            ],
+            &[
+                &self.keys,
+                &self.statuses,
+                &self.messages,
+                &self.run_counts,
+                &self.ats,
+                &self.end_times,
+                &self.finals,
+            ],
+        )
+        .await?;
+        let mut moved: HashMap<Uuid, TaskStatus> = HashMap::new();
+        for row in &moved_rows {
+            let key: Uuid = row.try_get(0)?;
+            moved.insert(key, parse_column(row, 1)?);
+        }
+        Ok(moved)
+    }
+
+    /// Rolls the moved tasks up into their executions, and fills in a payload an execution lacks.
+    async fn roll_up(
+        &self,
+        tx: &deadpool_postgres::Transaction<'_>,
+        moved: &HashMap<Uuid, TaskStatus>,
+    ) -> Result<(), StoreError> {
+        let mut moved_flags = Vec::with_capacity(self.known.len());
+        let mut execution_statuses = Vec::with_capacity(self.known.len());
+        let mut execution_end_times = Vec::with_capacity(self.known.len());
+        for f in self.known {
+            let task_status = moved.get(&f.winner.history_key);
+            // One task per execution: its status is the roll-up of that one.
+            let status = task_status.map(|s| rollup(&[*s]));
+            moved_flags.push(status.is_some());
+            execution_statuses.push(status.map(|s| s.as_str()));
+            execution_end_times.push(status.and_then(|s| end_time_of(s, f.winner.at)));
+        }
+        query_typed(
+            tx,
+            UPDATE_EXECUTIONS,
+            &[
+                Type::UUID_ARRAY,
+                Type::BOOL_ARRAY,
+                Type::TEXT_ARRAY,
+                Type::TEXT_ARRAY,
+                Type::TIMESTAMPTZ_ARRAY,
+                Type::TEXT_ARRAY,
+            ],
+            &[
+                &self.keys,
+                &moved_flags,
+                &execution_statuses,
+                &self.messages,
+                &execution_end_times,
+                &self.payloads,
+            ],
+        )
+        .await?;
         Ok(())
     }
 }
