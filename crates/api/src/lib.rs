@@ -18,6 +18,8 @@
 //! - [`paging`]: Harbor's `page`/`page_size`, `X-Total-Count` and `Link`.
 //! - [`health`]: `/healthz` (the process runs) and `/readyz` (the broker answers).
 //! - [`telemetry`]: the API's metrics, the per-route HTTP metrics layer and `/metrics`.
+//! - `router`: [`app`], the router of every resource under the shared layers (metrics, timeout,
+//!   Harbor's error body).
 //! - [`server`]: [`serve`], the connection loop: header-read and idle timeouts, a connection cap,
 //!   graceful shutdown with a drain timeout.
 //!
@@ -33,65 +35,13 @@ pub mod ingest;
 pub mod paging;
 pub mod policies;
 pub mod policy_generation;
+mod router;
 pub mod server;
 pub mod state;
 pub mod telemetry;
 pub mod test_delivery;
 
-use std::time::Duration;
-
-use axum::routing::{get, post};
-use axum::Router;
-use tower_http::timeout::TimeoutLayer;
-
 pub use error::ApiError;
+pub use router::app;
 pub use server::{serve, ServerSettings};
 pub use state::{AdminSettings, AppState, IngestSettings, TestDeliverySettings};
-
-/// The whole HTTP application: health and metrics always; ingest and the policy API when the state
-/// carries their settings. Every error answer (`4xx`, `5xx`) carries Harbor's error body, whether a
-/// handler, an extractor's rejection, the method router (`405`) or the timeout layer (`408`) made it.
-pub fn app(state: AppState, request_timeout: Duration) -> Router {
-    let mut router = Router::new()
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
-        .route("/metrics", get(telemetry::metrics));
-    if let Some(ingest) = state.ingest() {
-        router = router.merge(
-            Router::new()
-                .route("/api/v1/events", post(ingest::post_events))
-                .layer(axum::extract::DefaultBodyLimit::max(ingest.max_body_bytes))
-                .route_layer(axum::middleware::from_fn_with_state(
-                    state.clone(),
-                    auth::require_ingest_token,
-                )),
-        );
-    }
-    if state.admin().is_some() {
-        router = router.merge(
-            policies::router()
-                .merge(configurations::router())
-                .merge(executions::router())
-                .merge(dead_letters::router())
-                .merge(test_delivery::router())
-                .route_layer(axum::middleware::from_fn_with_state(
-                    state.clone(),
-                    auth::require_admin,
-                )),
-        );
-    }
-    router
-        .fallback(error::not_found)
-        .method_not_allowed_fallback(error::method_not_allowed)
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            telemetry::track_http,
-        ))
-        .layer(TimeoutLayer::with_status_code(
-            axum::http::StatusCode::REQUEST_TIMEOUT,
-            request_timeout,
-        ))
-        // Outermost, so it also sees the timeout layer's 408.
-        .layer(axum::middleware::from_fn(error::harbor_error_body))
-        .with_state(state)
-}

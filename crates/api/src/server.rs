@@ -66,7 +66,7 @@ pub async fn serve(
     settings: ServerSettings,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let app = crate::app(state, settings.request_timeout);
+    let app = crate::router::app(state, settings.request_timeout);
     let permits = Arc::new(Semaphore::new(settings.max_connections.max(1)));
     // Every connection task holds a receiver: `closed()` on the sender says they are all done.
     let (stop_tx, stop_rx) = watch::channel(false);

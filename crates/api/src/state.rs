@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::extract::FromRef;
 use prometheus::Registry;
 use regrelay_dead_letters::{DeadLetterMetrics, DeadLetterQueue};
 use regrelay_history::Database;
@@ -170,6 +171,20 @@ impl AppState {
 
     pub fn policy_generation(&self) -> &PolicyGenerationStamp {
         &self.inner.policy_generation
+    }
+}
+
+/// What the metrics layer takes from the state (`telemetry::track_http`).
+impl FromRef<AppState> for ApiMetrics {
+    fn from_ref(state: &AppState) -> Self {
+        state.inner.metrics.clone()
+    }
+}
+
+/// What `/metrics` renders (`telemetry::metrics`).
+impl FromRef<AppState> for Registry {
+    fn from_ref(state: &AppState) -> Self {
+        state.inner.registry.clone()
     }
 }
 

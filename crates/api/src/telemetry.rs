@@ -17,8 +17,6 @@ use prometheus::{
 use regrelay_events::distribution::IgnoreReason;
 use regrelay_events::EventType;
 
-use crate::state::AppState;
-
 /// Why an ingest request was refused: the `reason` label of `regrelay_ingest_rejected_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RejectReason {
@@ -139,8 +137,13 @@ impl ApiMetrics {
     }
 }
 
-/// Counts and times every request by method, route pattern and status.
-pub async fn track_http(State(state): State<AppState>, request: Request, next: Next) -> Response {
+/// Counts and times every request by method, route pattern and status. Takes the metrics from
+/// the application's state (`FromRef`), so this module needs nothing of the state's.
+pub async fn track_http(
+    State(metrics): State<ApiMetrics>,
+    request: Request,
+    next: Next,
+) -> Response {
     let route = request
         .extensions()
         .get::<MatchedPath>()
@@ -149,7 +152,6 @@ pub async fn track_http(State(state): State<AppState>, request: Request, next: N
     let method = method_label(request.method());
     let started = Instant::now();
     let response = next.run(request).await;
-    let metrics = state.metrics();
     metrics
         .http_duration
         .with_label_values(&[method, &route])
@@ -176,11 +178,11 @@ pub fn method_label(method: &Method) -> &'static str {
     }
 }
 
-/// `GET /metrics` in Prometheus text format.
-pub async fn metrics(State(state): State<AppState>) -> Response {
+/// `GET /metrics` in Prometheus text format: the process's registry, from the application's state.
+pub async fn metrics(State(registry): State<Registry>) -> Response {
     let encoder = TextEncoder::new();
     let mut buffer = Vec::new();
-    match encoder.encode(&state.registry().gather(), &mut buffer) {
+    match encoder.encode(&registry.gather(), &mut buffer) {
         Ok(()) => (
             [(header::CONTENT_TYPE, encoder.format_type().to_owned())],
             buffer,

@@ -40,7 +40,7 @@ pub enum InvalidReason {
     /// `occur_at` is an integer but not a plausible unix time in seconds. The bounds keep every
     /// accepted event renderable as an RFC 3339 `time` (years 1970–9999), and catch senders that
     /// put milliseconds where Harbor puts seconds.
-    #[error("field `occur_at` must be unix seconds between 0 and {max}, got {value}", max = crate::event::MAX_OCCUR_AT)]
+    #[error("field `occur_at` must be unix seconds between 0 and {max}, got {value}", max = crate::limits::MAX_OCCUR_AT)]
     OccurAtOutOfRange { value: i64 },
     /// The project cannot be told; `field` names where it was looked for, e.g.
     /// `event_data.repository.namespace` (an empty string counts as missing).
@@ -48,7 +48,7 @@ pub enum InvalidReason {
     MissingNamespace { field: &'static str },
     /// The project's name is longer than Harbor allows (255 characters). The name itself is not
     /// echoed: it is long by definition.
-    #[error("project name ({field}) is {chars} characters long; at most {max} are allowed", max = crate::event::MAX_PROJECT_CHARS)]
+    #[error("project name ({field}) is {chars} characters long; at most {max} are allowed", max = crate::limits::MAX_PROJECT_CHARS)]
     ProjectTooLong { field: &'static str, chars: usize },
     /// A REPLICATION event where neither side is the local Harbor, so no side names our project.
     #[error("cannot tell the event's project: neither event_data.replication.src_resource nor event_data.replication.dest_resource has registry_type \"harbor\"")]

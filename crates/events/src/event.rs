@@ -18,14 +18,8 @@ use serde_json::Value;
 
 use crate::error::{EventError, InvalidReason};
 use crate::event_type::EventType;
-
-/// Longest project name accepted, in characters: Harbor's limit (1–255), and the `projects`
-/// table's. Longer names are refused at ingest (422), so every accepted event can be stored,
-/// matched and routed.
-pub const MAX_PROJECT_CHARS: usize = 255;
-
-/// The largest accepted `occur_at`: 9999-12-31T23:59:59Z, the last second RFC 3339 can write.
-pub(crate) const MAX_OCCUR_AT: i64 = 253_402_300_799;
+pub(crate) use crate::limits::MAX_OCCUR_AT;
+pub use crate::limits::MAX_PROJECT_CHARS;
 
 /// One registry event in Harbor's Default format, with the exact JSON text as received kept
 /// (unknown fields and key order preserved, so the Default payload delivered is byte-for-byte

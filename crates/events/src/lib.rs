@@ -9,6 +9,8 @@
 //! - [`cloudevents`]: the CloudEvents 1.0 structured-mode payload.
 //! - [`slack`]: Harbor's Slack Block Kit payload.
 //! - [`error`]: why an ingest body was refused (400 vs 422).
+//! - `limits`: the bounds an accepted event keeps (project name length, `occur_at`), below both
+//!   `event` and `error`.
 //! - `time`: `occur_at` as text for the payloads.
 
 pub mod cloudevents;
@@ -16,6 +18,7 @@ pub mod distribution;
 pub mod error;
 pub mod event;
 pub mod event_type;
+mod limits;
 pub mod samples;
 pub mod slack;
 mod time;

@@ -4,8 +4,10 @@
 //! - `store`: [`Database`] (a connection pool; building it does no I/O; the readiness check) and
 //!   [`StoreError`]; `store::tls`, TLS with libpq's `sslmode` ([`SslMode`]) over rustls.
 //! - `migrate`: numbered SQL migrations (`migrations/NNNN_<name>.sql`), applied under an advisory lock.
-//! - `projects`: [`Project`], named by the events' namespace, with a stable numeric id.
-//! - [`policy`]: the policy model, its validation (Harbor's messages) and the TCR-style filters. No I/O.
+//! - `projects`: the `projects` table: a [`Project`], named by the events' namespace, keeps a stable
+//!   numeric id.
+//! - [`policy`]: the policy model (with [`Project`]), its validation (Harbor's messages) and the
+//!   TCR-style filters. No I/O.
 //! - [`policies`]: the `notification_policies` table: create, read, list (paged), replace, delete, and
 //!   the consumer's load of the enabled policies.
 //! - [`sealing`]: [`SecretsKeyring`] (`secrets_key`) and credentials sealed at rest with
@@ -40,7 +42,7 @@ pub mod sealing;
 mod settings;
 mod store;
 
-pub use projects::Project;
+pub use policy::Project;
 pub use recorder::{HistoryRecorder, RecorderMetrics, RecorderSettings};
 pub use retention::SweepReport;
 pub use sealing::SecretsKeyring;

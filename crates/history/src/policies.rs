@@ -28,8 +28,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{Json, ToSql};
 use tokio_postgres::Row;
 
-use crate::policy::{Filters, Policy, PolicySpec, Target};
-use crate::projects::Project;
+use crate::policy::{Filters, Policy, PolicySpec, Project, Target};
 use crate::sealing::{self, SecretsKeyring, UnreadableValue};
 use crate::settings::bump_generation;
 use crate::store::{Database, PageWindow, StoreError};

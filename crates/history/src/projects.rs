@@ -1,5 +1,5 @@
-//! The `projects` table: a project is named by the namespace of the events and keeps a stable
-//! numeric id once a policy or an event names it (SPEC §4).
+//! The `projects` table: a project ([`Project`], in the policy model) is named by the namespace of
+//! the events and keeps a stable numeric id once a policy or an event names it (SPEC §4).
 //!
 //! Design constraints:
 //! - [`Database::ensure_project`] is called on hot paths and by racing processes: it reads first
@@ -8,17 +8,11 @@
 
 use tokio_postgres::Row;
 
+use crate::policy::Project;
 use crate::store::{Database, StoreError};
 
 /// Longest project name accepted (Harbor's limit).
 const MAX_PROJECT_NAME_CHARS: usize = 255;
-
-/// A project (Harbor's project, a Distribution namespace).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Project {
-    pub id: i64,
-    pub name: String,
-}
 
 impl Database {
     /// The project called `name`, created if it does not exist yet. Its id never changes.

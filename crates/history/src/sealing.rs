@@ -3,7 +3,8 @@
 //!
 //! - [`SecretsKeyring::parse`]: `id:base64(32 bytes)[,id:base64(32 bytes)...]`; the first key seals,
 //!   every key opens.
-//! - [`is_sealed`], [`SEALED_PREFIX`]: whether a stored value is sealed (`enc:v1:<key id>:<base64>`).
+//! - [`is_sealed`], [`SEALED_PREFIX`]: whether a stored value is sealed (`enc:v1:<key id>:<base64>`);
+//!   defined with the policy model, whose validation needs them, and re-exported here.
 //! - `seal_targets` / `open_targets`: a policy's targets as written to and read from the
 //!   `targets` column; `reseal_stored` is `regrelay migrate --reencrypt`'s per-row step.
 //!
@@ -34,19 +35,13 @@ use base64::Engine as _;
 use chacha20poly1305::aead::{Aead, AeadCore, KeyInit, OsRng, Payload};
 use chacha20poly1305::{ChaCha20Poly1305, Nonce};
 
+pub use crate::policy::{is_sealed, SEALED_PREFIX};
 use crate::policy::{PolicyError, Target};
 
-/// The prefix of a sealed value: format version 1.
-pub const SEALED_PREFIX: &str = "enc:v1:";
 /// Longest key id.
 pub const MAX_KEY_ID_CHARS: usize = 32;
 const KEY_BYTES: usize = 32;
 const NONCE_BYTES: usize = 12;
-
-/// Whether a stored credential value is in the sealed form (whether or not it opens).
-pub fn is_sealed(value: &str) -> bool {
-    value.starts_with(SEALED_PREFIX)
-}
 
 /// The configured keys: the first seals, all open. Built once at start-up from `secrets_key`.
 pub struct SecretsKeyring {

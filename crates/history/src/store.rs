@@ -20,6 +20,7 @@ use tokio_postgres::config::Host;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 
+use tls::percent_decode;
 pub use tls::{SslMode, TlsError};
 
 use crate::policy::{PolicyError, REDACTED};
@@ -354,29 +355,6 @@ fn passwords_in(url: &str) -> Vec<String> {
     // Longest first, so a password that contains another is replaced whole.
     found.sort_by_key(|p| std::cmp::Reverse(p.len()));
     found
-}
-
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = bytes
-            .get(i + 1..i + 3)
-            .and_then(|h| std::str::from_utf8(h).ok())
-            .and_then(|h| u8::from_str_radix(h, 16).ok());
-        match (bytes[i], hex) {
-            (b'%', Some(byte)) => {
-                out.push(byte);
-                i += 3;
-            }
-            (byte, _) => {
-                out.push(byte);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]

@@ -15,7 +15,8 @@
 
 use globset::{Candidate, GlobBuilder, GlobSet, GlobSetBuilder};
 
-use super::{Filters, PolicyError};
+use super::error::PolicyError;
+use super::model::Filters;
 
 /// [`Filters`] compiled once, for matching many events.
 #[derive(Debug, Clone)]
