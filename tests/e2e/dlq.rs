@@ -279,6 +279,22 @@ async fn the_api_lists_and_replays_and_purge_asks_first() {
     )
     .await;
     assert_eq!(status, 400);
+    // One vocabulary: an unknown reason is refused with the known ones, in the API and the CLI.
+    let (status, error) = admin(
+        &cluster,
+        reqwest::Method::GET,
+        "/api/v1/dead-letters?reason=attempts_exausted",
+        None,
+    )
+    .await;
+    assert_eq!(status, 400, "{error}");
+    let message = error["errors"][0]["message"].as_str().unwrap();
+    assert!(message.contains("attempts_exausted"), "{message}");
+    assert!(message.contains("attempts_exhausted"), "{message}");
+    let refused = dlq(&cluster, &["list", "--reason", "nope"], None);
+    assert_eq!(refused.status.code(), Some(2), "a usage error");
+    let refusal = stderr(&refused);
+    assert!(refusal.contains("delivery_limit"), "{refusal}");
     // Administrators only.
     let anonymous = cluster
         .client

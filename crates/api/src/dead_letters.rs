@@ -9,7 +9,7 @@
 //! | `DELETE /api/v1/dead-letters?<filters>` | `200`, `{"purged": n}` (no filter: everything) |
 //!
 //! Design constraints:
-//! - Thin handlers over [`DeadLetterQueue`], which the `regrelay dlq` commands use too, so the
+//! - Thin handlers over [`regrelay_dead_letters::DeadLetterQueue`], which the `regrelay dlq` commands use too, so the
 //!   API and the CLI share one behaviour and one set of guarantees (nothing lost while browsing; a
 //!   dead letter removed only once its replay is confirmed).
 //! - Bad input is `400` with what is wrong (an unparsable duration, a bad UUID, a selection that is

@@ -25,6 +25,8 @@
 //!
 //! [`app`] builds the router (tests drive it on port 0); [`serve`] runs it until shutdown.
 
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
+
 pub mod auth;
 pub mod configurations;
 pub mod dead_letters;

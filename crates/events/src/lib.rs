@@ -13,6 +13,8 @@
 //!   `event` and `error`.
 //! - `time`: `occur_at` as text for the payloads.
 
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
+
 pub mod cloudevents;
 pub mod distribution;
 pub mod error;

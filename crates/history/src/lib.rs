@@ -31,6 +31,8 @@
 //!   lock, and inserts that may race (projects, history records) are idempotent.
 //! - History is written monotonically: a redelivered or stale record never moves a task backwards.
 
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
+
 pub mod executions;
 mod migrate;
 pub mod policies;
