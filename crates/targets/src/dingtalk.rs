@@ -13,7 +13,7 @@
 //! | 0 | delivered |
 //! | 130101 (send too fast) | retry `rate_limited` after 10 min (DingTalk throttles a robot that long) |
 //! | -1 (system busy) | retry `vendor_busy` |
-//! | 310000 with "sign" | dead letter `bad_signature` |
+//! | 310000 with "sign" or "timestamp" | dead letter `bad_signature` |
 //! | 310000 otherwise (keyword, IP allowlist) | dead letter `forbidden` |
 //! | 300001, 300005 (token does not exist) | dead letter `unauthorized` |
 //! | 460101 (message too long) | dead letter `message_too_long` |
@@ -94,7 +94,11 @@ impl Vendor for DingTalk {
             |code, message| match code {
                 130101 => CodeRule::Retry(RetryReason::RateLimited, Some(Duration::from_secs(600))),
                 -1 => CodeRule::Retry(RetryReason::VendorBusy, None),
-                310000 if message.to_ascii_lowercase().contains("sign") => {
+                310000
+                    if ["sign", "timestamp"]
+                        .iter()
+                        .any(|w| message.to_ascii_lowercase().contains(w)) =>
+                {
                     CodeRule::Dead(DeadLetterReason::BadSignature)
                 }
                 310000 => CodeRule::Dead(DeadLetterReason::Forbidden),
