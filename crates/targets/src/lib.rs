@@ -339,16 +339,25 @@ impl Target {
         now: DateTime<Utc>,
     ) -> Result<Request, PrepareError> {
         let vendor = self.kind.vendor();
-        match &self.template {
+        let mut request = match &self.template {
             Some(template) => {
                 let text = render(template, &Variables::new(event, context))?;
-                vendor.request(self, Content::Custom(&text), now)
+                // Every chat vendor refuses an empty message; say so before sending it.
+                if self.kind != TargetKind::Template && text.trim().is_empty() {
+                    return Err(PrepareError::Render(RenderError {
+                        kind: RenderErrorKind::Other,
+                        message: "the template rendered an empty message".into(),
+                    }));
+                }
+                vendor.request(self, Content::Custom(&text), now)?
             }
             None => {
                 let summary = Message::from_event(event).summary();
-                vendor.request(self, Content::Builtin(&summary), now)
+                vendor.request(self, Content::Builtin(&summary), now)?
             }
-        }
+        };
+        request.credentials.extend(self.credentials());
+        Ok(request)
     }
 
     /// What `answer` to `request` means, its vendor message scrubbed of every credential of the
@@ -422,4 +431,418 @@ pub(crate) fn json_request(
 /// The JSON body of an answer, when it is JSON.
 pub(crate) fn json_body(body: &[u8]) -> Option<serde_json::Value> {
     serde_json::from_slice(body).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use regrelay_events::samples::sample_event;
+    use regrelay_events::EventType;
+    use serde_json::Value;
+
+    fn settings(address: &str) -> TargetSettings {
+        TargetSettings {
+            address: Some(address.into()),
+            ..Default::default()
+        }
+    }
+
+    fn telegram() -> TargetSettings {
+        TargetSettings {
+            bot_token: Some("123:abc".into()),
+            chat_id: Some("-100".into()),
+            ..Default::default()
+        }
+    }
+
+    fn context() -> DeliveryContext {
+        DeliveryContext {
+            policy_id: 1,
+            policy_name: "p".into(),
+            project_id: None,
+            delivery_id: "d".into(),
+            event_id: "e".into(),
+            target_type: "t".into(),
+        }
+    }
+
+    #[test]
+    fn validation_messages() {
+        let ding = "https://oapi.dingtalk.com/robot/send?access_token=t";
+        let table: Vec<(TargetKind, TargetSettings, &str)> = vec![
+            (
+                TargetKind::Telegram,
+                TargetSettings {
+                    chat_id: Some("-100".into()),
+                    ..Default::default()
+                },
+                "bot_token is required for telegram targets",
+            ),
+            (
+                TargetKind::Telegram,
+                TargetSettings {
+                    bot_token: Some("123:abc".into()),
+                    ..Default::default()
+                },
+                "chat_id is required for telegram targets",
+            ),
+            (
+                TargetKind::Telegram,
+                TargetSettings {
+                    chat_id: Some("group".into()),
+                    ..telegram()
+                },
+                "invalid chat_id: expected a number such as -1001234567890 or @channelname",
+            ),
+            (
+                TargetKind::Telegram,
+                TargetSettings {
+                    bot_token: Some("123:abc/../x".into()),
+                    ..telegram()
+                },
+                "invalid bot_token: expected <bot id>:<token> as BotFather gives it",
+            ),
+            (
+                TargetKind::Telegram,
+                TargetSettings {
+                    message_thread_id: Some(0),
+                    ..telegram()
+                },
+                "invalid message_thread_id: expected a positive number",
+            ),
+            (
+                TargetKind::Telegram,
+                TargetSettings {
+                    secret: Some("s".into()),
+                    ..telegram()
+                },
+                "set secret is not allowed for telegram",
+            ),
+            (
+                TargetKind::Telegram,
+                TargetSettings {
+                    address: Some("ftp://api.telegram.org".into()),
+                    ..telegram()
+                },
+                "invalid scheme: ftp",
+            ),
+            (
+                TargetKind::Teams,
+                TargetSettings::default(),
+                "address is required for teams targets",
+            ),
+            (
+                TargetKind::Teams,
+                TargetSettings {
+                    bot_token: Some("123:abc".into()),
+                    ..settings("https://x.logic.azure.com/w")
+                },
+                "set bot_token is not allowed for teams",
+            ),
+            (
+                TargetKind::Teams,
+                TargetSettings {
+                    payload_format: Some("CloudEvents".into()),
+                    ..settings("https://x.logic.azure.com/w")
+                },
+                "set payload_format is not allowed for teams",
+            ),
+            (
+                TargetKind::Discord,
+                TargetSettings {
+                    auth_header: Some("Bearer x".into()),
+                    ..settings("https://discord.com/api/webhooks/1/t")
+                },
+                "set auth_header is not allowed for discord",
+            ),
+            (
+                TargetKind::DingTalk,
+                settings("https://oapi.dingtalk.com/robot/send"),
+                "invalid address: the address must carry the robot's access_token (?access_token=...)",
+            ),
+            (
+                TargetKind::WeCom,
+                settings("https://qyapi.weixin.qq.com/cgi-bin/webhook/send"),
+                "invalid address: the address must carry the robot's key (?key=...)",
+            ),
+            (
+                TargetKind::WeCom,
+                TargetSettings {
+                    secret: Some("s".into()),
+                    ..settings("https://qyapi.weixin.qq.com/cgi-bin/webhook/send?key=k")
+                },
+                "set secret is not allowed for wecom",
+            ),
+            (
+                TargetKind::DingTalk,
+                TargetSettings {
+                    rate_limit: Some("lots".into()),
+                    ..settings(ding)
+                },
+                "invalid rate_limit \"lots\": no '/'; expected <count>/<unit> such as \"20/min\" or \"5/s\" (units: s, min, h)",
+            ),
+            (
+                TargetKind::DingTalk,
+                TargetSettings {
+                    template: Some("{{ x ".into()),
+                    ..settings(ding)
+                },
+                "template does not compile: syntax error: unexpected end of input, expected end of variable block (in template:1)",
+            ),
+            (
+                TargetKind::Template,
+                settings("https://hooks.example.com/x"),
+                "template is required for template targets",
+            ),
+            (
+                TargetKind::Template,
+                TargetSettings {
+                    template: Some("{}".into()),
+                    method: Some("DELETE".into()),
+                    ..settings("https://hooks.example.com/x")
+                },
+                "unsupported method DELETE: use POST, PUT or PATCH",
+            ),
+            (
+                TargetKind::Template,
+                TargetSettings {
+                    template: Some("{}".into()),
+                    content_type: Some("json".into()),
+                    ..settings("https://hooks.example.com/x")
+                },
+                "invalid content_type: expected a media type such as application/json",
+            ),
+            (
+                TargetKind::Template,
+                TargetSettings {
+                    template: Some("{}".into()),
+                    headers: [("Content-Type".to_owned(), "text/plain".to_owned())].into(),
+                    ..settings("https://hooks.example.com/x")
+                },
+                "invalid header Content-Type: regrelay sets this header itself",
+            ),
+            (
+                TargetKind::Template,
+                TargetSettings {
+                    template: Some("{}".into()),
+                    bot_token: Some("123:abc".into()),
+                    ..settings("https://hooks.example.com/x")
+                },
+                "set bot_token is not allowed for template",
+            ),
+        ];
+        for (kind, settings, want) in table {
+            let err = Target::new(kind, settings).unwrap_err();
+            assert_eq!(err.to_string(), want, "{kind}");
+        }
+        // Valid ones, including Telegram's default address.
+        let target = Target::new(TargetKind::Telegram, telegram()).unwrap();
+        assert_eq!(target.address().as_str(), "https://api.telegram.org/");
+        assert!(Target::new(TargetKind::DingTalk, settings(ding)).is_ok());
+    }
+
+    #[test]
+    fn kinds_round_trip_and_know_their_vendor() {
+        for kind in TargetKind::ALL {
+            assert_eq!(TargetKind::parse(kind.as_str()), Some(kind));
+            assert_eq!(kind.vendor().kind(), kind);
+        }
+        assert_eq!(TargetKind::parse("http"), None);
+        assert_eq!(TargetKind::parse("slack"), None);
+    }
+
+    #[test]
+    fn requests() {
+        let event = sample_event(EventType::PushArtifact, "team-a", 1_800_000_000).unwrap();
+        let now = DateTime::from_timestamp(1_700_000_000, 0).unwrap();
+
+        let target = Target::new(
+            TargetKind::Telegram,
+            TargetSettings {
+                address: Some("http://127.0.0.1:8081/".into()),
+                message_thread_id: Some(7),
+                ..telegram()
+            },
+        )
+        .unwrap();
+        let request = target.prepare(&event, &context(), now).unwrap();
+        assert_eq!(request.method, Method::POST);
+        assert_eq!(
+            request.url.as_str(),
+            "http://127.0.0.1:8081/bot123:abc/sendMessage"
+        );
+        assert_eq!(
+            request.redacted_url(),
+            "http://127.0.0.1:8081/bot********/sendMessage"
+        );
+        assert_eq!(request.content_type(), "application/json");
+        let body: Value = serde_json::from_slice(&request.body).unwrap();
+        assert_eq!(body["chat_id"], -100);
+        assert_eq!(body["message_thread_id"], 7);
+        assert!(body["text"]
+            .as_str()
+            .unwrap()
+            .starts_with("📦 *Artifact pushed*\n*Repository:* team\\-a/alpine\n"));
+
+        // DingTalk signs in the query, Feishu in the body.
+        let ding = Target::new(
+            TargetKind::DingTalk,
+            TargetSettings {
+                secret: Some("SEC000000000000000000000".into()),
+                ..settings("https://oapi.dingtalk.com/robot/send?access_token=tok123")
+            },
+        )
+        .unwrap();
+        let request = ding.prepare(&event, &context(), now).unwrap();
+        assert_eq!(
+            request.url.as_str(),
+            "https://oapi.dingtalk.com/robot/send?access_token=tok123&timestamp=1700000000000&sign=1zJ%2Fw34EOSVAYr7cu7Vo8LnebmK2%2FGrCgegtr8mQrqM%3D"
+        );
+        assert!(!request.redacted_url().contains("tok123"));
+        assert!(!request.redacted_url().contains("1zJ"));
+        let body: Value = serde_json::from_slice(&request.body).unwrap();
+        assert_eq!(body["msgtype"], "markdown");
+        assert_eq!(body["markdown"]["title"], "📦 Artifact pushed");
+
+        let feishu = Target::new(
+            TargetKind::Feishu,
+            TargetSettings {
+                secret: Some("demo-secret".into()),
+                ..settings("https://open.feishu.cn/open-apis/bot/v2/hook/0f1e2d3c-aaaa-bbbb-cccc")
+            },
+        )
+        .unwrap();
+        let request = feishu.prepare(&event, &context(), now).unwrap();
+        let body: Value = serde_json::from_slice(&request.body).unwrap();
+        assert_eq!(body["timestamp"], "1700000000");
+        assert_eq!(body["sign"], "mYHw2R2SOm8Rw/sne3lQdmz4sOfntKR+1P/8RKKTwmA=");
+        assert_eq!(body["msg_type"], "interactive");
+
+        // The templated webhook: method, content type, auth header, custom headers, signing.
+        let hook = Target::new(
+            TargetKind::Template,
+            TargetSettings {
+                template: Some(r#"{"repo": {{ repository.repo_full_name | json }}}"#.into()),
+                method: Some("put".into()),
+                content_type: Some("application/vnd.x+json".into()),
+                auth_header: Some("Bearer s3cr3t".into()),
+                headers: [("X-Team".to_owned(), "ci".to_owned())].into(),
+                secret: Some("whsec_abc".into()),
+                ..settings("https://hooks.example.com/in")
+            },
+        )
+        .unwrap();
+        let request = hook.prepare(&event, &context(), now).unwrap();
+        assert_eq!(request.method, Method::PUT);
+        assert_eq!(request.body, br#"{"repo": "team-a/alpine"}"#);
+        assert_eq!(request.content_type(), "application/vnd.x+json");
+        assert_eq!(request.headers["authorization"], "Bearer s3cr3t");
+        assert_eq!(request.headers["x-team"], "ci");
+        assert!(request.standard_webhooks);
+    }
+
+    #[test]
+    fn rate_limits_and_keys() {
+        let target = Target::new(TargetKind::Telegram, telegram()).unwrap();
+        assert_eq!(
+            target.rate_limits(),
+            [RateLimit::per_second(1), RateLimit::per_minute(20)]
+        );
+        let key = target.rate_key();
+        assert!(
+            key.starts_with("telegram:") && key.len() == "telegram:".len() + 24,
+            "{key}"
+        );
+        assert!(!key.contains("abc"));
+        // The same bot and chat share a key whatever the address; another chat does not.
+        let other_address = Target::new(
+            TargetKind::Telegram,
+            TargetSettings {
+                address: Some("http://127.0.0.1:1".into()),
+                ..telegram()
+            },
+        )
+        .unwrap();
+        assert_eq!(other_address.rate_key(), key);
+        let other_chat = Target::new(
+            TargetKind::Telegram,
+            TargetSettings {
+                chat_id: Some("-200".into()),
+                ..telegram()
+            },
+        )
+        .unwrap();
+        assert_ne!(other_chat.rate_key(), key);
+
+        let custom = Target::new(
+            TargetKind::WeCom,
+            TargetSettings {
+                rate_limit: Some("5/s".into()),
+                ..settings("https://qyapi.weixin.qq.com/cgi-bin/webhook/send?key=k")
+            },
+        )
+        .unwrap();
+        assert_eq!(custom.rate_limits(), [RateLimit::per_second(5)]);
+        let defaults = |kind: TargetKind, address: &str| {
+            Target::new(kind, settings(address))
+                .unwrap()
+                .rate_limits()
+                .to_vec()
+        };
+        assert_eq!(
+            defaults(TargetKind::DingTalk, "https://x/robot/send?access_token=t"),
+            [RateLimit::per_minute(20)]
+        );
+        assert_eq!(
+            defaults(TargetKind::Feishu, "https://x/open-apis/bot/v2/hook/h"),
+            [RateLimit::per_second(5), RateLimit::per_minute(100)]
+        );
+        assert_eq!(
+            defaults(TargetKind::Discord, "https://x/api/webhooks/1/t"),
+            []
+        );
+    }
+
+    #[test]
+    fn outcomes_are_scrubbed_of_every_credential() {
+        let target = Target::new(
+            TargetKind::WeCom,
+            settings("https://qyapi.weixin.qq.com/cgi-bin/webhook/send?key=693a91f6-7xxx-4bc4-97a0-0ec2sifa5aaa"),
+        )
+        .unwrap();
+        let event = sample_event(EventType::PushArtifact, "p", 1).unwrap();
+        let request = target.prepare(&event, &context(), Utc::now()).unwrap();
+        let headers = HeaderMap::new();
+        let body = br#"{"errcode":93000,"errmsg":"invalid webhook url: key 693a91f6-7xxx-4bc4-97a0-0ec2sifa5aaa"}"#;
+        let outcome = target.outcome(
+            &request,
+            &Answer {
+                status: 200,
+                headers: &headers,
+                body,
+            },
+        );
+        assert_eq!(
+            outcome.vendor_message(),
+            Some("invalid webhook url: key ******** (code 93000)")
+        );
+    }
+
+    #[test]
+    fn an_empty_custom_message_is_a_render_error() {
+        let target = Target::new(
+            TargetKind::Telegram,
+            TargetSettings {
+                template: Some("{% if false %}x{% endif %}  ".into()),
+                ..telegram()
+            },
+        )
+        .unwrap();
+        let event = sample_event(EventType::PushArtifact, "p", 1).unwrap();
+        let err = target.prepare(&event, &context(), Utc::now()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "template cannot be rendered: the template rendered an empty message"
+        );
+    }
 }

@@ -189,13 +189,25 @@ pub const MAX_VENDOR_MESSAGE_CHARS: usize = 1024;
 /// The replacement of a credential in a message.
 pub const REDACTED: &str = "********";
 
-/// `message` with every credential replaced by [`REDACTED`] (the longest first, so one that
-/// contains another is replaced whole), then capped at [`MAX_VENDOR_MESSAGE_CHARS`].
+/// `message` with every credential replaced by [`REDACTED`], as written and URL-encoded (a
+/// signature travels encoded in a query), the longest first so one that contains another is
+/// replaced whole; then capped at [`MAX_VENDOR_MESSAGE_CHARS`]. Credentials shorter than 4
+/// bytes are left alone: replacing them would garble the message and hide nothing.
 pub fn scrub(message: &str, credentials: &[String]) -> String {
-    let mut sorted: Vec<&String> = credentials.iter().filter(|c| c.len() >= 4).collect();
-    sorted.sort_by_key(|c| std::cmp::Reverse(c.len()));
+    let mut forms: Vec<String> = credentials
+        .iter()
+        .filter(|c| c.len() >= 4)
+        .flat_map(|c| {
+            [
+                c.clone(),
+                url::form_urlencoded::byte_serialize(c.as_bytes()).collect(),
+            ]
+        })
+        .collect();
+    forms.sort_by_key(|c| std::cmp::Reverse(c.len()));
+    forms.dedup();
     let mut out = message.to_owned();
-    for credential in sorted {
+    for credential in forms {
         out = out.replace(credential.as_str(), REDACTED);
     }
     crate::shorten::chars(&out, MAX_VENDOR_MESSAGE_CHARS)
