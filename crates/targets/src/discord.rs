@@ -54,7 +54,7 @@ impl Vendor for Discord {
         _now: DateTime<Utc>,
     ) -> Result<Request, PrepareError> {
         let body = match content {
-            Content::Builtin(summary) => message::fit(summary, builtin, |b| fits(b)),
+            Content::Builtin(summary) => message::fit(summary, builtin, fits),
             Content::Custom(text) => json!({
                 "content": shorten::text(text, MAX_CONTENT_CHARS, Measure::Chars, MARKER),
                 "allowed_mentions": {"parse": []},

@@ -9,10 +9,12 @@
 //!   unescaped special character (400 "can't parse entities"), so this is a correctness rule, not
 //!   a cosmetic one.
 //! - The CommonMark-like dialects (DingTalk, WeCom, Teams' Adaptive Card text, Discord) take a
-//!   backslash before each ASCII punctuation character that can start or end formatting there;
-//!   CommonMark allows a backslash before any ASCII punctuation, so an escape that was not needed
-//!   shows nothing extra. Line breaks in a value become spaces: a value must not start a new
-//!   block (a heading, a list, a quote) in the message around it.
+//!   backslash before each character that opens or closes inline formatting there, and before
+//!   a block marker (`#`, `>`, `-`, `1.`) at the start of a value. Line breaks in a value become
+//!   spaces, so a value never starts a block (a heading, a list, a quote) of its own. These
+//!   vendors document their markdown only loosely; CommonMark's backslash escapes are what
+//!   their renderers are reported to follow, and escaping no more than needed keeps stray
+//!   backslashes out of sight where a renderer ignores one.
 //! - Feishu's `lark_md` is escaped with HTML entities, as Feishu's card documentation asks.
 //! - Slack mrkdwn needs only `&`, `<`, `>` (Slack's "escaping text" rule).
 
@@ -116,24 +118,50 @@ pub fn slack(text: &str) -> String {
     out
 }
 
-/// DingTalk markdown.
+/// DingTalk markdown: the inline formatting characters and the `<` of HTML tags.
 pub fn dingtalk(text: &str) -> String {
-    backslash(text, |c| "\\`*_[]()#+-!>|~<".contains(c), true)
+    markdown(text, "\\`*_[]~<")
 }
 
 /// WeCom markdown (its subset: headings, bold, links, code, quotes, `<font>`).
 pub fn wecom(text: &str) -> String {
-    backslash(text, |c| "\\`*_[]()#+-!>|~<".contains(c), true)
+    markdown(text, "\\`*_[]~<")
 }
 
 /// Adaptive Card text (Teams renders bold, italic, lists and links).
 pub fn teams(text: &str) -> String {
-    backslash(text, |c| "\\`*_[]()#+-~>.!".contains(c), true)
+    markdown(text, "\\`*_[]~")
 }
 
-/// Discord markdown.
+/// Discord markdown (also `||spoilers||` and `<@mentions>`).
 pub fn discord(text: &str) -> String {
-    backslash(text, |c| "\\`*_~|>#-[]()<".contains(c), true)
+    markdown(text, "\\`*_[]~|<")
+}
+
+/// A CommonMark-like dialect: a backslash before each of `inline` (the characters that open or
+/// close formatting anywhere), line breaks folded to spaces, and a block marker at the start of
+/// the value escaped (`#`/`-`/`+` followed by a space, `>`, or `1.`/`1)` followed by a space),
+/// so the value cannot start a heading, a quote or a list. Characters that only format at a
+/// line start are left alone elsewhere: a reader whose renderer ignores an escape sees fewer
+/// stray backslashes.
+fn markdown(text: &str, inline: &str) -> String {
+    let folded = backslash(text, |c| inline.contains(c), true);
+    let bytes = folded.as_bytes();
+    let digits = bytes.iter().take_while(|b| b.is_ascii_digit()).count();
+    let spaced = |at: usize| matches!(bytes.get(at), None | Some(b' '));
+    let at = match bytes.first() {
+        Some(b'>') => Some(0),
+        Some(b'#') => spaced(bytes.iter().take_while(|b| **b == b'#').count()).then_some(0),
+        Some(b'-' | b'+') if spaced(1) => Some(0),
+        _ if digits > 0 && matches!(bytes.get(digits), Some(b'.' | b')')) && spaced(digits + 1) => {
+            Some(digits)
+        }
+        _ => None,
+    };
+    match at {
+        Some(at) => format!("{}\\{}", &folded[..at], &folded[at..]),
+        None => folded,
+    }
 }
 
 /// Feishu/Lark `lark_md`: HTML entities for the characters that format.
@@ -212,23 +240,37 @@ mod tests {
                 "<!channel> & co",
                 "&lt;!channel&gt; &amp; co",
             ),
-            (Dialect::DingTalk, HOSTILE_REPO, r"a\_b\*c\[d\]\(e\)\~f"),
-            (Dialect::DingTalk, HOSTILE_TAG, r"1.0\-rc.1\+build\!"),
-            (Dialect::DingTalk, "# x\n> y", r"\# x \> y"),
-            (Dialect::WeCom, HOSTILE_REPO, r"a\_b\*c\[d\]\(e\)\~f"),
+            (Dialect::DingTalk, HOSTILE_REPO, r"a\_b\*c\[d\](e)\~f"),
+            (Dialect::DingTalk, HOSTILE_TAG, HOSTILE_TAG),
+            (Dialect::DingTalk, "# x\n> y", r"\# x > y"),
+            (Dialect::DingTalk, "> quote", r"\> quote"),
+            (Dialect::DingTalk, "- item", r"\- item"),
+            (Dialect::DingTalk, "-1", "-1"),
+            (Dialect::DingTalk, "12. item", r"12\. item"),
+            (Dialect::DingTalk, "1.0", "1.0"),
+            (Dialect::DingTalk, "#tag", "#tag"),
+            (Dialect::DingTalk, "### h", r"\### h"),
+            (Dialect::WeCom, HOSTILE_REPO, r"a\_b\*c\[d\](e)\~f"),
             (
                 Dialect::WeCom,
                 "<font color=\"warning\">x</font>",
-                "\\<font color=\"warning\"\\>x\\</font\\>",
+                "\\<font color=\"warning\">x\\</font>",
             ),
-            (Dialect::Teams, HOSTILE_REPO, r"a\_b\*c\[d\]\(e\)\~f"),
-            (Dialect::Teams, HOSTILE_TAG, r"1\.0\-rc\.1\+build\!"),
-            (Dialect::Discord, HOSTILE_REPO, r"a\_b\*c\[d\]\(e\)\~f"),
+            (Dialect::Teams, HOSTILE_REPO, r"a\_b\*c\[d\](e)\~f"),
+            (Dialect::Teams, HOSTILE_TAG, HOSTILE_TAG),
+            (
+                Dialect::Teams,
+                "2023-04-03 06:04:53 UTC",
+                "2023-04-03 06:04:53 UTC",
+            ),
+            (Dialect::Discord, HOSTILE_REPO, r"a\_b\*c\[d\](e)\~f"),
             (
                 Dialect::Discord,
                 "||spoiler|| <@123>",
-                r"\|\|spoiler\|\| \<@123\>",
+                r"\|\|spoiler\|\| \<@123>",
             ),
+            (Dialect::Discord, "-# small", "-# small"),
+            (Dialect::Discord, "- item", r"\- item"),
             (
                 Dialect::Feishu,
                 HOSTILE_REPO,

@@ -223,7 +223,7 @@ pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
 /// A non-negative, finite number of seconds.
 pub(crate) fn seconds(text: &str) -> Option<Duration> {
     let secs: f64 = text.parse().ok()?;
-    (secs.is_finite() && secs >= 0.0 && secs < 1e9).then(|| Duration::from_secs_f64(secs))
+    (secs.is_finite() && (0.0..1e9).contains(&secs)).then(|| Duration::from_secs_f64(secs))
 }
 
 /// The shared rule for an answer that carries no vendor verdict of its own: 2xx delivered,
@@ -327,8 +327,11 @@ pub(crate) fn body_excerpt(body: &[u8]) -> Option<String> {
 pub(crate) mod test_util {
     use super::*;
 
+    /// An answer as a table row holds it: status, headers, body.
+    pub type Row = (u16, HeaderMap, Vec<u8>);
+
     /// A table row: an answer and the outcome it must give.
-    pub fn answer(status: u16, headers: &[(&str, &str)], body: &str) -> (u16, HeaderMap, Vec<u8>) {
+    pub fn answer(status: u16, headers: &[(&str, &str)], body: &str) -> Row {
         let mut map = HeaderMap::new();
         for (name, value) in headers {
             map.insert(
@@ -359,10 +362,7 @@ pub(crate) mod test_util {
     }
 
     /// Runs a vendor's outcome table.
-    pub fn check(
-        outcome: impl Fn(&Answer<'_>) -> Outcome,
-        table: Vec<((u16, HeaderMap, Vec<u8>), Outcome)>,
-    ) {
+    pub fn check(outcome: impl Fn(&Answer<'_>) -> Outcome, table: Vec<(Row, Outcome)>) {
         for ((status, headers, body), want) in table {
             let got = outcome(&Answer {
                 status,
@@ -439,7 +439,7 @@ mod tests {
         );
         // A long message with the token near the cut is scrubbed first, then cut.
         let long = format!("{}{token}", "x".repeat(MAX_VENDOR_MESSAGE_CHARS - 5));
-        let out = scrub(&long, &[token.clone()]);
+        let out = scrub(&long, std::slice::from_ref(&token));
         assert!(!out.contains("123456"), "{out}");
         // The longest credential first: a key that contains another is replaced whole.
         let out = scrub("key=abcd1234", &["abcd".into(), "abcd1234".into()]);

@@ -49,7 +49,7 @@ impl Vendor for Teams {
         _now: DateTime<Utc>,
     ) -> Result<Request, PrepareError> {
         let body = match content {
-            Content::Builtin(summary) => message::fit(summary, builtin_card, |b| fits(b)),
+            Content::Builtin(summary) => message::fit(summary, builtin_card, fits),
             Content::Custom(text) => {
                 // The JSON encoding of the text may grow it (quotes, escapes): leave room.
                 let text = shorten::text(text, MAX_BODY_BYTES / 2, Measure::Bytes, MARKER);

@@ -238,7 +238,7 @@ async fn custom_templates_for_every_chat_type() {
             "*Новый образ* в {{ repository.repo_full_name | telegram }} от {{ operator | telegram }}",
             r"*Новый образ* в team\-a/alpine от regrelay\-test\-delivery",
         ),
-        (TargetKind::Teams, "**{{ type | teams }}** {{ project | teams }}", r"**PUSH\_ARTIFACT** team\-a"),
+        (TargetKind::Teams, "**{{ type | teams }}** {{ project | teams }}", r"**PUSH\_ARTIFACT** team-a"),
         (TargetKind::Discord, "{{ message.headline | discord }}", "📦 Artifact pushed"),
         (TargetKind::DingTalk, "### 推送 {{ repository.name | dingtalk }}", "### 推送 alpine"),
         (TargetKind::Feishu, "**推送** {{ repository.name | feishu }}", "**推送** alpine"),
