@@ -7,6 +7,8 @@
 //! - [`unused_port`]: a local port nothing listens on, for "unreachable" cases.
 //! - [`TestReceiver`]: a real HTTP receiver on 127.0.0.1 with scripted answers.
 //! - [`TestDatabase`]: a fresh database on the machine's real PostgreSQL, dropped when the test ends.
+//! - [`vendors`]: fakes of the chat vendors' APIs (Telegram, Teams, Discord, DingTalk, Feishu,
+//!   WeCom) that check requests as the vendors do.
 //!
 //! The services are found at `REGRELAY_TEST_AMQP_URL` (default `amqp://guest:guest@127.0.0.1:5672/%2f`)
 //! and `REGRELAY_TEST_DATABASE_ADMIN_URL` (default `postgres://postgres@127.0.0.1:5432/postgres`).
@@ -24,6 +26,7 @@ use tokio::task::JoinHandle;
 pub mod database;
 pub mod receiver;
 pub mod tls;
+pub mod vendors;
 
 pub use database::{admin_database_url, TestDatabase};
 pub use lapin::message::BasicGetMessage;
