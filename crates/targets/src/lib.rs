@@ -34,6 +34,8 @@
 //! which also compiles its template) and calls [`Target::prepare`] per attempt and
 //! [`Target::outcome`] per answer; transport failures stay with the consumer's `classify`.
 
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
+
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
