@@ -7,4 +7,6 @@ cd "$(dirname "$0")/.."
 
 scripts/services.sh
 cargo fmt --all -- --check
+# --workspace also builds the `regrelay` binary that the bench's smoke test (crates/bench/tests)
+# starts beside `regrelay-bench`: keep both packages in one invocation.
 cargo test --workspace --locked "$@"

@@ -2,7 +2,6 @@
 //! talk to it over HTTP, read what it published from the real RabbitMQ, stop it with SIGTERM, or
 //! kill it with SIGKILL in the middle of deliveries.
 
-mod bench;
 mod cluster;
 mod delivery;
 mod dlq;

@@ -6,12 +6,13 @@
 //! - `shutdown`: the cancellation signal and task tracker handed to every role.
 //! - `serve`: wires the crates into running roles.
 //! - `dlq`: the operator's dead-letter commands (`regrelay dlq list | show | replay | purge`).
-//! - `bench`: the end-to-end load tool (`regrelay bench`) with its receiver, scenarios and ceilings.
 //!
-//! `anyhow` lives here only: the libraries return precise errors, and `main` reports the whole cause
-//! chain before exiting non-zero.
+//! The load tool is its own binary, `regrelay-bench` (crates/bench), so none of its dependencies
+//! reach this one.
+//!
+//! `anyhow` lives in the binaries only (this one and `regrelay-bench`): the libraries return precise
+//! errors, and `main` reports the whole cause chain before exiting non-zero.
 
-mod bench;
 mod config;
 mod dlq;
 mod logging;
@@ -61,10 +62,6 @@ enum Command {
     },
     /// Print the built-in default configuration (the reference for every key).
     DefaultConfig,
-    /// Load-test regrelay end to end against the real RabbitMQ and PostgreSQL: starts it (or
-    /// targets a running one), a receiver and a scenario's policy, sends events, and reports rates,
-    /// latency percentiles, CPU time and peak RSS.
-    Bench(Box<bench::BenchArgs>),
 }
 
 fn main() -> ExitCode {
@@ -80,8 +77,6 @@ fn main() -> ExitCode {
         }
         // Not `run`: the service logs to stdout, and stdout is the command's output here.
         Command::Dlq { config, command } => dlq::run(config, command),
-        // Not `run`: the bench has no service configuration; its stdout is the report.
-        Command::Bench(args) => bench::run(*args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,21 +1,43 @@
-//! `regrelay bench` as a user runs it: a short baseline run against the real RabbitMQ and
+//! `regrelay-bench` as a user runs it: a short baseline run against the real RabbitMQ and
 //! PostgreSQL, so the load tool cannot rot. Benchmarks are not tests: nothing here asserts a speed.
+//!
+//! The bench starts `regrelay` processes: the `regrelay` binary of the same target directory, which
+//! `cargo test --workspace` (scripts/test.sh) builds in the same invocation, before any test runs,
+//! for regrelay's own e2e test. Alone, `cargo test -p regrelay-bench` needs `cargo build -p regrelay`
+//! first.
 
+use std::path::PathBuf;
 use std::process::Command;
 
 use regrelay_testkit::{admin_database_url, amqp_url};
 use serde_json::Value;
 
-use super::BIN;
+const BIN: &str = env!("CARGO_BIN_EXE_regrelay-bench");
+
+/// `regrelay-bench` with the `regrelay` binary beside it (named explicitly, so a `REGRELAY_BIN` of
+/// the caller's environment cannot pick another one).
+fn bench() -> Command {
+    let regrelay =
+        PathBuf::from(BIN).with_file_name(format!("regrelay{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        regrelay.is_file(),
+        "{} is missing: run the tests with `cargo test --workspace` (scripts/test.sh), or \
+         `cargo build -p regrelay` before `cargo test -p regrelay-bench`",
+        regrelay.display()
+    );
+    let mut command = Command::new(BIN);
+    command.env("REGRELAY_BIN", regrelay);
+    command
+}
 
 #[test]
 fn bench_smoke_run_delivers_everything_and_reports_figures() {
-    let output = Command::new(BIN)
-        .args(["bench", "--events", "300", "--json", "--timeout", "60s"])
+    let output = bench()
+        .args(["--events", "300", "--json", "--timeout", "60s"])
         .env("REGRELAY_AMQP_URL", amqp_url())
         .env("REGRELAY_BENCH_DATABASE_ADMIN_URL", admin_database_url())
         .output()
-        .expect("run regrelay bench");
+        .expect("run regrelay-bench");
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
@@ -75,9 +97,8 @@ fn bench_smoke_run_delivers_everything_and_reports_figures() {
 
 #[test]
 fn bench_batched_ingest_sends_several_events_per_request_and_accounts_for_each() {
-    let output = Command::new(BIN)
+    let output = bench()
         .args([
-            "bench",
             "--scenario",
             "batched-ingest",
             "--events",
@@ -89,7 +110,7 @@ fn bench_batched_ingest_sends_several_events_per_request_and_accounts_for_each()
         .env("REGRELAY_AMQP_URL", amqp_url())
         .env("REGRELAY_BENCH_DATABASE_ADMIN_URL", admin_database_url())
         .output()
-        .expect("run regrelay bench");
+        .expect("run regrelay-bench");
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),

@@ -1,6 +1,11 @@
-//! `regrelay bench`: the end-to-end load tool of issue 5. It starts regrelay (or targets a running
+//! `regrelay-bench`: the end-to-end load tool of issue 5. It starts regrelay (or targets a running
 //! one), a fast receiver, the scenario's policy, sends events through the ingest API and reports
 //! rates, latency percentiles, CPU time and peak RSS, optionally beside this machine's ceilings.
+//!
+//! It is a binary of its own, not a `regrelay` subcommand, so that its dependencies (plotting, an
+//! embedded font, histograms, a progress bar) stay out of the product binary. It runs the `regrelay`
+//! binary named by `--regrelay-bin` / `REGRELAY_BIN`, by default the one next to its own executable
+//! (`cargo build --release -p regrelay -p regrelay-bench` puts both in `target/release/`).
 //!
 //! Module map:
 //! - `scenario`: the named scenarios and how flags override them.
@@ -15,7 +20,7 @@
 //! - Benchmarks are not tests: nothing here asserts a speed. The run fails (exit 1) only when
 //!   something was lost or refused: missing deliveries at the timeout, events not answered `202`.
 //! - stdout carries the result only (the table, or one JSON object with `--json`); the progress bar
-//!   and diagnostics go to stderr, so `regrelay bench --json | jq` works.
+//!   and diagnostics go to stderr, so `regrelay-bench --json | jq` works.
 //! - Everything the bench creates (processes, queues, databases, policies) is removed at the end of
 //!   each scenario, also when it failed or was interrupted with Ctrl-C.
 
@@ -29,9 +34,11 @@ mod scenario;
 
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
+use clap::Parser;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 
@@ -41,9 +48,12 @@ use receiver::{Behaviour, Receiver};
 use report::{ProcessWindow, ScenarioReport};
 use scenario::{Overrides, Settings};
 
-/// `regrelay bench` flags.
-#[derive(clap::Args, Debug)]
-pub struct BenchArgs {
+/// Load-test regrelay end to end against the real RabbitMQ and PostgreSQL: starts it (or targets a
+/// running one), a receiver and a scenario's policy, sends events, and reports rates, latency
+/// percentiles, CPU time and peak RSS.
+#[derive(Parser, Debug)]
+#[command(name = "regrelay-bench", version, about)]
+struct BenchArgs {
     /// Scenario to run: baseline, history-off, two-consumers, fanout-10, fanout-100, slow-receiver,
     /// dead-target, batched-ingest, or all (in that order, one table row each).
     #[arg(long, default_value = "baseline")]
@@ -137,6 +147,9 @@ pub struct BenchArgs {
     /// The running regrelay's administrator password (with --target).
     #[arg(long, env = "REGRELAY_BENCH_ADMIN_PASSWORD", hide_env_values = true)]
     admin_password: Option<String>,
+    /// The `regrelay` binary to start (default: `regrelay` next to this executable).
+    #[arg(long, env = "REGRELAY_BIN")]
+    regrelay_bin: Option<PathBuf>,
 }
 
 /// The whole run, as `--json` prints it.
@@ -160,11 +173,22 @@ struct CeilingsReport {
 }
 
 fn duration_arg(text: &str) -> Result<Duration, String> {
-    humantime_serde::re::humantime::parse_duration(text).map_err(|e| e.to_string())
+    humantime::parse_duration(text).map_err(|e| e.to_string())
 }
 
-/// Runs `regrelay bench`.
-pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+fn main() -> ExitCode {
+    match run(BenchArgs::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            // `{:#}` prints the cause chain on one line.
+            eprintln!("regrelay-bench: error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs the bench: the chosen scenarios, then the report on stdout.
+fn run(args: BenchArgs) -> anyhow::Result<()> {
     init_stderr_logging();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -218,6 +242,18 @@ async fn run_async(args: BenchArgs) -> anyhow::Result<()> {
         bail!("--consumers, --history and --otlp-endpoint apply to processes the bench starts, not to --target");
     }
 
+    // Found before anything starts, so a missing binary fails at once with how to build it.
+    let regrelay_bin = match &args.target {
+        Some(_) => None,
+        None => {
+            let own = std::env::current_exe().context("cannot find this executable's path")?;
+            Some(cluster::regrelay_binary(
+                args.regrelay_bin.as_deref(),
+                &own,
+            )?)
+        }
+    };
+
     let receiver = Receiver::start().await?;
     let show_progress = !args.json && std::io::stderr().is_terminal();
 
@@ -230,7 +266,7 @@ async fn run_async(args: BenchArgs) -> anyhow::Result<()> {
     let mut reports = Vec::new();
     for settings in plan {
         let mut report = tokio::select! {
-            result = run_scenario(&args, &receiver, settings, show_progress) => result?,
+            result = run_scenario(&args, regrelay_bin.as_deref(), &receiver, settings, show_progress) => result?,
             _ = tokio::signal::ctrl_c() => bail!("interrupted; the scenario's processes, queues and database were removed"),
         };
         if let Some(c) = &ceilings {
@@ -371,6 +407,7 @@ async fn measure_ceilings(
 /// Starts what the scenario needs, runs it, and removes everything again whatever happened.
 async fn run_scenario(
     args: &BenchArgs,
+    regrelay_bin: Option<&std::path::Path>,
     receiver: &Receiver,
     settings: Settings,
     show_progress: bool,
@@ -385,6 +422,9 @@ async fn run_scenario(
             admin_password: args.admin_password.clone().unwrap_or_default(),
         },
         None => {
+            let regrelay_bin = regrelay_bin
+                .ok_or_else(|| anyhow!("no regrelay binary to start"))?
+                .to_owned();
             if show_progress {
                 eprintln!(
                     "{}: starting regrelay (1 api, {} consumer(s))...",
@@ -392,6 +432,7 @@ async fn run_scenario(
                 );
             }
             let started = Cluster::start(&ClusterSettings {
+                regrelay_bin,
                 amqp_url: args.amqp_url.clone(),
                 database_admin_url: args.database_admin_url.clone(),
                 consumers: settings.consumers,

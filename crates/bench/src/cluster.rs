@@ -11,7 +11,7 @@
 //!   in `write`, which would look like a stalled service. The last lines are kept for error messages.
 
 use std::collections::VecDeque;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -34,6 +34,8 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 /// What to start.
 #[derive(Debug, Clone)]
 pub struct ClusterSettings {
+    /// The `regrelay` executable every process runs (see [`regrelay_binary`]).
+    pub regrelay_bin: PathBuf,
     /// RabbitMQ URL (a secret: never printed).
     pub amqp_url: String,
     /// A PostgreSQL URL allowed to create and drop databases.
@@ -154,13 +156,13 @@ impl Cluster {
         let database = ScratchDatabase::create(&settings.database_admin_url).await?;
         self.database_url = database.url.clone();
         self.database = Some(database);
-        let exe = std::env::current_exe().context("cannot find the regrelay executable")?;
+        let exe = &settings.regrelay_bin;
         // The API first: it applies the migrations; consumers started meanwhile would wait anyway.
-        let api = self.spawn(&exe, "api", "api", settings)?;
+        let api = self.spawn(exe, "api", "api", settings)?;
         self.api_url = api.base.clone();
         self.processes.push(api);
         for n in 1..=settings.consumers {
-            let consumer = self.spawn(&exe, &format!("consumer-{n}"), "consumer", settings)?;
+            let consumer = self.spawn(exe, &format!("consumer-{n}"), "consumer", settings)?;
             self.processes.push(consumer);
         }
         let client = reqwest::Client::new();
@@ -172,7 +174,7 @@ impl Cluster {
 
     fn spawn(
         &self,
-        exe: &PathBuf,
+        exe: &Path,
         name: &str,
         role: &str,
         settings: &ClusterSettings,
@@ -342,6 +344,32 @@ async fn drain(stream: impl AsyncRead + Unpin, tail: Arc<Mutex<VecDeque<String>>
     }
 }
 
+/// The `regrelay` executable the bench starts: `explicit` (`--regrelay-bin` / `REGRELAY_BIN`) when
+/// given, else `regrelay` in the directory of `own_exe` (this executable), where
+/// `cargo build -p regrelay -p regrelay-bench` puts both. Fails with how to build or name it.
+pub fn regrelay_binary(explicit: Option<&Path>, own_exe: &Path) -> anyhow::Result<PathBuf> {
+    if let Some(path) = explicit {
+        if !path.is_file() {
+            bail!(
+                "--regrelay-bin / REGRELAY_BIN: {} is not a file; build regrelay with \
+                 `cargo build --release -p regrelay`, or name its binary",
+                path.display()
+            );
+        }
+        return Ok(path.to_owned());
+    }
+    let beside = own_exe.with_file_name(format!("regrelay{}", std::env::consts::EXE_SUFFIX));
+    if !beside.is_file() {
+        bail!(
+            "no regrelay binary at {}: build it next to this one with \
+             `cargo build --release -p regrelay -p regrelay-bench` (or `cargo build -p regrelay` \
+             for a debug bench), or name one with --regrelay-bin / REGRELAY_BIN",
+            beside.display()
+        );
+    }
+    Ok(beside)
+}
+
 /// Reads `/proc/<pid>/stat` (fields 14 and 15: utime and stime in clock ticks) and
 /// `/proc/<pid>/status` (`VmHWM`).
 pub fn sample_pid(pid: u32) -> Option<ProcessSample> {
@@ -480,6 +508,41 @@ mod tests {
         let sample = sample_pid(std::process::id()).unwrap();
         assert!(sample.peak_rss_bytes > 0);
         assert!(sample.cpu_seconds >= 0.0);
+    }
+
+    #[test]
+    fn the_regrelay_binary_is_named_or_found_next_to_this_one() {
+        let this = std::env::current_exe().unwrap();
+        assert_eq!(
+            regrelay_binary(Some(&this), Path::new("/x/y")).unwrap(),
+            this
+        );
+
+        let error = regrelay_binary(Some(Path::new("/nonexistent/regrelay")), &this)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("/nonexistent/regrelay is not a file"),
+            "{error}"
+        );
+
+        let error = regrelay_binary(None, Path::new("/nonexistent/bin/regrelay-bench"))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("/nonexistent/bin/regrelay"), "{error}");
+        assert!(
+            error.contains("cargo build --release -p regrelay"),
+            "{error}"
+        );
+
+        // A directory holding a `regrelay` file: found beside the bench's executable.
+        let dir = std::env::temp_dir().join(format!("bench-bin-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let regrelay = dir.join(format!("regrelay{}", std::env::consts::EXE_SUFFIX));
+        std::fs::write(&regrelay, b"").unwrap();
+        let found = regrelay_binary(None, &dir.join("regrelay-bench"));
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(found.unwrap(), regrelay);
     }
 
     #[test]

@@ -333,7 +333,7 @@ pub fn table(reports: &[ScenarioReport]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bench::scenario::{self, Overrides};
+    use crate::scenario::{self, Overrides};
 
     #[test]
     fn figures_come_from_accepts_and_receipts() {
