@@ -24,6 +24,8 @@
 //! - Everything the bench creates (processes, queues, databases, policies) is removed at the end of
 //!   each scenario, also when it failed or was interrupted with Ctrl-C.
 
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
+
 mod ceilings;
 mod cluster;
 mod load;

@@ -13,6 +13,8 @@
 //! `anyhow` lives in the binaries only (this one and `regrelay-bench`): the libraries return precise
 //! errors, and `main` reports the whole cause chain before exiting non-zero.
 
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
+
 mod config;
 mod dlq;
 mod logging;
