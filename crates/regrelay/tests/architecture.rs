@@ -277,3 +277,53 @@ fn the_cycle_finder_finds_a_cycle() {
         .collect();
     assert!(find_cycle(&acyclic).is_none());
 }
+
+/// The product binary carries no load-tool weight (plotting, image codecs, fonts, progress bars):
+/// the closure of `regrelay`'s dependencies in Cargo.lock (dev-dependencies included, so this is
+/// stricter than `cargo tree -p regrelay -e normal`) holds none of them.
+#[test]
+fn the_product_binary_pulls_in_no_bench_only_crate() {
+    let lock: toml::Value =
+        toml::from_str(&std::fs::read_to_string(workspace().join("Cargo.lock")).unwrap()).unwrap();
+    let packages = lock["package"].as_array().unwrap();
+    let deps_of = |name: &str| -> Vec<String> {
+        packages
+            .iter()
+            .filter(|p| p["name"].as_str() == Some(name))
+            .flat_map(|p| {
+                p.get("dependencies")
+                    .and_then(toml::Value::as_array)
+                    .cloned()
+                    .unwrap_or_default()
+            })
+            // "name" or "name version" when several versions are locked.
+            .filter_map(|d| {
+                d.as_str()
+                    .map(|d| d.split(' ').next().unwrap_or(d).to_owned())
+            })
+            .collect()
+    };
+    let mut seen = BTreeSet::new();
+    let mut todo = vec!["regrelay".to_owned()];
+    while let Some(name) = todo.pop() {
+        if seen.insert(name.clone()) {
+            todo.extend(deps_of(&name));
+        }
+    }
+    assert!(
+        seen.contains("regrelay-consumer"),
+        "the walk found the product's crates"
+    );
+    let heavy: Vec<_> = [
+        "plotters",
+        "image",
+        "ab_glyph",
+        "hdrhistogram",
+        "indicatif",
+        "dejavu",
+    ]
+    .into_iter()
+    .filter(|name| seen.contains(*name))
+    .collect();
+    assert!(heavy.is_empty(), "regrelay depends on {heavy:?}");
+}
