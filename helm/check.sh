@@ -3,7 +3,8 @@
 #   1. helm lint --strict with each helm/regrelay/ci/*-values.yaml;
 #   2. helm template with each of them, and the values that must fail, with their messages;
 #   3. kubernetes-validate --strict on every rendered manifest, per Kubernetes version
-#      (the ServiceMonitor is a CRD with no schema offline: it is checked for shape only);
+#      (the ServiceMonitor and PrometheusRule are CRDs with no schema offline: the first is checked
+#      for shape, the second for equality with deploy/prometheus/regrelay-alerts.yaml);
 #   4. every key of docs/configuration.md is in values.yaml (config: or secrets:), and the
 #      defaults under config: equal crates/regrelay/src/config.default.toml's.
 #
@@ -65,6 +66,13 @@ expect_fail "secrets_key" "${DEFAULT[@]}" --set secrets.secrets_key=k1:c2hvcnQ=
     --set secrets.amqp_url=amqp://u:p@mq:5672/%2f --set secrets.database_url=postgres://u:p@db/r >/dev/null
 echo "ok   consumer-only renders without ingest_token and admin_password"
 
+step "alerts: the chart's copy is deploy/prometheus/regrelay-alerts.yaml"
+cmp -s deploy/prometheus/regrelay-alerts.yaml "$CHART/files/regrelay-alerts.yaml" \
+    || die "$CHART/files/regrelay-alerts.yaml differs from deploy/prometheus/regrelay-alerts.yaml: cp the latter over the former"
+grep -q '^kind: PrometheusRule' "$OUT/all-on.yaml" || die "all-on values render no PrometheusRule"
+! grep -q '^kind: PrometheusRule' "$OUT/default.yaml" || die "the PrometheusRule is on by default"
+echo "ok   identical copy; rendered with prometheusRule.enabled only"
+
 step "manifests: no secret in a ConfigMap; split for validation"
 python3 - "$OUT" <<'EOF'
 import os, sys, yaml
@@ -104,9 +112,13 @@ for name in sorted(f for f in os.listdir(out) if f.endswith(".yaml")):
         target = "crd" if doc["apiVersion"].startswith("monitoring.coreos.com/") else "docs"
         with open(f"{out}/{target}/{name[:-5]}-{i:02d}-{kind}.yaml", "w") as f:
             yaml.safe_dump(doc, f)
-        if target == "crd":
+        if kind == "ServiceMonitor":
             spec = doc["spec"]
             assert spec["selector"]["matchLabels"] and spec["endpoints"][0]["port"] == "http", name
+        if kind == "PrometheusRule":
+            # The chart's rules are exactly deploy/prometheus/regrelay-alerts.yaml's.
+            alerts = yaml.safe_load(open("deploy/prometheus/regrelay-alerts.yaml"))
+            assert doc["spec"]["groups"] == alerts["groups"], f"{name}: PrometheusRule differs from the alerts file"
 print("ok   no secret values in ConfigMaps or inline env; security settings present")
 EOF
 
@@ -115,7 +127,7 @@ for version in $K8S_VERSIONS; do
     "$KV" --strict --quiet -k "$version" "$OUT"/docs/*.yaml || die "kubernetes-validate against $version"
     echo "ok   $(ls "$OUT"/docs | wc -l) manifests valid against Kubernetes $version"
 done
-echo "skip $(ls "$OUT"/crd | wc -l) ServiceMonitor manifest(s): a CRD, no schema offline (shape checked above)"
+echo "skip $(ls "$OUT"/crd | wc -l) ServiceMonitor/PrometheusRule manifest(s): a CRD, no schema offline (shape checked above)"
 
 step "configuration keys: docs/configuration.md and config.default.toml against values.yaml"
 python3 - <<'EOF'

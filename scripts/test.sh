@@ -6,6 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/services.sh
+# promtool check/test rules on deploy/prometheus/ (installs promtool when absent).
+scripts/check-alerts.sh
 cargo fmt --all -- --check
 # --workspace also builds the `regrelay` binary that the bench's smoke test (crates/bench/tests)
 # starts beside `regrelay-bench`: keep both packages in one invocation.
