@@ -170,7 +170,9 @@ async fn accept(
             )));
         }
     }
-    tracing::info!(
+    // Per request: debug (at thousands of events a second an info line each is gigabytes an
+    // hour); `regrelay_ingest_*` counts them.
+    tracing::debug!(
         message = "Events accepted.",
         accepted = messages.len(),
         ignored = ignored.len(),

@@ -270,7 +270,9 @@ async fn attempt_in_span(
                 .deliveries
                 .with_label_values(&["delivered", target_type])
                 .inc();
-            tracing::info!(
+            // Per delivery: debug (`regrelay_deliveries_total` counts them); failures, retries and
+            // dead letters stay at info and warn.
+            tracing::debug!(
                 message = "Delivered.",
                 delivery_id = %task.delivery_id,
                 event_id = %task.event_id,

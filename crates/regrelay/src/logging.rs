@@ -13,6 +13,7 @@
 //!   counted in `regrelay_log_lines_dropped_total`, so the loss is visible.
 //! - The writer is flushed at exit by dropping [`LogGuard`].
 
+use std::io::IsTerminal;
 use std::sync::{Mutex, OnceLock, PoisonError};
 
 use prometheus::core::{Collector, Desc};
@@ -72,7 +73,12 @@ pub fn init(config: &Config, runtime: Handle) -> Result<LogGuard, TraceError> {
         .thread_name("regrelay-log-writer")
         .finish(std::io::stdout());
     let _ = DROPPED.set(writer.error_counter());
-    let lines = tracing_subscriber::fmt::layer().with_writer(writer);
+    let lines = tracing_subscriber::fmt::layer()
+        .with_writer(writer)
+        .with_ansi(use_colour(
+            config.log_format,
+            std::io::stdout().is_terminal(),
+        ));
     let lines = match config.log_format {
         LogFormat::Json => lines.json().boxed(),
         LogFormat::Text => lines.boxed(),
@@ -104,6 +110,12 @@ pub fn init(config: &Config, runtime: Handle) -> Result<LogGuard, TraceError> {
         traces,
         _writer: guard,
     })
+}
+
+/// Colour codes only for text lines on a terminal: in a file, a pipe or a log collector they are
+/// bytes nobody reads, and JSON never has them.
+fn use_colour(format: LogFormat, stdout_is_terminal: bool) -> bool {
+    matches!(format, LogFormat::Text) && stdout_is_terminal
 }
 
 /// Registers `regrelay_log_lines_dropped_total` (always 0 if logging was never initialised).
@@ -140,5 +152,18 @@ impl Collector for DroppedLines {
             self.counter.inc_by(dropped - seen);
         }
         self.counter.collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn colour_only_for_text_on_a_terminal() {
+        assert!(use_colour(LogFormat::Text, true));
+        assert!(!use_colour(LogFormat::Text, false));
+        assert!(!use_colour(LogFormat::Json, true));
+        assert!(!use_colour(LogFormat::Json, false));
     }
 }
