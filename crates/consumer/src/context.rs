@@ -30,6 +30,8 @@ pub struct ConsumerSettings {
     pub deferral_delay: Duration,
     /// How often the policy cache checks the store for changes.
     pub policy_refresh_interval: Duration,
+    /// How often `regrelay_queue_messages` is refreshed with passive declares; zero turns it off.
+    pub queue_depth_interval: Duration,
     /// Deliver to loopback/private/link-local addresses (development and tests only).
     pub allow_private_targets: bool,
     /// The matching stage makes the first attempt of a task itself when the target is fast (see

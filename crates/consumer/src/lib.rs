@@ -24,6 +24,7 @@
 //! - `settlement`: `Settlement`, `StageError` and `Stage`, the typed outcome a handler returns.
 //! - `outage`: waiting out a database or broker outage for a bounded time (`outage_hold`).
 //! - `context`: the handles the stages share, and [`ConsumerSettings`].
+//! - `queue_depth`: the queue depth gauges (`regrelay_queue_messages`), from passive declares.
 //! - `telemetry`: the consumer's metrics.
 //!
 //! [`Consumer::run`] runs both stages and the policy refresher until shutdown.
@@ -43,6 +44,7 @@ mod limiter;
 mod matching;
 mod outage;
 mod policy_cache;
+mod queue_depth;
 mod render;
 mod request;
 mod retry;
@@ -109,7 +111,7 @@ impl Consumer {
             tokio::spawn(history::sweep_until(
                 ctx.db.clone(),
                 retention,
-                self.metrics,
+                self.metrics.clone(),
                 shutdown.clone(),
             ))
         });
@@ -118,6 +120,13 @@ impl Consumer {
                 .clone()
                 .refresh_until(self.settings.policy_refresh_interval, shutdown.clone()),
         );
+        let depth = tokio::spawn(queue_depth::monitor_until(
+            ctx.consume_broker.clone(),
+            topology.clone(),
+            self.metrics.clone(),
+            self.settings.queue_depth_interval,
+            shutdown.clone(),
+        ));
         let matching = tokio::spawn(stage::consume_until(
             ctx.clone(),
             "matching",
@@ -136,7 +145,7 @@ impl Consumer {
             shutdown.clone(),
             delivery::handle_task,
         ));
-        let _ = tokio::join!(refresher, matching, delivery);
+        let _ = tokio::join!(refresher, matching, delivery, depth);
         if let Some(sweeper) = sweeper {
             let _ = sweeper.await;
         }

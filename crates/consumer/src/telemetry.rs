@@ -4,7 +4,8 @@
 //! dead-letter reasons in [`crate::classify`]; never URLs or error texts.
 
 use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
 };
 
 /// Handles on the consumer's metrics. Cloning shares the series.
@@ -64,6 +65,10 @@ pub struct ConsumerMetrics {
     /// `regrelay_history_records_abandoned_total`: outcome records the database refused for
     /// [`crate::history::RECORD_PATIENCE`]; their deliveries were settled without history.
     pub history_records_abandoned: IntCounter,
+    /// Messages in each regrelay queue by role and state (only `ready`: see `queue_depth`).
+    pub queue_messages: IntGaugeVec,
+    /// Consumers attached to each regrelay queue, by role.
+    pub queue_consumers: IntGaugeVec,
 }
 
 pub(crate) const TARGET_TYPES: [&str; 2] = ["http", "slack"];
@@ -221,6 +226,22 @@ impl ConsumerMetrics {
         for outcome in ["success", "failure"] {
             history_sweeps.with_label_values(&[outcome]);
         }
+        let queue_messages = IntGaugeVec::new(
+            Opts::new(
+                "regrelay_queue_messages",
+                "Messages in each regrelay queue, by queue role and state (ready), read with passive declares.",
+            ),
+            &["queue", "state"],
+        )?;
+        let queue_consumers = IntGaugeVec::new(
+            Opts::new(
+                "regrelay_queue_consumers",
+                "Consumers attached to each regrelay queue, by queue role.",
+            ),
+            &["queue"],
+        )?;
+        registry.register(Box::new(queue_messages.clone()))?;
+        registry.register(Box::new(queue_consumers.clone()))?;
         registry.register(Box::new(deliveries.clone()))?;
         registry.register(Box::new(attempt_seconds.clone()))?;
         registry.register(Box::new(retries_scheduled.clone()))?;
@@ -289,6 +310,8 @@ impl ConsumerMetrics {
             history_record_retries,
             history_pending_dropped,
             history_records_abandoned,
+            queue_messages,
+            queue_consumers,
         })
     }
 }

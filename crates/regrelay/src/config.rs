@@ -123,6 +123,9 @@ pub struct Config {
     /// Policy cache refresh interval.
     #[serde(with = "humantime_serde")]
     pub policy_refresh_interval: Duration,
+    /// How often each consumer reads its queues' depths (`regrelay_queue_messages`); `0s` turns it off.
+    #[serde(with = "humantime_serde")]
+    pub queue_depth_interval: Duration,
     /// How long a stage waits out a database or broker outage holding a message, before it parks
     /// the message in a delay queue.
     #[serde(with = "humantime_serde")]

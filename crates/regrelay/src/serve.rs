@@ -176,6 +176,7 @@ pub async fn serve(config: Config, role: Role) -> anyhow::Result<()> {
                 max_waiting_per_target: config.per_target_max_waiting,
                 deferral_delay: config.deferral_delay,
                 policy_refresh_interval: config.policy_refresh_interval,
+                queue_depth_interval: config.queue_depth_interval,
                 allow_private_targets: config.allow_private_targets,
                 direct_first_attempt: config.direct_first_attempt,
                 outage_hold: config.outage_hold,

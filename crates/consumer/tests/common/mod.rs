@@ -143,6 +143,7 @@ impl Env {
                 max_waiting_per_target: options.max_waiting_per_target,
                 deferral_delay: options.deferral_delay,
                 policy_refresh_interval: Duration::from_millis(100),
+                queue_depth_interval: Duration::from_millis(100),
                 allow_private_targets: true,
                 direct_first_attempt: options.direct_first_attempt,
                 outage_hold: options.outage_hold,
@@ -217,15 +218,20 @@ impl Env {
     /// The value of one series in this environment's registry, e.g.
     /// `regrelay_deliveries_total{outcome="delivered",target_type="http"}`.
     pub fn metric(&self, series: &str) -> f64 {
+        self.metric_text()
+            .lines()
+            .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    /// The whole exposition text of this environment's registry.
+    #[allow(dead_code)]
+    pub fn metric_text(&self) -> String {
         let mut buffer = Vec::new();
         TextEncoder::new()
             .encode(&self.registry.gather(), &mut buffer)
             .unwrap();
-        String::from_utf8(buffer)
-            .unwrap()
-            .lines()
-            .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
-            .unwrap_or(0.0)
+        String::from_utf8(buffer).unwrap()
     }
 
     /// Waits until `series` reads `value` (counters move just after the step they count, e.g. a
