@@ -26,9 +26,8 @@ cmp -s "$rules" helm/regrelay/files/regrelay-alerts.yaml \
 out=$(promtool check rules "$rules" 2>&1) || { printf '%s\n' "$out" >&2; exit 1; }
 out=$(promtool test rules deploy/prometheus/regrelay-alerts.test.yaml 2>&1) || { printf '%s\n' "$out" >&2; exit 1; }
 # Every metric an alert reads is documented, every runbook_url has its docs/operations.md section.
-# regrelay_queue_messages is being added with issue 15 item 1 (queue depth); drop it from PENDING
-# once docs/metrics.md lists it.
-PENDING="regrelay_queue_messages" python3 - "$rules" <<'PY'
+# PENDING: metrics an alert may read before docs/metrics.md lists them (none now).
+PENDING="" python3 - "$rules" <<'PY'
 import os, re, sys, yaml
 rules = [r for g in yaml.safe_load(open(sys.argv[1]))["groups"] for r in g["rules"]]
 documented = set(re.findall(r"`(regrelay_[a-z_]+)`", open("docs/metrics.md").read()))
