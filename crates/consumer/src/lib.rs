@@ -121,9 +121,7 @@ impl Consumer {
                 .refresh_until(self.settings.policy_refresh_interval, shutdown.clone()),
         );
         let depth = tokio::spawn(queue_depth::monitor_until(
-            ctx.consume_broker.clone(),
-            topology.clone(),
-            self.metrics.clone(),
+            ctx.clone(),
             self.settings.queue_depth_interval,
             shutdown.clone(),
         ));

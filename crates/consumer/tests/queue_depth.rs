@@ -50,8 +50,8 @@ async fn queue_depth_gauges_report_ready_messages_and_survive_a_stopped_consumer
         .await,
         1.0
     );
-    // Retry buckets are declared on first use: the missing ones (read before the dead-letter
-    // queue, each a 404 closing its channel) stopped nothing, and export no series.
+    // Retry buckets are declared on first use and only those this process declared are read: a
+    // bucket nobody used exports no series.
     assert!(!env.metric_text().contains(r#"queue="retry_100ms""#));
     // Stopping the consumer stops the loop without a panic; the gauges keep their last value.
     env.stop().await;

@@ -193,6 +193,19 @@ impl TaskQueue {
         Ok(bucket)
     }
 
+    /// The retry buckets this process has declared (and not seen deleted since), shortest first.
+    pub fn declared_buckets(&self) -> Vec<Duration> {
+        let mut buckets: Vec<Duration> = self
+            .declared_buckets
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .copied()
+            .collect();
+        buckets.sort();
+        buckets
+    }
+
     fn bucket_declared(&self, bucket: Duration) -> bool {
         self.declared_buckets
             .lock()
