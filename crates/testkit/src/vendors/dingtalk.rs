@@ -96,12 +96,7 @@ impl Rules for DingTalk {
                 status,
                 headers,
                 body,
-            } => Answer {
-                status: *status,
-                headers: headers.clone(),
-                body: body.clone(),
-                accepted: false,
-            },
+            } => Answer::raw(*status, headers, body),
         }
     }
 }

@@ -148,12 +148,7 @@ impl Rules for Discord {
                 status,
                 headers,
                 body,
-            } => Answer {
-                status: *status,
-                headers: headers.clone(),
-                body: body.clone(),
-                accepted: false,
-            },
+            } => Answer::raw(*status, headers, body),
         }
     }
 }

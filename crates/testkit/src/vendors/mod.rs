@@ -91,6 +91,16 @@ impl Answer {
         }
     }
 
+    /// A scripted [`Script::Raw`] answer, exactly as given (never counted as accepted).
+    pub fn raw(status: u16, headers: &[(String, String)], body: &str) -> Answer {
+        Answer {
+            status,
+            headers: headers.to_vec(),
+            body: body.to_owned(),
+            accepted: false,
+        }
+    }
+
     pub fn empty(status: u16, accepted: bool) -> Answer {
         Answer {
             status,

@@ -69,12 +69,7 @@ impl Rules for Teams {
                 status,
                 headers,
                 body,
-            } => Answer {
-                status: *status,
-                headers: headers.clone(),
-                body: body.clone(),
-                accepted: false,
-            },
+            } => Answer::raw(*status, headers, body),
         }
     }
 }

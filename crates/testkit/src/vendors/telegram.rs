@@ -149,12 +149,7 @@ impl Rules for Telegram {
                 status,
                 headers,
                 body,
-            } => Answer {
-                status: *status,
-                headers: headers.clone(),
-                body: body.clone(),
-                accepted: false,
-            },
+            } => Answer::raw(*status, headers, body),
         }
     }
 }

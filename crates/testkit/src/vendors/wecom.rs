@@ -68,12 +68,7 @@ impl Rules for WeCom {
                 status,
                 headers,
                 body,
-            } => Answer {
-                status: *status,
-                headers: headers.clone(),
-                body: body.clone(),
-                accepted: false,
-            },
+            } => Answer::raw(*status, headers, body),
         }
     }
 }
