@@ -24,7 +24,8 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use regrelay_events::EventType;
 use regrelay_history::policies::{NameMatch, PolicyQuery, PolicySort};
 use regrelay_history::policy::{
-    parse_event_types, Filters, PayloadFormat, Policy, PolicySpec, Target, TargetKind, REDACTED,
+    parse_event_types, Filters, PayloadFormat, Policy, PolicySpec, Target, TargetKind,
+    TargetOptions, REDACTED,
 };
 use regrelay_history::Project;
 use serde::{Deserialize, Serialize};
@@ -101,6 +102,41 @@ pub struct TargetIn {
     pub secret: Option<String>,
     #[serde(default)]
     pub headers: Option<BTreeMap<String, String>>,
+    /// regrelay's chat and template types (docs/targets.md); `bot_token` is write-only.
+    #[serde(default)]
+    pub bot_token: Option<String>,
+    /// A number (`-1001234567890`) or `@channelname`; a JSON number is taken too.
+    #[serde(default, deserialize_with = "text_or_number")]
+    pub chat_id: Option<String>,
+    #[serde(default)]
+    pub message_thread_id: Option<i64>,
+    #[serde(default)]
+    pub template: Option<String>,
+    #[serde(default)]
+    pub content_type: Option<String>,
+    #[serde(default)]
+    pub method: Option<String>,
+    /// Any type: `"20/min"`, `"5/s"`.
+    #[serde(default)]
+    pub rate_limit: Option<String>,
+}
+
+/// Telegram's chat ids are numbers; clients send them as JSON numbers or strings.
+fn text_or_number<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum TextOrNumber {
+        Text(String),
+        Number(i64),
+    }
+    Ok(
+        Option::<TextOrNumber>::deserialize(deserializer)?.map(|v| match v {
+            TextOrNumber::Text(text) => text,
+            TextOrNumber::Number(number) => number.to_string(),
+        }),
+    )
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -144,6 +180,22 @@ pub struct TargetOut {
     /// regrelay: custom header names, values redacted.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub headers: BTreeMap<String, &'static str>,
+    /// regrelay: [`REDACTED`] when a bot token is set (Telegram), absent otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bot_token: Option<&'static str>,
+    /// regrelay: the chat and template types' settings, as written.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chat_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message_thread_id: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub template: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub content_type: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<String>,
 }
 
 impl PolicyOut {
@@ -171,11 +223,10 @@ impl PolicyOut {
 impl TargetOut {
     fn from_target(target: &Target) -> Self {
         let secret_set = target.secret.as_deref().is_some_and(|s| !s.is_empty());
+        let options = &target.options;
+        let text = |v: &Option<String>| v.clone().filter(|s| !s.is_empty());
         Self {
-            kind: match target.kind {
-                TargetKind::Http => "http",
-                TargetKind::Slack => "slack",
-            },
+            kind: target.kind.as_str(),
             address: target.redacted_address(),
             auth_header: match target.auth_header.as_deref() {
                 Some(h) if !h.is_empty() => REDACTED.to_owned(),
@@ -183,8 +234,8 @@ impl TargetOut {
             },
             skip_cert_verify: target.skip_cert_verify,
             payload_format: match target.kind {
-                TargetKind::Slack => String::new(),
                 TargetKind::Http => target.payload_format.as_str().to_owned(),
+                TargetKind::Slack | TargetKind::Vendor(_) => String::new(),
             },
             secret: secret_set.then_some(REDACTED),
             headers: target
@@ -192,6 +243,13 @@ impl TargetOut {
                 .keys()
                 .map(|name| (name.clone(), REDACTED))
                 .collect(),
+            bot_token: text(&options.bot_token).map(|_| REDACTED),
+            chat_id: text(&options.chat_id),
+            message_thread_id: options.message_thread_id,
+            template: text(&options.template),
+            content_type: text(&options.content_type),
+            method: text(&options.method),
+            rate_limit: text(&options.rate_limit),
         }
     }
 }
@@ -221,6 +279,16 @@ pub(crate) fn spec_from(
         }
         let payload_format =
             PayloadFormat::parse(&format_text).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        // A type with a default address (Telegram's Bot API) stores it when none is given, so
+        // every stored target has the address it is called at (and the SSRF guard checks it).
+        let given_address = match kind.vendor().and_then(|v| v.vendor().default_address()) {
+            Some(default) if target.address.trim().is_empty() => default.to_owned(),
+            _ => target.address,
+        };
+        let target = TargetIn {
+            address: given_address,
+            ..target
+        };
         let previous = existing.and_then(|p| previous_target(&p.targets, index, &target.address));
         // The address as GET showed it (credentials redacted) means "keep the stored address".
         let address = match previous {
@@ -239,6 +307,10 @@ pub(crate) fn spec_from(
         };
         let auth_header = match target.auth_header {
             Some(h) if h == REDACTED => previous.and_then(|p| p.auth_header.clone()),
+            other => other,
+        };
+        let bot_token = match target.bot_token {
+            Some(t) if t == REDACTED => previous.and_then(|p| p.options.bot_token.clone()),
             other => other,
         };
         let mut headers = target.headers.unwrap_or_default();
@@ -263,6 +335,15 @@ pub(crate) fn spec_from(
             payload_format,
             secret,
             headers,
+            options: TargetOptions {
+                bot_token,
+                chat_id: target.chat_id,
+                message_thread_id: target.message_thread_id,
+                template: target.template,
+                content_type: target.content_type,
+                method: target.method,
+                rate_limit: target.rate_limit,
+            },
         });
     }
     let filters = body.filters.unwrap_or_default();

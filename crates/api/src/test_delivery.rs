@@ -118,6 +118,7 @@ async fn run(
     state: &AppState,
     project: ProjectRef<'_>,
     policy_id: Option<i64>,
+    policy_name: &str,
     targets: &[Target],
     event_type: EventType,
 ) -> Result<Json<TestResponse>, ApiError> {
@@ -133,6 +134,7 @@ async fn run(
             project: project_name,
             project_id,
             policy_id,
+            policy_name,
             targets,
         },
         policy_id.map(|_| state.db()),
@@ -171,7 +173,15 @@ async fn saved(
         .get_policy(project.id(), id)
         .await?
         .ok_or_else(|| not_found(id))?;
-    run(state, project, Some(policy.id), &policy.targets, event_type).await
+    run(
+        state,
+        project,
+        Some(policy.id),
+        &policy.name,
+        &policy.targets,
+        event_type,
+    )
+    .await
 }
 
 async fn unsaved(
@@ -191,7 +201,7 @@ async fn unsaved(
         request.policy.event_types = vec![event_type.as_str().to_owned()];
     }
     let spec = spec_from(request.policy, None, &creator(state))?;
-    run(state, project, None, &spec.targets, event_type).await
+    run(state, project, None, &spec.name, &spec.targets, event_type).await
 }
 
 async fn test_saved_project_policy(

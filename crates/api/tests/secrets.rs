@@ -140,6 +140,7 @@ async fn a_redacted_put_keeps_a_value_the_api_cannot_decrypt() {
         payload_format: Default::default(),
         secret: Some(SECRET.into()),
         headers: Default::default(),
+        options: Default::default(),
     };
     target.headers.insert("X-Team".into(), HEADER.into());
     let spec = regrelay_history::policy::PolicySpec {

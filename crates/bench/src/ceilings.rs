@@ -396,6 +396,7 @@ async fn history_ceiling(settings: &CeilingSettings) -> anyhow::Result<f64> {
             payload_format: PayloadFormat::Default,
             secret: None,
             headers: Default::default(),
+            options: Default::default(),
         }],
         event_types: vec![EventType::PushArtifact],
         filters: Filters::default(),

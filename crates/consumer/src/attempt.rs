@@ -48,10 +48,18 @@ use regrelay_history::policy::RESERVED_HEADERS;
 pub(crate) struct AttemptRequest<'a> {
     /// The shared client (verifying or not, per the target's `skip_cert_verify`).
     pub client: &'a reqwest::Client,
-    /// The target's address.
+    /// `POST`, or a `template` target's method.
+    pub method: reqwest::Method,
+    /// The target's address (a chat type's request URL, with its token or signature).
     pub url: &'a str,
     pub body: Vec<u8>,
-    pub content_type: &'static str,
+    pub content_type: &'a str,
+    /// A chat or template type's own headers (`regrelay_targets::Request::headers`), set before
+    /// the protocol headers like custom headers. Their values are treated as credentials.
+    pub vendor_headers: Option<&'a HeaderMap>,
+    /// Credentials the request carries besides its headers (a bot token in the URL path, a
+    /// signature in the query or body): blanked from the answer kept for history.
+    pub credentials: &'a [String],
     /// Sent verbatim as `Authorization` (Harbor adds no prefix).
     pub auth_header: Option<&'a str>,
     /// The target's custom headers.
@@ -81,6 +89,8 @@ pub(crate) struct AttemptReport {
 
 /// The start of a receiver's answer as read, and what the request that got it carried.
 pub(crate) struct Answer {
+    /// The answer's headers (a chat vendor's rate-limit headers and `Retry-After`).
+    pub(crate) headers: HeaderMap,
     /// Up to [`MAX_BODY`] bytes of the body, as lossy UTF-8.
     pub(crate) text: String,
     /// Whether `text` is the whole body. When it is not, its tail may hold the first part of a
@@ -143,7 +153,7 @@ async fn attempt_result(request: AttemptRequest<'_>, answer: &mut Option<Answer>
     };
     let built = request
         .client
-        .post(url)
+        .request(request.method.clone(), url)
         .headers(headers)
         .body(request.body)
         .build();
@@ -151,7 +161,16 @@ async fn attempt_result(request: AttemptRequest<'_>, answer: &mut Option<Answer>
         Ok(built) => built,
         Err(error) => return map_error(error),
     };
-    let sent_secrets = secret_header_values(built.headers(), request.headers);
+    let mut sent_secrets = secret_header_values(built.headers(), request.headers);
+    if let Some(vendor) = request.vendor_headers {
+        sent_secrets.extend(
+            vendor
+                .iter()
+                .filter(|(name, _)| **name != CONTENT_TYPE)
+                .map(|(_, v)| String::from_utf8_lossy(v.as_bytes()).into_owned()),
+        );
+    }
+    sent_secrets.extend(request.credentials.iter().cloned());
     let sent = request.client.execute(built).await;
     let mut response = match sent {
         Ok(response) => response,
@@ -163,7 +182,10 @@ async fn attempt_result(request: AttemptRequest<'_>, answer: &mut Option<Answer>
         .get(RETRY_AFTER)
         .and_then(|value| value.to_str().ok())
         .and_then(|value| parse_retry_after(value, SystemTime::now()));
-    *answer = drain(&mut response).await.map(|(text, complete)| Answer {
+    let answer_headers = response.headers().clone();
+    let (text, complete) = drain(&mut response).await;
+    *answer = Some(Answer {
+        headers: answer_headers,
         text,
         complete,
         sent_secrets,
@@ -178,6 +200,13 @@ async fn attempt_result(request: AttemptRequest<'_>, answer: &mut Option<Answer>
 /// header, never its value.
 fn build_headers(request: &AttemptRequest<'_>) -> Result<HeaderMap, String> {
     let mut headers = HeaderMap::new();
+    if let Some(vendor) = request.vendor_headers {
+        for (name, value) in vendor {
+            let mut value = value.clone();
+            value.set_sensitive(true);
+            headers.insert(name.clone(), value);
+        }
+    }
     for (name, value) in request.headers {
         let header_name = HeaderName::from_bytes(name.as_bytes())
             .map_err(|_| format!("custom header name {name:?} is not a valid header name"))?;
@@ -192,7 +221,9 @@ fn build_headers(request: &AttemptRequest<'_>) -> Result<HeaderMap, String> {
         header_value.set_sensitive(true);
         headers.insert(header_name, header_value);
     }
-    headers.insert(CONTENT_TYPE, HeaderValue::from_static(request.content_type));
+    let content_type = HeaderValue::from_str(request.content_type)
+        .map_err(|_| "the content type is not a valid header value".to_owned())?;
+    headers.insert(CONTENT_TYPE, content_type);
     if let Some(auth) = request.auth_header {
         let mut value = HeaderValue::from_str(auth)
             .map_err(|_| "the target's auth header is not a valid header value".to_owned())?;
@@ -267,10 +298,10 @@ fn secret_header_values(sent: &HeaderMap, custom: &BTreeMap<String, String>) -> 
         .collect()
 }
 
-/// Reads up to [`MAX_BODY`] bytes of the answer; returns them (lossy UTF-8, `None` for an empty
+/// Reads up to [`MAX_BODY`] bytes of the answer; returns them (lossy UTF-8, empty for an empty
 /// body) and whether that is the whole body. Errors are ignored: the status has already said what
 /// the receiver thinks, and a broken body only costs the pooled connection.
-async fn drain(response: &mut reqwest::Response) -> Option<(String, bool)> {
+async fn drain(response: &mut reqwest::Response) -> (String, bool) {
     let mut kept = Vec::new();
     let mut complete = false;
     while kept.len() < MAX_BODY {
@@ -290,8 +321,7 @@ async fn drain(response: &mut reqwest::Response) -> Option<(String, bool)> {
             Err(_) => break,
         }
     }
-    let text = String::from_utf8_lossy(&kept).into_owned();
-    (!text.trim().is_empty()).then_some((text, complete))
+    (String::from_utf8_lossy(&kept).into_owned(), complete)
 }
 
 /// `Retry-After` as a delay from `now`: delta-seconds, or an HTTP-date (a past date means "now").
@@ -339,9 +369,12 @@ mod tests {
     ) -> AttemptRequest<'a> {
         AttemptRequest {
             client,
+            method: reqwest::Method::POST,
             url,
             body: b"{}".to_vec(),
             content_type: "application/json",
+            vendor_headers: None,
+            credentials: &[],
             auth_header: None,
             headers,
             delivery_id: "msg_1",

@@ -77,6 +77,8 @@ pub(crate) enum RetryReason {
     Connect,
     /// Another request error (body or protocol error mid-request, ...).
     RequestError,
+    /// A chat vendor said it is busy (DingTalk and WeCom `-1`).
+    VendorBusy,
 }
 
 #[cfg(test)]
@@ -91,13 +93,14 @@ pub(crate) const CLASSIFIED_DEAD_LETTER_REASONS: [DeadLetterReason; 4] = [
 
 impl RetryReason {
     /// Every reason, for pre-registering metric series.
-    pub(crate) const ALL: [RetryReason; 6] = [
+    pub(crate) const ALL: [RetryReason; 7] = [
         RetryReason::Status408,
         RetryReason::Status429,
         RetryReason::Status5xx,
         RetryReason::Timeout,
         RetryReason::Connect,
         RetryReason::RequestError,
+        RetryReason::VendorBusy,
     ];
 
     /// The metric label value.
@@ -109,6 +112,7 @@ impl RetryReason {
             RetryReason::Timeout => "timeout",
             RetryReason::Connect => "connect",
             RetryReason::RequestError => "request_error",
+            RetryReason::VendorBusy => "vendor_busy",
         }
     }
 }
@@ -143,6 +147,38 @@ fn classify_status(status: u16, retry_after: Option<Duration>) -> DeliveryOutcom
     }
 }
 
+/// A chat or template vendor's verdict on its answer (`regrelay_targets::Target::outcome`) in the
+/// delivery stage's terms: the vendor's reasons map onto the same closed sets (rate limits are
+/// `status_429` whether the vendor said so with a status or an error code).
+pub(crate) fn from_vendor(outcome: &regrelay_targets::Outcome) -> DeliveryOutcome {
+    use regrelay_targets::{DeadLetterReason as V, Outcome, RetryReason as R};
+    match outcome {
+        Outcome::Delivered => DeliveryOutcome::Delivered,
+        Outcome::Retry { after, reason, .. } => retry(
+            match reason {
+                R::RateLimited => RetryReason::Status429,
+                R::ServerError => RetryReason::Status5xx,
+                R::RequestTimeout => RetryReason::Status408,
+                R::VendorBusy => RetryReason::VendorBusy,
+            },
+            *after,
+        ),
+        Outcome::DeadLetter { reason, .. } => dead_letter(match reason {
+            V::Rejected => DeadLetterReason::VendorRejected,
+            V::Unauthorized => DeadLetterReason::Unauthorized,
+            V::Forbidden => DeadLetterReason::Forbidden,
+            V::NotFound => DeadLetterReason::NotFound,
+            V::BadSignature => DeadLetterReason::BadSignature,
+            V::ChatMigrated => DeadLetterReason::ChatMigrated,
+            V::MessageTooLong => DeadLetterReason::MessageTooLong,
+            V::ParseError => DeadLetterReason::ParseError,
+            V::Redirect => DeadLetterReason::Redirect,
+            V::UnexpectedStatus => DeadLetterReason::UnexpectedStatus,
+            V::UnexpectedAnswer => DeadLetterReason::UnexpectedAnswer,
+        }),
+    }
+}
+
 fn retry(reason: RetryReason, retry_after: Option<Duration>) -> DeliveryOutcome {
     DeliveryOutcome::Retry {
         reason,
@@ -157,6 +193,49 @@ fn dead_letter(reason: DeadLetterReason) -> DeliveryOutcome {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_vendor_reason_has_a_delivery_reason_of_its_own() {
+        use regrelay_targets::{DeadLetterReason as V, Outcome, RetryReason as R};
+        let mut seen = std::collections::HashSet::new();
+        for reason in V::ALL {
+            let outcome = from_vendor(&Outcome::DeadLetter {
+                reason,
+                vendor_message: None,
+            });
+            let DeliveryOutcome::DeadLetter { reason: mapped } = outcome else {
+                panic!("{reason:?} is not a dead letter");
+            };
+            // Same name, except the vendor's generic refusal (RabbitMQ owns `rejected`).
+            let want = match reason {
+                V::Rejected => "vendor_rejected",
+                other => other.as_str(),
+            };
+            assert_eq!(mapped.as_str(), want);
+            assert!(seen.insert(mapped));
+        }
+        let after = Some(Duration::from_millis(1500));
+        for (reason, want) in [
+            (R::RateLimited, RetryReason::Status429),
+            (R::ServerError, RetryReason::Status5xx),
+            (R::RequestTimeout, RetryReason::Status408),
+            (R::VendorBusy, RetryReason::VendorBusy),
+        ] {
+            let outcome = from_vendor(&Outcome::Retry {
+                after,
+                reason,
+                vendor_message: None,
+            });
+            assert_eq!(
+                outcome,
+                DeliveryOutcome::Retry {
+                    reason: want,
+                    retry_after: after
+                }
+            );
+        }
+        assert_eq!(from_vendor(&Outcome::Delivered), DeliveryOutcome::Delivered);
+    }
 
     fn response(status: u16) -> AttemptResult {
         AttemptResult::Response {
@@ -269,7 +348,8 @@ mod tests {
                 "status_5xx",
                 "timeout",
                 "connect",
-                "request_error"
+                "request_error",
+                "vendor_busy"
             ]
         );
         let dead: Vec<&str> = CLASSIFIED_DEAD_LETTER_REASONS

@@ -25,14 +25,15 @@ use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::attempt::AttemptReport;
-use crate::classify::{classify, AttemptResult, DeliveryOutcome};
+use crate::classify::{AttemptResult, DeliveryOutcome};
 use crate::context::DeliveryContext;
 use crate::dead_letter;
 use crate::history::{self, redact_snippet, Step};
-use crate::limiter::Admission;
+use crate::limiter::Admission as SlotAdmission;
 use crate::outage::GaveUp;
 use crate::policy_cache::CachedPolicy;
-use crate::request::{prepare, send_prepared};
+use crate::rate_limit::{self, Admission};
+use crate::request::{prepare, send_prepared, RequestContext};
 use crate::stage::{Received, Settlement, Stage, StageError};
 use tokio::sync::OwnedSemaphorePermit;
 
@@ -109,8 +110,8 @@ async fn process(ctx: &DeliveryContext, body: &[u8]) -> Settlement {
         return dead_letter(ctx, undeliverable).await;
     };
     let permit = match ctx.limiter.admit(&task.target_fingerprint).await {
-        Admission::Go(permit) => permit,
-        Admission::Saturated => {
+        SlotAdmission::Go(permit) => permit,
+        SlotAdmission::Saturated => {
             task.deferrals += 1;
             ctx.metrics.deferrals.inc();
             return put_off(ctx, &task, &event).await;
@@ -126,14 +127,17 @@ async fn put_off(
     task: &DeliveryTask,
     event: &regrelay_events::RegistryEvent,
 ) -> Settlement {
-    match schedule(
-        ctx,
-        task,
-        event.event_type().as_str(),
-        ctx.settings.deferral_delay,
-    )
-    .await
-    {
+    put_off_for(ctx, task, event, ctx.settings.deferral_delay).await
+}
+
+/// [`put_off`] for `delay` (rounded up to a bucket).
+async fn put_off_for(
+    ctx: &DeliveryContext,
+    task: &DeliveryTask,
+    event: &regrelay_events::RegistryEvent,
+    delay: Duration,
+) -> Settlement {
+    match schedule(ctx, task, event.event_type().as_str(), delay).await {
         Ok(_) => Settlement::Ack,
         Err(error) => Settlement::Requeue(error),
     }
@@ -193,13 +197,18 @@ async fn attempt_in_span(
     let _in_flight = InFlight::new(&ctx.metrics.in_flight);
     let target = &cached.policy.targets[target_index];
 
-    let cloud_context = CloudEventContext {
-        id: task.delivery_id,
-        project_id: task.project_id,
-        policy_id: task.policy_id,
-        request_id: task.request_id.clone(),
+    let context = RequestContext {
+        cloud: CloudEventContext {
+            id: task.delivery_id,
+            project_id: task.project_id,
+            policy_id: task.policy_id,
+            request_id: task.request_id.clone(),
+        },
+        policy_name: &cached.policy.name,
+        event_id: task.event_id,
     };
-    let prepared = match prepare(target, event, &cloud_context) {
+    let vendor = cached.vendor(target_index);
+    let prepared = match prepare(target, vendor, event, &context) {
         Ok(prepared) => prepared,
         Err(unsendable) => {
             let undeliverable = Undeliverable {
@@ -210,9 +219,39 @@ async fn attempt_in_span(
             return dead_letter(ctx, undeliverable).await;
         }
     };
+    // The target's rate limit, shared by every consumer: over it, the task waits in the broker
+    // for its reserved slot (not an attempt).
+    let scope = rate_limit::scope_of(target, vendor);
+    if let Some(scope) = &scope {
+        match rate_limit::admit(ctx, &mut task, scope).await {
+            Admission::Go => {}
+            Admission::Later(wait) => {
+                drop(permit);
+                ctx.metrics
+                    .rate_limited
+                    .with_label_values(&[target.kind.as_str()])
+                    .inc();
+                tracing::debug!(
+                    message = "Rate limit reached; the delivery waits for its slot.",
+                    delivery_id = %task.delivery_id,
+                    policy_id = task.policy_id,
+                    wait_ms = wait.as_millis() as u64,
+                );
+                let event_type = event.event_type().as_str();
+                return match schedule(ctx, &task, event_type, rate_limit::bucket_within(wait)).await
+                {
+                    Ok(_) => Settlement::Ack,
+                    Err(error) => Settlement::Requeue(error),
+                };
+            }
+            Admission::Unavailable(error) => {
+                return Settlement::Requeue(StageError::Database(error));
+            }
+        }
+    }
     // Kept for the history record: the exact body sent.
     let payload = ctx.history.is_some().then(|| prepared.body.clone());
-    let report = send_prepared(
+    let sent = send_prepared(
         &ctx.clients,
         target,
         prepared,
@@ -223,6 +262,15 @@ async fn attempt_in_span(
     // The slot bounds requests to the receiver, nothing else: free it before the history write and
     // the broker calls, so their latency does not cap the target's throughput.
     drop(permit);
+    let verdict = sent.verdict();
+    if let (Some(pause), Some(scope)) = (verdict.pause, &scope) {
+        // The vendor asked for a pause (Discord's rate-limit headers): every consumer holds it.
+        if let Err(error) = ctx.db.pause_rate_slots(&scope.key, pause).await {
+            tracing::warn!(message = "Cannot record the pause a vendor asked for.", error = %error);
+        }
+    }
+    let report = &sent.report;
+    let described = sent.describe(&verdict);
     let (result, elapsed) = (&report.result, report.elapsed);
     ctx.limiter
         .record_attempt(&task.target_fingerprint, elapsed);
@@ -234,12 +282,12 @@ async fn attempt_in_span(
         .observe(elapsed.as_secs_f64());
     record_last(&mut task, result);
     let attempt = Attempted {
-        report: &report,
+        report,
         snippet: redact_snippet(&report, target),
         payload: payload.as_deref(),
     };
     let event_type = event.event_type().as_str();
-    let outcome = classify(result);
+    let outcome = verdict.outcome;
     let span = tracing::Span::current();
     if let AttemptResult::Response { status, .. } = result {
         span.record("http.response.status_code", status);
@@ -263,7 +311,7 @@ async fn attempt_in_span(
                 event_type,
                 target.kind,
                 TaskStatus::Success,
-                result.describe(),
+                described.clone(),
             );
             history::record(ctx, step).await;
             ctx.metrics
@@ -290,7 +338,7 @@ async fn attempt_in_span(
             Some(delay) => {
                 let message = format!(
                     "{}; retry {} of {} in {}",
-                    result.describe(),
+                    described,
                     task.attempts + 1,
                     ctx.schedule.max_attempts(),
                     humanize(bucket_for(delay))
@@ -331,8 +379,7 @@ async fn attempt_in_span(
             None => {
                 let detail = format!(
                     "gave up after {} attempts; last: {}",
-                    task.attempts,
-                    result.describe()
+                    task.attempts, described
                 );
                 let undeliverable = Undeliverable {
                     policy: Some(cached),
@@ -344,7 +391,7 @@ async fn attempt_in_span(
             }
         },
         DeliveryOutcome::DeadLetter { reason } => {
-            let detail = format!("not retryable: {}", result.describe());
+            let detail = format!("not retryable: {described}");
             let undeliverable = Undeliverable {
                 policy: Some(cached),
                 target: Some(target),

@@ -129,6 +129,7 @@ pub(crate) fn vendor_type(kind: TargetKind) -> VendorType {
     match kind {
         TargetKind::Http => VendorType::Webhook,
         TargetKind::Slack => VendorType::Slack,
+        TargetKind::Vendor(kind) => VendorType::Vendor(kind),
     }
 }
 
@@ -246,6 +247,11 @@ fn credentials_of(target: &Target) -> Vec<String> {
     for value in target.headers.values() {
         values.extend(header_value_forms(value));
     }
+    if let Some(token) = target.options.bot_token.as_deref() {
+        values.push(token.to_owned());
+        // The secret half alone, as Telegram may quote it.
+        values.extend(token.split_once(':').map(|(_, secret)| secret.to_owned()));
+    }
     values.push(target.address.clone());
     if let Ok(url) = reqwest::Url::parse(&target.address) {
         values.push(url.as_str().to_owned());
@@ -270,6 +276,16 @@ fn credentials_of(target: &Target) -> Vec<String> {
                 values.push(raw.to_owned());
             }
             values.extend(url.query_pairs().map(|(_, value)| value.into_owned()));
+        }
+        if let TargetKind::Vendor(_) = target.kind {
+            // Chat webhooks keep their secret in the path (Discord's token, Feishu's hook id).
+            values.extend(
+                url.path_segments()
+                    .into_iter()
+                    .flatten()
+                    .filter(|segment| segment.len() >= 16)
+                    .map(str::to_owned),
+            );
         }
         if target.kind == TargetKind::Slack {
             values.push(url.path().to_owned());
@@ -479,6 +495,7 @@ mod tests {
             payload_format: PayloadFormat::Default,
             secret: Some("whsec_c2VjcmV0LWtleQ==".into()),
             headers: BTreeMap::from([("X-Api-Key".to_owned(), "key-12345".to_owned())]),
+            options: Default::default(),
         }
     }
 
@@ -491,6 +508,7 @@ mod tests {
             },
             elapsed: Duration::ZERO,
             answer: Some(crate::attempt::Answer {
+                headers: Default::default(),
                 text: text.to_owned(),
                 complete,
                 sent_secrets: sent_secrets.iter().map(|s| (*s).to_owned()).collect(),

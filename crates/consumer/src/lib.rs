@@ -45,6 +45,7 @@ mod matching;
 mod outage;
 mod policy_cache;
 mod queue_depth;
+mod rate_limit;
 mod render;
 mod request;
 mod retry;

@@ -30,13 +30,24 @@ use tokio_util::sync::CancellationToken;
 use crate::telemetry::ConsumerMetrics;
 use regrelay_producer::task::target_fingerprint;
 
-/// A policy with its filters compiled once.
+use crate::request::{vendor_target, VendorTarget};
+
+/// A policy with its filters compiled once, and its chat and template targets built once (their
+/// templates compiled).
 pub struct CachedPolicy {
     pub policy: Policy,
     filters: CompiledFilters,
+    /// By target index; `None` for Harbor's types, and for one that no longer validates (the
+    /// delivery builds it again and dead-letters it with the error).
+    vendors: Vec<Option<VendorTarget>>,
 }
 
 impl CachedPolicy {
+    /// The built chat or template target at `index`, when it is one.
+    pub(crate) fn vendor(&self, index: usize) -> Option<&VendorTarget> {
+        self.vendors.get(index).and_then(Option::as_ref)
+    }
+
     fn matches(&self, event: &RegistryEvent) -> bool {
         self.policy.event_types.contains(&event.event_type())
             && self
@@ -74,7 +85,25 @@ impl PolicySet {
                     continue;
                 }
             };
-            let cached = Arc::new(CachedPolicy { policy, filters });
+            let vendors = policy
+                .targets
+                .iter()
+                .enumerate()
+                .map(|(index, target)| match vendor_target(target)? {
+                    Ok(vendor) => Some(vendor),
+                    Err(error) => {
+                        // Validated when written; one that no longer builds is dead-lettered with
+                        // this error when delivered.
+                        tracing::error!(message = "Policy target is invalid; its deliveries will be dead-lettered.", policy_id = policy.id, target_index = index, error = %error);
+                        None
+                    }
+                })
+                .collect();
+            let cached = Arc::new(CachedPolicy {
+                policy,
+                filters,
+                vendors,
+            });
             match &cached.policy.project {
                 Some(project) => set
                     .by_project

@@ -7,6 +7,7 @@ use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry,
 };
+use regrelay_history::policy::TargetKind;
 
 /// Handles on the consumer's metrics. Cloning shares the series.
 #[derive(Clone)]
@@ -24,6 +25,9 @@ pub struct ConsumerMetrics {
     pub in_flight: IntGauge,
     /// `regrelay_delivery_deferrals_total`: tasks put back because their target was saturated.
     pub deferrals: IntCounter,
+    /// `regrelay_rate_limited_total{target_type}`: tasks put back to wait for their slot under
+    /// their target's rate limit (not attempts).
+    pub rate_limited: IntCounterVec,
     /// `regrelay_matching_duration_seconds`: matching one event against the policy cache.
     pub matching_seconds: Histogram,
     /// `regrelay_events_matched_total{result}`: events that matched a policy (`matched`) or none (`unmatched`).
@@ -71,7 +75,6 @@ pub struct ConsumerMetrics {
     pub queue_consumers: IntGaugeVec,
 }
 
-pub(crate) const TARGET_TYPES: [&str; 2] = ["http", "slack"];
 /// The calls `DeliveryContext::patiently` names (`what`): a fixed set, so the label is bounded.
 pub(crate) const OUTAGE_CALLS: &[&str] = &[
     "policy_catch_up",
@@ -79,6 +82,7 @@ pub(crate) const OUTAGE_CALLS: &[&str] = &[
     "publish_tasks",
     "publish_retry",
     "publish_dead_letter",
+    "rate_limit",
 ];
 pub(crate) const OUTCOMES: [&str; 3] = ["delivered", "retried", "dead_lettered"];
 
@@ -99,6 +103,13 @@ impl ConsumerMetrics {
             .buckets(vec![
                 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
             ]),
+            &["target_type"],
+        )?;
+        let rate_limited = IntCounterVec::new(
+            Opts::new(
+                "regrelay_rate_limited_total",
+                "Deliveries put back to wait for a slot under their target's rate limit, by target type (not attempts).",
+            ),
             &["target_type"],
         )?;
         let retries_scheduled = IntCounterVec::new(
@@ -248,6 +259,11 @@ impl ConsumerMetrics {
         registry.register(Box::new(dead_letters.clone()))?;
         registry.register(Box::new(in_flight.clone()))?;
         registry.register(Box::new(deferrals.clone()))?;
+        registry.register(Box::new(rate_limited.clone()))?;
+        for target_type in TargetKind::all() {
+            rate_limited.with_label_values(&[target_type.as_str()]);
+            attempt_seconds.with_label_values(&[target_type.as_str()]);
+        }
         registry.register(Box::new(matching_seconds.clone()))?;
         registry.register(Box::new(events_matched.clone()))?;
         registry.register(Box::new(tasks_created.clone()))?;
@@ -262,8 +278,8 @@ impl ConsumerMetrics {
             outage_retries.with_label_values(&[call]);
         }
         for outcome in OUTCOMES {
-            for target_type in TARGET_TYPES {
-                deliveries.with_label_values(&[outcome, target_type]);
+            for target_type in TargetKind::all() {
+                deliveries.with_label_values(&[outcome, target_type.as_str()]);
             }
         }
         for path in ["direct", "queued"] {
@@ -295,6 +311,7 @@ impl ConsumerMetrics {
             dead_letters,
             in_flight,
             deferrals,
+            rate_limited,
             matching_seconds,
             events_matched,
             tasks_created,

@@ -24,10 +24,10 @@ use regrelay_history::{Database, StoreError};
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::classify::{classify, AttemptResult, DeliveryOutcome};
+use crate::classify::{AttemptResult, DeliveryOutcome};
 use crate::history::{attempt_log, redact_snippet, vendor_type};
 use crate::http_client::HttpClients;
-use crate::request::{prepare, send_prepared};
+use crate::request::{prepare, send_prepared, RequestContext};
 use regrelay_dead_letters::TargetSummary;
 
 /// Targets one test delivery calls at once.
@@ -43,6 +43,8 @@ pub struct TestDelivery<'a> {
     pub project_id: i64,
     /// The saved policy, when there is one: its id names the CloudEvents source and the history.
     pub policy_id: Option<i64>,
+    /// The policy's name (a template's `policy.name`).
+    pub policy_name: &'a str,
     pub targets: &'a [Target],
 }
 
@@ -56,6 +58,10 @@ pub struct TargetTestResult {
     pub outcome: &'static str,
     pub status_code: Option<u16>,
     pub error: Option<String>,
+    /// What a chat vendor said about the message (Telegram's `description`, DingTalk's
+    /// `errmsg`, ...), credentials blanked; absent for Harbor's types and when it said nothing.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vendor_message: Option<String>,
     pub duration_ms: u64,
     /// The start of the receiver's answer, credentials blanked.
     pub response: Option<String>,
@@ -90,13 +96,17 @@ pub async fn run_test_delivery(
             let event = &event;
             async move {
                 let delivery_id = Uuid::new_v4();
-                let context = CloudEventContext {
-                    id: delivery_id,
-                    project_id: test.project_id,
-                    policy_id: test.policy_id.unwrap_or(0),
-                    request_id: format!("test-{delivery_id}"),
+                let context = RequestContext {
+                    cloud: CloudEventContext {
+                        id: delivery_id,
+                        project_id: test.project_id,
+                        policy_id: test.policy_id.unwrap_or(0),
+                        request_id: format!("test-{delivery_id}"),
+                    },
+                    policy_name: test.policy_name,
+                    event_id: delivery_id,
                 };
-                match prepare(target, event, &context) {
+                match prepare(target, None, event, &context) {
                     Ok(prepared) => {
                         let payload = String::from_utf8_lossy(&prepared.body).into_owned();
                         let report = send_prepared(
@@ -124,9 +134,12 @@ pub async fn run_test_delivery(
     for (target, delivery_id, outcome) in outcomes {
         let summary = TargetSummary::of(target);
         match outcome {
-            Ok((report, payload)) => {
-                let snippet = redact_snippet(&report, target);
-                let (outcome, status) = match classify(&report.result) {
+            Ok((sent, payload)) => {
+                let verdict = sent.verdict();
+                let described = sent.describe(&verdict);
+                let report = &sent.report;
+                let snippet = redact_snippet(report, target);
+                let (outcome, status) = match verdict.outcome {
                     DeliveryOutcome::Delivered => ("delivered", TaskStatus::Success),
                     DeliveryOutcome::Retry { .. } => ("would_retry", TaskStatus::Error),
                     DeliveryOutcome::DeadLetter { .. } => ("would_dead_letter", TaskStatus::Error),
@@ -144,10 +157,10 @@ pub async fn run_test_delivery(
                         event_type: test.event_type.as_str().to_owned(),
                         event_id: delivery_id,
                         status,
-                        status_message: format!("test delivery: {}", report.result.describe()),
+                        status_message: format!("test delivery: {described}"),
                         run_count: 1,
                         payload: Some(payload),
-                        attempt: Some(attempt_log(&report, snippet.clone(), 1, now)),
+                        attempt: Some(attempt_log(report, snippet.clone(), 1, now)),
                         at: now,
                     });
                 }
@@ -157,6 +170,7 @@ pub async fn run_test_delivery(
                     outcome,
                     status_code,
                     error,
+                    vendor_message: verdict.vendor_message,
                     duration_ms: u64::try_from(report.elapsed.as_millis()).unwrap_or(u64::MAX),
                     response: snippet,
                     delivery_id,
@@ -168,6 +182,7 @@ pub async fn run_test_delivery(
                 outcome: "would_dead_letter",
                 status_code: None,
                 error: Some(detail),
+                vendor_message: None,
                 duration_ms: 0,
                 response: None,
                 delivery_id,

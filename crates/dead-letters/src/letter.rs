@@ -135,8 +135,8 @@ impl TargetSummary {
             kind: target.kind,
             address: redact_address(target.kind, &target.address),
             payload_format: match target.kind {
-                TargetKind::Slack => String::new(),
                 TargetKind::Http => target.payload_format.as_str().to_owned(),
+                TargetKind::Slack | TargetKind::Vendor(_) => String::new(),
             },
         }
     }
@@ -276,6 +276,7 @@ mod tests {
             payload_format: Default::default(),
             secret: Some("whsec".into()),
             headers: Default::default(),
+            options: Default::default(),
         };
         let http = TargetSummary::of(&target(
             TargetKind::Http,

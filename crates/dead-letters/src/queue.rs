@@ -418,6 +418,7 @@ fn replay_task(task: &DeliveryTask) -> DeliveryTask {
     task.deferrals = 0;
     task.last_status = None;
     task.last_error = None;
+    task.rate_slot_ms = None;
     task.trigger = Trigger::Retry;
     // A new history record (trigger RETRY), while the delivery id, which receivers dedupe on, stays.
     task.history_key = Some(Uuid::new_v4());

@@ -27,6 +27,25 @@ pub enum DeadLetterReason {
     BlockedAddress,
     /// 1xx or a code outside 100..=599: nothing regrelay can interpret.
     UnexpectedStatus,
+    // Decided from a chat vendor's answer (`regrelay_targets`, the vendor's words in the detail).
+    /// The vendor refused this message (a 4xx or an error code with no reason of its own).
+    VendorRejected,
+    /// The vendor says the credential is wrong (Telegram 401, a bad DingTalk token or WeCom key).
+    Unauthorized,
+    /// The bot may not post there, or a keyword or IP check failed.
+    Forbidden,
+    /// The webhook or the bot does not exist.
+    NotFound,
+    /// The signature did not match, or its timestamp was too old.
+    BadSignature,
+    /// The Telegram group became a supergroup: the detail names the new chat id.
+    ChatMigrated,
+    /// The vendor refused the message's length.
+    MessageTooLong,
+    /// Telegram could not parse the message's formatting (a custom template's MarkdownV2).
+    ParseError,
+    /// A 2xx whose body is not the vendor's success answer.
+    UnexpectedAnswer,
     // Decided by the delivery stage.
     /// Retryable failures until the retry schedule ran out.
     AttemptsExhausted,
@@ -59,11 +78,20 @@ pub enum DeadLetterReason {
 
 impl DeadLetterReason {
     /// Every reason, for pre-registering metric series and for error messages.
-    pub const ALL: [DeadLetterReason; 16] = [
+    pub const ALL: [DeadLetterReason; 25] = [
         DeadLetterReason::Redirect,
         DeadLetterReason::ClientError,
         DeadLetterReason::BlockedAddress,
         DeadLetterReason::UnexpectedStatus,
+        DeadLetterReason::VendorRejected,
+        DeadLetterReason::Unauthorized,
+        DeadLetterReason::Forbidden,
+        DeadLetterReason::NotFound,
+        DeadLetterReason::BadSignature,
+        DeadLetterReason::ChatMigrated,
+        DeadLetterReason::MessageTooLong,
+        DeadLetterReason::ParseError,
+        DeadLetterReason::UnexpectedAnswer,
         DeadLetterReason::AttemptsExhausted,
         DeadLetterReason::PolicyChanged,
         DeadLetterReason::Unrenderable,
@@ -97,6 +125,15 @@ impl DeadLetterReason {
             DeadLetterReason::ClientError => "client_error",
             DeadLetterReason::BlockedAddress => "blocked_address",
             DeadLetterReason::UnexpectedStatus => "unexpected_status",
+            DeadLetterReason::VendorRejected => "vendor_rejected",
+            DeadLetterReason::Unauthorized => "unauthorized",
+            DeadLetterReason::Forbidden => "forbidden",
+            DeadLetterReason::NotFound => "not_found",
+            DeadLetterReason::BadSignature => "bad_signature",
+            DeadLetterReason::ChatMigrated => "chat_migrated",
+            DeadLetterReason::MessageTooLong => "message_too_long",
+            DeadLetterReason::ParseError => "parse_error",
+            DeadLetterReason::UnexpectedAnswer => "unexpected_answer",
             DeadLetterReason::AttemptsExhausted => "attempts_exhausted",
             DeadLetterReason::PolicyChanged => "policy_changed",
             DeadLetterReason::Unrenderable => "unrenderable",

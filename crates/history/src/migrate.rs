@@ -34,6 +34,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "history",
         sql: include_str!("../migrations/0002_history.sql"),
     },
+    Migration {
+        version: 3,
+        name: "targets",
+        sql: include_str!("../migrations/0003_targets.sql"),
+    },
 ];
 
 const CREATE_MIGRATIONS_TABLE: &str = "

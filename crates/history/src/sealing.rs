@@ -244,6 +244,9 @@ fn for_each_credential(
     if let Some(value) = target.secret.as_mut() {
         visit("secret", value)?;
     }
+    if let Some(value) = target.options.bot_token.as_mut() {
+        visit("bot_token", value)?;
+    }
     for (name, value) in target.headers.iter_mut() {
         visit(&format!("header/{name}"), value)?;
     }
@@ -365,6 +368,7 @@ fn field_kind(field: &str) -> &'static str {
     match field {
         "auth_header" => "auth_header",
         "secret" => "secret",
+        "bot_token" => "bot_token",
         _ => "a custom header value",
     }
 }
@@ -378,6 +382,9 @@ impl Target {
         }
         if self.secret.as_deref().is_some_and(is_sealed) {
             return Some("secret");
+        }
+        if self.options.bot_token.as_deref().is_some_and(is_sealed) {
+            return Some("bot_token");
         }
         self.headers
             .values()
@@ -405,6 +412,7 @@ mod tests {
             headers: [("X-Token".to_owned(), "header-secret".to_owned())]
                 .into_iter()
                 .collect(),
+            options: Default::default(),
         }
     }
 

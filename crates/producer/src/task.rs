@@ -81,6 +81,11 @@ pub struct DeliveryTask {
     /// every consumer. 0: no requirement (test deliveries, tasks written before this field).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub policy_generation: i64,
+    /// A rate-limit slot this task reserved (ms since the Unix epoch, the database's clock): it
+    /// waits in the retry buckets until then and is sent without asking again
+    /// (`consumer::rate_limit`). Not an attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_slot_ms: Option<i64>,
     /// The event exactly as received.
     pub event: Box<RawValue>,
 }
@@ -134,6 +139,7 @@ impl DeliveryTask {
             last_status: None,
             last_error: None,
             policy_generation: 0,
+            rate_slot_ms: None,
             event: RawValue::from_string(event.raw_json().to_owned())?,
         })
     }

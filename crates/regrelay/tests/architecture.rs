@@ -39,7 +39,7 @@ fn manifests() -> BTreeMap<String, (BTreeSet<String>, BTreeSet<String>)> {
 const ALLOWED: &[(&str, &[&str])] = &[
     ("regrelay-events", &[]),
     ("regrelay-producer", &["regrelay-events"]),
-    ("regrelay-history", &["regrelay-events"]),
+    ("regrelay-history", &["regrelay-events", "regrelay-targets"]),
     (
         "regrelay-dead-letters",
         &["regrelay-events", "regrelay-producer", "regrelay-history"],
@@ -48,6 +48,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
         "regrelay-consumer",
         &[
             "regrelay-events",
+            "regrelay-targets",
             "regrelay-producer",
             "regrelay-history",
             "regrelay-dead-letters",

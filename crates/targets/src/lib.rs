@@ -120,6 +120,19 @@ impl TargetKind {
         }
     }
 
+    /// The name history stores as Harbor's `vendor_type` (`WEBHOOK` and `SLACK` are Harbor's).
+    pub fn vendor_type(self) -> &'static str {
+        match self {
+            TargetKind::Telegram => "TELEGRAM",
+            TargetKind::Teams => "TEAMS",
+            TargetKind::Discord => "DISCORD",
+            TargetKind::DingTalk => "DINGTALK",
+            TargetKind::Feishu => "FEISHU",
+            TargetKind::WeCom => "WECOM",
+            TargetKind::Template => "TEMPLATE",
+        }
+    }
+
     /// The kind a policy's `type` names; `None` for `http`, `slack` and unknown names.
     pub fn parse(name: &str) -> Option<TargetKind> {
         TargetKind::ALL.into_iter().find(|k| k.as_str() == name)
@@ -647,6 +660,7 @@ mod tests {
     fn kinds_round_trip_and_know_their_vendor() {
         for kind in TargetKind::ALL {
             assert_eq!(TargetKind::parse(kind.as_str()), Some(kind));
+            assert_eq!(kind.vendor_type(), kind.as_str().to_uppercase());
             assert_eq!(kind.vendor().kind(), kind);
         }
         assert_eq!(TargetKind::parse("http"), None);

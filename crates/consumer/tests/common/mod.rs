@@ -274,6 +274,7 @@ pub fn http_target(address: String) -> Target {
         payload_format: PayloadFormat::Default,
         secret: None,
         headers: BTreeMap::new(),
+        options: Default::default(),
     }
 }
 

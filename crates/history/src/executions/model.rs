@@ -36,12 +36,26 @@ pub enum ExecutionTrigger {
     Retry,
 }
 
-/// What kind of target an execution delivers to (Harbor's `vendor_type`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "UPPERCASE")]
+/// What kind of target an execution delivers to (Harbor's `vendor_type`: `WEBHOOK`, `SLACK`, and
+/// regrelay's chat and template types by their upper-case names, `TELEGRAM`, ...).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum VendorType {
     Webhook,
     Slack,
+    Vendor(regrelay_targets::TargetKind),
+}
+
+impl Serialize for VendorType {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for VendorType {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(deserializer)?;
+        name.parse().map_err(serde::de::Error::custom)
+    }
 }
 
 /// A stored name that is not one of the enum's (a bug or a foreign writer).
@@ -237,6 +251,7 @@ impl VendorType {
         match self {
             VendorType::Webhook => "WEBHOOK",
             VendorType::Slack => "SLACK",
+            VendorType::Vendor(kind) => kind.vendor_type(),
         }
     }
 }
@@ -247,6 +262,7 @@ impl FromStr for VendorType {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         [VendorType::Webhook, VendorType::Slack]
             .into_iter()
+            .chain(regrelay_targets::TargetKind::ALL.map(VendorType::Vendor))
             .find(|vendor| vendor.as_str() == s)
             .ok_or_else(|| UnknownName {
                 kind: "vendor type",

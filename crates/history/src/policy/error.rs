@@ -8,7 +8,7 @@ use regrelay_events::UnknownEventType;
 use super::limits::{
     ECHO_MAX_CHARS, MAX_ADDRESS_CHARS, MAX_DESCRIPTION_CHARS, MAX_FILTER_PATTERNS,
     MAX_FILTER_PATTERN_CHARS, MAX_HEADERS, MAX_HEADER_NAME_CHARS, MAX_HEADER_VALUE_BYTES,
-    MAX_NAME_CHARS, MAX_TARGETS,
+    MAX_NAME_CHARS, MAX_OPTION_BYTES, MAX_TARGETS, MAX_TEMPLATE_BYTES,
 };
 
 /// Why a policy (or a part of one) is invalid. The `Display` text is the message the API returns.
@@ -82,6 +82,22 @@ pub enum PolicyError {
     /// opens for its place (see `sealing`). Names the field, never the value.
     #[error("{0} cannot begin with enc:v1: (the form of credentials sealed at rest)")]
     SealedLookingValue(&'static str),
+    #[error("template is too long: at most {MAX_TEMPLATE_BYTES} bytes")]
+    TemplateTooLong,
+    /// Names the field, never its value (`bot_token` is a credential).
+    #[error("{0} is too long: at most {MAX_OPTION_BYTES} bytes")]
+    OptionTooLong(&'static str),
+    /// A chat or template type's settings refused by its type's rules (`regrelay_targets`): a
+    /// missing `bot_token` or `chat_id`, a template that does not compile, a field that does not
+    /// belong to the type. The messages never repeat a credential.
+    #[error(transparent)]
+    TargetSettings(#[from] regrelay_targets::SettingsError),
+    /// A regrelay option set on one of Harbor's types (`bot_token` on an `http` target).
+    #[error("set {field} is not allowed for {kind}")]
+    OptionNotAllowed {
+        field: &'static str,
+        kind: &'static str,
+    },
     /// The cipher refused to seal a credential (never for a value within the maxima).
     #[error("a credential cannot be sealed")]
     Unsealable,

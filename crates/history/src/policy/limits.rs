@@ -22,3 +22,9 @@ pub const MAX_FILTER_PATTERN_CHARS: usize = 256;
 /// Longest piece of a caller's text quoted in an error message or a log line
 /// ([`echo`](super::echo)).
 pub const ECHO_MAX_CHARS: usize = 128;
+/// Longest `template` of a target, in bytes (a message or a body template; a render is bounded
+/// separately, in `regrelay_targets::templates`).
+pub const MAX_TEMPLATE_BYTES: usize = 32 * 1024;
+/// Longest of a target's short options (`bot_token`, `chat_id`, `content_type`, `method`,
+/// `rate_limit`), in bytes.
+pub const MAX_OPTION_BYTES: usize = 256;

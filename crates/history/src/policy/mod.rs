@@ -44,11 +44,11 @@ pub use filter::CompiledFilters;
 pub use limits::{
     ECHO_MAX_CHARS, MAX_ADDRESS_CHARS, MAX_DESCRIPTION_CHARS, MAX_FILTER_PATTERNS,
     MAX_FILTER_PATTERN_CHARS, MAX_HEADERS, MAX_HEADER_NAME_CHARS, MAX_HEADER_VALUE_BYTES,
-    MAX_NAME_CHARS, MAX_TARGETS,
+    MAX_NAME_CHARS, MAX_OPTION_BYTES, MAX_TARGETS, MAX_TEMPLATE_BYTES,
 };
 pub use model::{
     is_sealed, parse_event_types, Filters, PayloadFormat, Policy, PolicySpec, Project, Target,
-    TargetKind, SEALED_PREFIX,
+    TargetKind, TargetOptions, SEALED_PREFIX,
 };
 pub use redaction::{redact_address, REDACTED};
 pub use validation::RESERVED_HEADERS;

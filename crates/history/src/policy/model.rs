@@ -18,12 +18,77 @@ pub fn is_sealed(value: &str) -> bool {
     value.starts_with(SEALED_PREFIX)
 }
 
-/// How a target is called: a generic HTTP endpoint or a Slack incoming webhook.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+/// How a target is called: a generic HTTP endpoint, a Slack incoming webhook (Harbor's two), or
+/// one of regrelay's chat and templated types (`regrelay_targets`, one file and one table row
+/// each: this enum names them through [`Vendor`](TargetKind::Vendor) and never lists them).
+///
+/// Stored and sent as its `type` string (`"http"`, `"slack"`, `"telegram"`, ...).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum TargetKind {
     Http,
     Slack,
+    Vendor(regrelay_targets::TargetKind),
+}
+
+impl Serialize for TargetKind {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for TargetKind {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(deserializer)?;
+        TargetKind::parse(&name)
+            .map_err(|_| serde::de::Error::custom(format!("unknown target type {name:?}")))
+    }
+}
+
+/// The settings only regrelay's own types use (`regrelay_targets::TargetSettings`), plus the
+/// `rate_limit` any type may set. Flattened into the target's JSON, stored and on the wire; all
+/// absent for Harbor's types.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TargetOptions {
+    /// Telegram: the bot's token. A credential (sealed at rest, write-only in the API).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bot_token: Option<String>,
+    /// Telegram: the chat, a number or `@channelname`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chat_id: Option<String>,
+    /// Telegram: the forum topic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message_thread_id: Option<i64>,
+    /// A custom message (chat types) or the body (`template`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<String>,
+    /// `template`: the body's `Content-Type`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_type: Option<String>,
+    /// `template`: `POST`, `PUT` or `PATCH`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    /// Any type: `"20/min"`, `"5/s"`, replacing the type's built-in limits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<String>,
+}
+
+impl TargetOptions {
+    /// The names of the options that are set, for "not allowed for http" messages.
+    pub fn present(&self) -> Vec<&'static str> {
+        let set = |v: &Option<String>| v.as_deref().is_some_and(|s| !s.is_empty());
+        [
+            ("bot_token", set(&self.bot_token)),
+            ("chat_id", set(&self.chat_id)),
+            ("message_thread_id", self.message_thread_id.is_some()),
+            ("template", set(&self.template)),
+            ("content_type", set(&self.content_type)),
+            ("method", set(&self.method)),
+            ("rate_limit", set(&self.rate_limit)),
+        ]
+        .into_iter()
+        .filter_map(|(name, present)| present.then_some(name))
+        .collect()
+    }
 }
 
 /// The body format of an HTTP target (Slack targets always get Slack's format).
@@ -56,6 +121,9 @@ pub struct Target {
     /// Custom headers sent with every request, name → value.
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
+    /// The chat and template types' settings, and `rate_limit`.
+    #[serde(flatten)]
+    pub options: TargetOptions,
 }
 
 /// Repository and tag globs (TCR's rules, see [`CompiledFilters`](super::CompiledFilters)). An empty
@@ -120,19 +188,38 @@ pub fn parse_event_types(names: &[String]) -> Result<Vec<EventType>, PolicyError
 }
 
 impl TargetKind {
-    /// `"http"` or `"slack"`, as Harbor's API names them.
+    /// Every kind, Harbor's first (metric label sets are pre-registered from it).
+    pub fn all() -> impl Iterator<Item = TargetKind> {
+        [TargetKind::Http, TargetKind::Slack]
+            .into_iter()
+            .chain(regrelay_targets::TargetKind::ALL.map(TargetKind::Vendor))
+    }
+
+    /// `"http"` or `"slack"`, as Harbor's API names them, or one of regrelay's types.
     pub fn parse(s: &str) -> Result<Self, PolicyError> {
         match s {
             "http" => Ok(TargetKind::Http),
             "slack" => Ok(TargetKind::Slack),
-            _ => Err(PolicyError::UnsupportedTargetType),
+            other => regrelay_targets::TargetKind::parse(other)
+                .map(TargetKind::Vendor)
+                .ok_or(PolicyError::UnsupportedTargetType),
         }
     }
 
+    /// The `type` string (also the `target_type` metric label).
     pub fn as_str(self) -> &'static str {
         match self {
             TargetKind::Http => "http",
             TargetKind::Slack => "slack",
+            TargetKind::Vendor(kind) => kind.as_str(),
+        }
+    }
+
+    /// The chat or templated type, when it is one.
+    pub fn vendor(self) -> Option<regrelay_targets::TargetKind> {
+        match self {
+            TargetKind::Vendor(kind) => Some(kind),
+            TargetKind::Http | TargetKind::Slack => None,
         }
     }
 }
@@ -163,7 +250,16 @@ mod tests {
     fn kind_and_format_parsing() {
         assert_eq!(TargetKind::parse("http"), Ok(TargetKind::Http));
         assert_eq!(TargetKind::parse("slack"), Ok(TargetKind::Slack));
-        for bad in ["HTTP", "", "email"] {
+        assert_eq!(
+            TargetKind::parse("telegram"),
+            Ok(TargetKind::Vendor(regrelay_targets::TargetKind::Telegram))
+        );
+        for kind in TargetKind::all() {
+            assert_eq!(TargetKind::parse(kind.as_str()), Ok(kind));
+            let json = serde_json::to_string(&kind).unwrap();
+            assert_eq!(serde_json::from_str::<TargetKind>(&json).unwrap(), kind);
+        }
+        for bad in ["HTTP", "", "email", "Telegram"] {
             assert_eq!(
                 TargetKind::parse(bad).map_err(|e| e.to_string()),
                 Err("unsupported target type".to_owned())

@@ -66,6 +66,21 @@ pub fn redact_address(kind: TargetKind, address: &str) -> String {
                 out.push_str(REDACTED);
             }
         },
+        // Chat webhooks carry their secret in the path too (Discord's token, Feishu's hook id):
+        // every long segment goes, as `regrelay_targets::Target::credentials` names them.
+        TargetKind::Vendor(vendor) if vendor != regrelay_targets::TargetKind::Template => {
+            let segments: Vec<&str> = path
+                .split('/')
+                .map(|segment| {
+                    if segment.len() >= 16 {
+                        REDACTED
+                    } else {
+                        segment
+                    }
+                })
+                .collect();
+            out.push_str(&segments.join("/"));
+        }
         _ => out.push_str(path),
     }
     if let Some(query) = query {
@@ -107,6 +122,10 @@ impl fmt::Debug for Target {
             .field("payload_format", &self.payload_format)
             .field("secret", &redact(&self.secret))
             .field("headers", &headers)
+            .field("bot_token", &redact(&self.options.bot_token))
+            .field("chat_id", &self.options.chat_id)
+            .field("template", &self.options.template.as_ref().map(String::len))
+            .field("rate_limit", &self.options.rate_limit)
             .finish()
     }
 }
@@ -168,6 +187,7 @@ mod tests {
             payload_format: PayloadFormat::Default,
             secret: None,
             headers: BTreeMap::new(),
+            options: Default::default(),
         }
     }
 

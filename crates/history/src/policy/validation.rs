@@ -7,7 +7,8 @@ use super::error::PolicyError;
 use super::filter::CompiledFilters;
 use super::limits::{
     MAX_ADDRESS_CHARS, MAX_DESCRIPTION_CHARS, MAX_FILTER_PATTERNS, MAX_FILTER_PATTERN_CHARS,
-    MAX_HEADERS, MAX_HEADER_NAME_CHARS, MAX_HEADER_VALUE_BYTES, MAX_NAME_CHARS, MAX_TARGETS,
+    MAX_HEADERS, MAX_HEADER_NAME_CHARS, MAX_HEADER_VALUE_BYTES, MAX_NAME_CHARS, MAX_OPTION_BYTES,
+    MAX_TARGETS, MAX_TEMPLATE_BYTES,
 };
 use super::model::{is_sealed, PayloadFormat, PolicySpec, Target, TargetKind};
 
@@ -37,8 +38,104 @@ fn no_control(text: &str, field: &'static str) -> Result<(), PolicyError> {
 }
 
 impl Target {
-    /// Checks the address, the payload format and the custom headers.
+    /// The settings of a chat or template type as `regrelay_targets` takes them (`None` for
+    /// Harbor's types). A credential still sealed (it did not open) is given as a placeholder of
+    /// the right shape: it was checked when it was written, and it is never sent.
+    pub fn vendor_settings(&self) -> Option<regrelay_targets::TargetSettings> {
+        self.kind.vendor()?;
+        let text = |v: &Option<String>| v.clone().filter(|s| !s.is_empty());
+        let bot_token = text(&self.options.bot_token).map(|token| {
+            if is_sealed(&token) {
+                "0:sealed".to_owned()
+            } else {
+                token
+            }
+        });
+        Some(regrelay_targets::TargetSettings {
+            address: Some(self.address.clone()).filter(|a| !a.is_empty()),
+            bot_token,
+            chat_id: text(&self.options.chat_id),
+            message_thread_id: self.options.message_thread_id,
+            secret: text(&self.secret),
+            template: text(&self.options.template),
+            content_type: text(&self.options.content_type),
+            method: text(&self.options.method),
+            rate_limit: text(&self.options.rate_limit),
+            auth_header: text(&self.auth_header),
+            headers: self.headers.clone(),
+            payload_format: match self.payload_format {
+                PayloadFormat::Default => None,
+                other => Some(other.as_str().to_owned()),
+            },
+        })
+    }
+
+    /// The chat or template target this is, validated (its template compiled): what the
+    /// consumer sends through. `None` for Harbor's types.
+    pub fn vendor_target(
+        &self,
+    ) -> Option<Result<regrelay_targets::Target, regrelay_targets::SettingsError>> {
+        let kind = self.kind.vendor()?;
+        let settings = self.vendor_settings()?;
+        Some(regrelay_targets::Target::new(kind, settings))
+    }
+
+    /// Checks the address, the payload format and the custom headers; for regrelay's own types,
+    /// also their type's rules.
     pub fn validate(&self) -> Result<(), PolicyError> {
+        let options = &self.options;
+        if options
+            .template
+            .as_ref()
+            .is_some_and(|t| t.len() > MAX_TEMPLATE_BYTES)
+        {
+            return Err(PolicyError::TemplateTooLong);
+        }
+        for (field, value) in [
+            ("bot_token", &options.bot_token),
+            ("chat_id", &options.chat_id),
+            ("content_type", &options.content_type),
+            ("method", &options.method),
+            ("rate_limit", &options.rate_limit),
+        ] {
+            let Some(value) = value.as_deref() else {
+                continue;
+            };
+            if value.len() > MAX_OPTION_BYTES && !is_sealed(value) {
+                return Err(PolicyError::OptionTooLong(field));
+            }
+            no_control(value, field)?;
+        }
+        if let Some(template) = options.template.as_deref() {
+            // Line breaks and tabs are a template's layout; other control characters are not.
+            if template
+                .chars()
+                .any(|c| c.is_control() && !matches!(c, '\t' | '\n' | '\r'))
+            {
+                return Err(PolicyError::ControlCharacter("template"));
+            }
+        }
+        if let Some(result) = self.vendor_target() {
+            result?;
+        } else {
+            // Harbor's types take none of the chat options; `rate_limit` is for every type.
+            if let Some(field) = self
+                .options
+                .present()
+                .into_iter()
+                .find(|f| *f != "rate_limit")
+            {
+                return Err(PolicyError::OptionNotAllowed {
+                    field,
+                    kind: self.kind.as_str(),
+                });
+            }
+            if let Some(limit) = self.options.rate_limit.as_deref().filter(|l| !l.is_empty()) {
+                limit
+                    .parse::<regrelay_targets::RateLimit>()
+                    .map_err(regrelay_targets::SettingsError::from)?;
+            }
+        }
         if self.address.chars().count() > MAX_ADDRESS_CHARS {
             return Err(PolicyError::AddressTooLong);
         }
@@ -212,6 +309,7 @@ mod tests {
             payload_format: PayloadFormat::Default,
             secret: None,
             headers: BTreeMap::new(),
+            options: Default::default(),
         }
     }
 

@@ -31,6 +31,7 @@ pub fn http_target(address: &str) -> Target {
         payload_format: PayloadFormat::Default,
         secret: None,
         headers: BTreeMap::new(),
+        options: Default::default(),
     }
 }
 
