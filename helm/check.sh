@@ -3,8 +3,9 @@
 #   1. helm lint --strict with each helm/regrelay/ci/*-values.yaml;
 #   2. helm template with each of them, and the values that must fail, with their messages;
 #   3. kubernetes-validate --strict on every rendered manifest, per Kubernetes version
-#      (the ServiceMonitor and PrometheusRule are CRDs with no schema offline: the first is checked
-#      for shape, the second for equality with deploy/prometheus/regrelay-alerts.yaml);
+#      (the ServiceMonitor, PrometheusRule, KEDA ScaledObject and TriggerAuthentication are CRDs
+#      with no schema offline: the ServiceMonitor and the KEDA objects are checked for shape, the
+#      PrometheusRule for equality with deploy/prometheus/regrelay-alerts.yaml);
 #   4. every key of docs/configuration.md is in values.yaml (config: or secrets:), and the
 #      defaults under config: equal crates/regrelay/src/config.default.toml's.
 #
@@ -61,6 +62,12 @@ expect_fail "terminationGracePeriodSeconds" "${DEFAULT[@]}" --set config.shutdow
 expect_fail "config.listen" "${DEFAULT[@]}" --set config.listen=0.0.0.0:9000
 expect_fail "additional properties 'ingest_tokn' not allowed" "${DEFAULT[@]}" --set secrets.ingest_tokn=x
 expect_fail "secrets_key" "${DEFAULT[@]}" --set secrets.secrets_key=k1:c2hvcnQ=
+KEDA=(-f "$CHART/ci/keda-values.yaml")
+expect_fail "consumer.keda.enabled and consumer.autoscaling.enabled are both true" "${KEDA[@]}" --set consumer.autoscaling.enabled=true
+expect_fail "consumer.keda.enabled and consumer.autoscaling.enabled are both true" -f "$CHART/ci/all-on-values.yaml" --set consumer.keda.enabled=true --set consumer.keda.managementUrlSecret.name=mgmt
+expect_fail "consumer.keda.enabled needs consumer.keda.managementUrlSecret.name" "${DEFAULT[@]}" --set consumer.keda.enabled=true
+expect_fail "are both set" "${KEDA[@]}" --set consumer.keda.authenticationRef.name=other
+expect_fail "consumer.keda.minReplicaCount (5) is larger" "${KEDA[@]}" --set consumer.keda.minReplicaCount=5 --set consumer.keda.maxReplicaCount=3
 # Without the api role, no token is needed.
 "$HELM" template regrelay "$CHART" --set api.enabled=false \
     --set secrets.amqp_url=amqp://u:p@mq:5672/%2f --set secrets.database_url=postgres://u:p@db/r >/dev/null
@@ -109,7 +116,7 @@ for name in sorted(f for f in os.listdir(out) if f.endswith(".yaml")):
                     assert mounts, f"{name}: {e['name']}={e['value']} is not a mounted secret file"
                     items = secret_volumes[mounts[0]["name"]]["items"]
                     assert key[len("REGRELAY_"):].lower() in {i["path"] for i in items}, f"{name}: {key} not mounted"
-        target = "crd" if doc["apiVersion"].startswith("monitoring.coreos.com/") else "docs"
+        target = "crd" if doc["apiVersion"].startswith(("monitoring.coreos.com/", "keda.sh/")) else "docs"
         with open(f"{out}/{target}/{name[:-5]}-{i:02d}-{kind}.yaml", "w") as f:
             yaml.safe_dump(doc, f)
         if kind == "ServiceMonitor":
@@ -120,6 +127,59 @@ for name in sorted(f for f in os.listdir(out) if f.endswith(".yaml")):
             alerts = yaml.safe_load(open("deploy/prometheus/regrelay-alerts.yaml"))
             assert doc["spec"]["groups"] == alerts["groups"], f"{name}: PrometheusRule differs from the alerts file"
 print("ok   no secret values in ConfigMaps or inline env; security settings present")
+
+# KEDA: a ScaledObject exactly when the ci values turn consumer.keda on, aimed at the rendered
+# consumer Deployment, with one http QueueLength trigger per work queue of the configured prefix,
+# each authenticated by a rendered TriggerAuthentication or the one named in the values.
+chart_values = yaml.safe_load(open("helm/regrelay/values.yaml"))
+scaled = 0
+for name in sorted(f for f in os.listdir(out) if f.endswith(".yaml")):
+    ci = yaml.safe_load(open(f"helm/regrelay/ci/{name[:-5]}-values.yaml")) or {}
+    keda = {**chart_values["consumer"]["keda"], **(ci.get("consumer", {}).get("keda") or {})}
+    prefix = (ci.get("config") or {}).get("queue_prefix") or chart_values["config"]["queue_prefix"]
+    docs = [d for d in yaml.safe_load_all(open(f"{out}/{name}")) if d]
+    objects = [d for d in docs if d["kind"] == "ScaledObject"]
+    if not keda["enabled"]:
+        assert not objects, f"{name}: a ScaledObject although consumer.keda.enabled is false"
+        assert not [d for d in docs if d["kind"] == "TriggerAuthentication"], f"{name}: TriggerAuthentication without KEDA"
+        continue
+    assert len(objects) == 1 and objects[0]["apiVersion"] == "keda.sh/v1alpha1", f"{name}: {len(objects)} ScaledObjects"
+    spec = objects[0]["spec"]
+    consumers = [d for d in docs if d["kind"] == "Deployment"
+                 and d["metadata"]["labels"]["app.kubernetes.io/component"] == "consumer"]
+    assert len(consumers) == 1, f"{name}: {len(consumers)} consumer Deployments"
+    assert "replicas" not in consumers[0]["spec"], f"{name}: consumer replicas set while KEDA scales them"
+    target = spec["scaleTargetRef"]
+    assert target.get("kind", "Deployment") == "Deployment" and target["name"] == consumers[0]["metadata"]["name"], \
+        f"{name}: scaleTargetRef {target} is not the consumer Deployment {consumers[0]['metadata']['name']}"
+    assert not [d for d in docs if d["kind"] == "HorizontalPodAutoscaler"
+                and d["spec"]["scaleTargetRef"]["name"] == target["name"]], f"{name}: a chart HPA on the KEDA target"
+    assert spec["minReplicaCount"] == keda["minReplicaCount"] and spec["maxReplicaCount"] == keda["maxReplicaCount"], name
+    triggers = spec["triggers"]
+    queues = sorted(t["metadata"]["queueName"] for t in triggers)
+    assert queues == sorted([f"{prefix}.events", f"{prefix}.deliveries"]), f"{name}: triggers on {queues}, prefix {prefix}"
+    auths = {(d["kind"], d["metadata"]["name"]): d for d in docs if d["kind"] == "TriggerAuthentication"}
+    for t in triggers:
+        m = t["metadata"]
+        assert t["type"] == "rabbitmq" and m["protocol"] == "http" and m["mode"] == "QueueLength", f"{name}: {t}"
+        assert m.get("excludeUnacknowledged", "false") == "false", f"{name}: {m['queueName']} excludes unacked"
+        role = m["queueName"][len(prefix) + 1:]
+        assert m["value"] == str(keda["queues"][role]["targetValue"]), f"{name}: {m['queueName']} value {m['value']}"
+        assert all(isinstance(v, str) for v in m.values()), f"{name}: trigger metadata must be strings: {m}"
+        assert "host" not in m and "password" not in m, f"{name}: a credential in trigger metadata"
+        ref = t["authenticationRef"]
+        key = (ref.get("kind", "TriggerAuthentication"), ref["name"])
+        if keda["managementUrlSecret"]["name"]:
+            assert key in auths, f"{name}: authenticationRef {key} is not a rendered TriggerAuthentication"
+            refs = auths[key]["spec"]["secretTargetRef"]
+            assert [(r["parameter"], r["name"], r["key"]) for r in refs] == \
+                [("host", keda["managementUrlSecret"]["name"], keda["managementUrlSecret"]["key"])], f"{name}: {refs}"
+        else:
+            assert not auths, f"{name}: TriggerAuthentication rendered although authenticationRef names one"
+            assert key == (keda["authenticationRef"]["kind"], keda["authenticationRef"]["name"]), f"{name}: {key}"
+    scaled += 1
+assert scaled, "no ci values file turns consumer.keda on"
+print(f"ok   KEDA ScaledObject in {scaled} renders only (consumer Deployment, {{events,deliveries}} via http QueueLength, auth ref resolved)")
 EOF
 
 step "kubernetes-validate --strict"
@@ -127,7 +187,7 @@ for version in $K8S_VERSIONS; do
     "$KV" --strict --quiet -k "$version" "$OUT"/docs/*.yaml || die "kubernetes-validate against $version"
     echo "ok   $(ls "$OUT"/docs | wc -l) manifests valid against Kubernetes $version"
 done
-echo "skip $(ls "$OUT"/crd | wc -l) ServiceMonitor/PrometheusRule manifest(s): a CRD, no schema offline (shape checked above)"
+echo "skip $(ls "$OUT"/crd | wc -l) ServiceMonitor/PrometheusRule/ScaledObject/TriggerAuthentication manifest(s): CRDs, no schema offline (checked above)"
 
 step "configuration keys: docs/configuration.md and config.default.toml against values.yaml"
 python3 - <<'EOF'

@@ -85,6 +85,15 @@ app.kubernetes.io/part-of: regrelay
 {{- list "ingest_token" "admin_password" "api_token" "amqp_url" "database_url" "secrets_key" | toJson }}
 {{- end }}
 
+{{/* config.queue_prefix, else the binary's default ("regrelay"): the prefix of every queue name. */}}
+{{- define "regrelay.queuePrefix" -}}
+{{- if include "regrelay.isUnset" .Values.config.queue_prefix }}
+{{- "regrelay" }}
+{{- else }}
+{{- .Values.config.queue_prefix | toString | trim }}
+{{- end }}
+{{- end }}
+
 {{/* The Secret the pods read: existingSecret, else the chart-managed one. */}}
 {{- define "regrelay.secretName" -}}
 {{- .Values.existingSecret | default (include "regrelay.fullname" .) }}
@@ -180,6 +189,24 @@ them, so `helm template` and `helm install` stop with a message that names the v
 {{- end }}
 {{- if and .Values.metrics.serviceMonitor.enabled .Values.consumer.enabled (not .Values.consumer.metricsService.enabled) }}
 {{- fail "metrics.serviceMonitor.enabled needs consumer.metricsService.enabled: the ServiceMonitor finds the consumers through that Service" }}
+{{- end }}
+{{- $keda := .Values.consumer.keda }}
+{{- if and $keda.enabled .Values.consumer.autoscaling.enabled }}
+{{- fail "consumer.keda.enabled and consumer.autoscaling.enabled are both true: KEDA's ScaledObject creates its own HorizontalPodAutoscaler for the consumer Deployment, and two autoscalers would fight over its replicas. Turn one off (set consumer.autoscaling.enabled=false to scale on queue depth with KEDA)" }}
+{{- end }}
+{{- if $keda.enabled }}
+{{- if and $keda.managementUrlSecret.name $keda.authenticationRef.name }}
+{{- fail (printf "consumer.keda.managementUrlSecret.name (%s) and consumer.keda.authenticationRef.name (%s) are both set: name the Secret with the management API URL (the chart renders a TriggerAuthentication for it) or an existing TriggerAuthentication, not both" $keda.managementUrlSecret.name $keda.authenticationRef.name) }}
+{{- end }}
+{{- if not (or $keda.managementUrlSecret.name $keda.authenticationRef.name) }}
+{{- fail "consumer.keda.enabled needs consumer.keda.managementUrlSecret.name (a Secret in the release namespace whose key consumer.keda.managementUrlSecret.key holds the management API URL, https://<user>:<password>@<host>:15671/<vhost>) or consumer.keda.authenticationRef.name (an existing TriggerAuthentication setting `host`)" }}
+{{- end }}
+{{- if and $keda.managementUrlSecret.name (not $keda.managementUrlSecret.key) }}
+{{- fail "consumer.keda.managementUrlSecret.key is empty: name the key of the Secret that holds the management API URL" }}
+{{- end }}
+{{- if gt (int $keda.minReplicaCount) (int $keda.maxReplicaCount) }}
+{{- fail (printf "consumer.keda.minReplicaCount (%d) is larger than consumer.keda.maxReplicaCount (%d)" (int $keda.minReplicaCount) (int $keda.maxReplicaCount)) }}
+{{- end }}
 {{- end }}
 {{- range $component := list "api" "consumer" }}
 {{- $role := get $.Values $component }}

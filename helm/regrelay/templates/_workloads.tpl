@@ -16,7 +16,8 @@ metadata:
   labels:
     {{- include "regrelay.labels" $ctx | nindent 4 }}
 spec:
-  {{- if not $role.autoscaling.enabled }}
+  {{- /* An HPA (the chart's, or KEDA's from consumer.keda) owns the count: an upgrade would reset it. */}}
+  {{- if not (or $role.autoscaling.enabled (dig "keda" "enabled" false $role)) }}
   replicas: {{ $role.replicas }}
   {{- end }}
   revisionHistoryLimit: 5
