@@ -12,3 +12,4 @@ cargo fmt --all -- --check
 # --workspace also builds the `regrelay` binary that the bench's smoke test (crates/bench/tests)
 # starts beside `regrelay-bench`: keep both packages in one invocation.
 cargo test --workspace --locked "$@"
+scripts/check-dashboard.sh # every Grafana panel and alert query against a real Prometheus scraping target/debug/regrelay
