@@ -59,6 +59,12 @@ pub async fn serve(config: Config, role: Role) -> anyhow::Result<()> {
     let shutdown = Shutdown::default();
     shutdown.listen_for_signals();
     let registry = Registry::new();
+    // CPU, memory, open files and start time of this process (`process_*`).
+    registry
+        .register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))
+        .context("cannot register process metrics")?;
     crate::logging::register_metrics(&registry).context("cannot register logging metrics")?;
     crate::traces::register_metrics(&registry).context("cannot register trace export metrics")?;
     let producer_metrics =
