@@ -48,7 +48,7 @@ impl Cluster {
         ]
     }
 
-    async fn consumer(&self) -> Service {
+    pub(crate) async fn consumer(&self) -> Service {
         self.consumer_with(StdoutReading::Drained).await
     }
 

@@ -6,6 +6,7 @@ mod cluster;
 mod delivery;
 mod dlq;
 mod policy_changes;
+mod targets;
 mod traces;
 
 use std::io::Read;

@@ -9,7 +9,9 @@
 //! - A task over the limit waits in the broker, not in memory: it reserves its slot and is put
 //!   back through the retry buckets until the slot comes ([`admit`]); the wait is not an
 //!   attempt. The buckets are taken *at most* the remaining wait (so the slot is reached within a
-//!   bucket hop of its time, not rounded up to the next bucket, which would bunch tasks).
+//!   bucket hop of its time, not rounded up to the next bucket, which would bunch tasks); the
+//!   last part, shorter than the shortest bucket (100 ms), is slept where the task is (bounded,
+//!   and it keeps slots precise to a few milliseconds).
 //! - The shared state is the database the history is written to: when it is unreachable the
 //!   delivery waits it out like a history write (`outage_hold`, then the message is parked),
 //!   because sending without the limit could get a chat's bot banned, and the attempt's history
@@ -18,6 +20,7 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use regrelay_history::policy::{Target, TargetKind};
+use regrelay_history::target_rates::LATENESS;
 use regrelay_history::StoreError;
 use regrelay_producer::task::target_fingerprint;
 use regrelay_producer::topology::RETRY_BUCKETS;
@@ -79,8 +82,8 @@ pub(crate) enum Admission {
     Unavailable(StoreError),
 }
 
-/// Slots reached this close are taken now: a bucket hop costs more than this.
-const EARLY_ENOUGH: Duration = Duration::from_millis(20);
+/// Waits shorter than this (the shortest retry bucket) are slept, not put back.
+const SLEEP_UNDER: Duration = Duration::from_millis(100);
 
 /// Decides whether `task` may be sent now under `scope`, reserving its slot when it may not.
 pub(crate) async fn admit(
@@ -88,14 +91,21 @@ pub(crate) async fn admit(
     task: &mut DeliveryTask,
     scope: &RateScope,
 ) -> Admission {
-    if let Some(slot) = task.rate_slot_ms {
-        return match until(slot) {
-            Some(wait) if wait > EARLY_ENOUGH => Admission::Later(wait),
-            _ => {
-                task.rate_slot_ms = None;
-                Admission::Go
+    if let Some(slot) = task.rate_slot_ms.take() {
+        match until(slot) {
+            Ok(wait) if wait >= SLEEP_UNDER => {
+                task.rate_slot_ms = Some(slot);
+                return Admission::Later(wait);
             }
-        };
+            Ok(wait) => {
+                tokio::time::sleep(wait).await;
+                return Admission::Go;
+            }
+            Err(late) if late <= LATENESS => return Admission::Go,
+            // Reached too late to be sent in its slot: sent now, it could crowd the requests of
+            // the slots after it into one window. A new slot.
+            Err(_) => {}
+        }
     }
     let reserved = ctx
         .patiently("rate_limit", ctx.settings.outage_hold, || {
@@ -103,7 +113,10 @@ pub(crate) async fn admit(
         })
         .await;
     match reserved {
-        Ok(slot) if slot.wait <= EARLY_ENOUGH => Admission::Go,
+        Ok(slot) if slot.wait < SLEEP_UNDER => {
+            tokio::time::sleep(slot.wait).await;
+            Admission::Go
+        }
         Ok(slot) => {
             task.rate_slot_ms = Some(slot.at.timestamp_millis());
             Admission::Later(slot.wait)
@@ -112,16 +125,18 @@ pub(crate) async fn admit(
     }
 }
 
-/// How long until `slot_ms` (ms since the Unix epoch), `None` when it has come.
-fn until(slot_ms: i64) -> Option<Duration> {
+/// How long until `slot_ms` (ms since the Unix epoch), or how long ago it was.
+fn until(slot_ms: i64) -> Result<Duration, Duration> {
     let now_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
-    let ahead = slot_ms.checked_sub(now_ms)?;
-    u64::try_from(ahead)
-        .ok()
-        .filter(|ms| *ms > 0)
-        .map(Duration::from_millis)
+    let ahead = slot_ms.saturating_sub(now_ms);
+    let ms = Duration::from_millis(ahead.unsigned_abs());
+    if ahead >= 0 {
+        Ok(ms)
+    } else {
+        Err(ms)
+    }
 }
 
 /// The retry bucket to wait in for `wait`: the longest one not longer than it (the shortest one
@@ -202,7 +217,7 @@ mod tests {
                 "{wait_ms}"
             );
         }
-        assert_eq!(until(0), None);
-        assert!(until(i64::MAX).is_some());
+        assert!(until(0).is_err());
+        assert!(until(i64::MAX).is_ok());
     }
 }

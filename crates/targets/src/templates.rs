@@ -224,7 +224,7 @@ pub fn compile(source: &str) -> Result<Template, TemplateError> {
         let Ok(event) = regrelay_events::samples::sample_event(event_type, "sample", 0) else {
             continue;
         };
-        if let Err(Run::Engine(e)) = run(&template, &Variables::new(&event, &context)) {
+        if let Err(Run::Engine(e, _)) = run(&template, &Variables::new(&event, &context)) {
             if matches!(
                 e.kind(),
                 ErrorKind::UnknownFilter
@@ -250,26 +250,33 @@ pub fn render(template: &Template, variables: &Variables) -> Result<String, Rend
             kind: RenderErrorKind::Other,
             message: "the output is not UTF-8".into(),
         },
-        Run::Engine(e) => RenderError {
+        Run::Engine(e, at) => RenderError {
             kind: match e.kind() {
                 ErrorKind::UndefinedError => RenderErrorKind::Undefined,
                 ErrorKind::OutOfFuel => RenderErrorKind::OutOfFuel,
                 _ => RenderErrorKind::Other,
             },
-            message: describe(&e),
+            message: match at {
+                Some(at) => format!("{}: at `{at}`", describe(&e)),
+                None => describe(&e),
+            },
         },
     })
 }
 
 /// How a render failed, before it is told to the caller.
 enum Run {
-    Engine(Error),
+    /// The engine's error, and the text of the expression that failed.
+    Engine(Error, Option<String>),
     TooLarge,
     NotUtf8,
 }
 
 fn run(template: &Template, variables: &Variables) -> Result<String, Run> {
-    let compiled = template.env.get_template(NAME).map_err(Run::Engine)?;
+    let compiled = template
+        .env
+        .get_template(NAME)
+        .map_err(|e| Run::Engine(e, None))?;
     let mut out = Bounded {
         buf: Vec::new(),
         over: false,
@@ -279,7 +286,8 @@ fn run(template: &Template, variables: &Variables) -> Result<String, Run> {
         return Err(if out.over {
             Run::TooLarge
         } else {
-            Run::Engine(e)
+            let at = at(compiled.source(), &e_range(&e));
+            Run::Engine(e, at)
         });
     }
     String::from_utf8(out.buf).map_err(|_| Run::NotUtf8)
@@ -313,6 +321,26 @@ fn escape_filter(dialect: Dialect, value: TemplateValue) -> Result<String, Error
 }
 
 /// minijinja's message with the line, without the source dump of debug mode.
+/// The byte range of the expression that failed, when minijinja knows it.
+fn e_range(e: &Error) -> Option<std::ops::Range<usize>> {
+    e.range()
+}
+
+/// The failing expression's text (the template is the policy author's, never a credential), at
+/// most 80 characters, control characters replaced.
+fn at(source: &str, range: &Option<std::ops::Range<usize>>) -> Option<String> {
+    let text = source.get(range.clone()?)?;
+    let mut out: String = text
+        .chars()
+        .take(80)
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if text.chars().count() > 80 {
+        out.push('…');
+    }
+    (!out.trim().is_empty()).then_some(out)
+}
+
 fn describe(e: &Error) -> String {
     let mut message = e.to_string();
     let mut source = std::error::Error::source(e);
