@@ -40,6 +40,7 @@ pub mod policy_generation;
 mod router;
 pub mod server;
 pub mod state;
+pub mod target_health;
 pub mod telemetry;
 pub mod test_delivery;
 

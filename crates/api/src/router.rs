@@ -8,8 +8,8 @@ use tower_http::timeout::TimeoutLayer;
 
 use crate::state::AppState;
 use crate::{
-    auth, configurations, dead_letters, error, executions, health, ingest, policies, telemetry,
-    test_delivery,
+    auth, configurations, dead_letters, error, executions, health, ingest, policies, target_health,
+    telemetry, test_delivery,
 };
 
 /// The whole HTTP application: health and metrics always; ingest and the policy API when the state
@@ -38,6 +38,7 @@ pub fn app(state: AppState, request_timeout: Duration) -> Router {
                 .merge(executions::router())
                 .merge(dead_letters::router())
                 .merge(test_delivery::router())
+                .merge(target_health::router())
                 .route_layer(axum::middleware::from_fn_with_state(
                     state.clone(),
                     auth::require_admin,

@@ -59,6 +59,7 @@ fn delivery(
         payload: None,
         attempt: None,
         at: at(start),
+        target: None,
     };
     let attempt = |n: i32, code: u16, snippet: &str| AttemptLog {
         attempt: n,

@@ -468,6 +468,7 @@ fn history_records(policy_id: i64, deliveries: usize, payload: &str) -> Vec<Deli
             payload: None,
             attempt: None,
             at: chrono::Utc::now(),
+            target: None,
         };
         let now = chrono::Utc::now();
         let success = DeliveryRecord {

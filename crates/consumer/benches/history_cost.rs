@@ -192,6 +192,7 @@ async fn store_rate(deliveries: usize, size: usize) -> (f64, f64) {
             payload: None,
             attempt: None,
             at: Utc::now(),
+            target: None,
         };
         records.push(base.clone());
         records.push(DeliveryRecord {

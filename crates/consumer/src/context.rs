@@ -8,6 +8,7 @@ use regrelay_history::{Database, HistoryRecorder};
 use regrelay_producer::{Broker, ConfirmedPublisher, TaskQueue, Topology};
 use tokio_util::sync::CancellationToken;
 
+use crate::circuit::Circuits;
 use crate::http_client::HttpClients;
 use crate::limiter::TargetLimiter;
 use crate::policy_cache::PolicyCache;
@@ -44,6 +45,12 @@ pub struct ConsumerSettings {
     /// unavailable before it is settled without it (counted). Both holds stay well below
     /// RabbitMQ's `consumer_timeout` (30 min).
     pub history_outage_hold: Duration,
+    /// Consecutive failed attempts that open a target's circuit (see `circuit`); 0 turns the
+    /// breaker off.
+    pub breaker_failures: u32,
+    /// The first probe of an open circuit comes this long after it opened; each later one twice
+    /// as long after the one before, up to `retry_max_delay`.
+    pub breaker_probe_interval: Duration,
     /// Bytes of message bodies each stage may hold at once (see `byte_budget`): the prefetch
     /// shrinks when messages are large.
     pub max_in_flight_bytes: usize,
@@ -88,6 +95,8 @@ pub struct DeliveryContext {
     pub direct_attempts: tokio::sync::Semaphore,
     /// Project ids by name, for the CloudEvents `source` of system-wide policies; ids never change.
     project_ids: Mutex<HashMap<String, i64>>,
+    /// The open circuits (see `circuit`).
+    pub(crate) circuits: Circuits,
 }
 
 impl DeliveryContext {
@@ -126,6 +135,7 @@ impl DeliveryContext {
             fanout_budget: tokio::sync::Semaphore::new(FANOUT_BUDGET),
             direct_attempts: tokio::sync::Semaphore::new(direct_attempts),
             project_ids: Mutex::new(HashMap::new()),
+            circuits: Circuits::default(),
         }
     }
 

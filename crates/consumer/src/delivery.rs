@@ -25,6 +25,7 @@ use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::attempt::AttemptReport;
+use crate::circuit::{self, Gate};
 use crate::classify::{AttemptResult, DeliveryOutcome};
 use crate::context::DeliveryContext;
 use crate::dead_letter;
@@ -219,6 +220,32 @@ async fn attempt_in_span(
             return dead_letter(ctx, undeliverable).await;
         }
     };
+    // The target's circuit, shared by every consumer: while it is open the task waits in the
+    // broker for the next probe (not an attempt), unless it is the probe.
+    match circuit::gate(ctx, &task).await {
+        Ok(Gate::Pass) => {}
+        Ok(Gate::Probe) => {
+            tracing::info!(
+                message = "Probing a target whose circuit is open.",
+                delivery_id = %task.delivery_id,
+                policy_id = task.policy_id,
+            );
+        }
+        Ok(Gate::Wait(wait)) => {
+            drop(permit);
+            ctx.metrics
+                .breaker_deferrals
+                .with_label_values(&[target.kind.as_str()])
+                .inc();
+            let event_type = event.event_type().as_str();
+            return match schedule(ctx, &task, event_type, rate_limit::bucket_within(wait)).await {
+                Ok(_) => Settlement::Ack,
+                Err(error) => Settlement::Requeue(error),
+            };
+        }
+        // The probe could not be claimed: wait for the database like any of its calls.
+        Err(error) => return Settlement::Requeue(StageError::Database(error)),
+    }
     // The target's rate limit, shared by every consumer: over it, the task waits in the broker
     // for its reserved slot (not an attempt).
     let scope = rate_limit::scope_of(target, vendor);
@@ -283,6 +310,7 @@ async fn attempt_in_span(
     record_last(&mut task, result);
     let attempt = Attempted {
         report,
+        target,
         snippet: redact_snippet(&report, target),
         payload: payload.as_deref(),
     };
@@ -419,6 +447,8 @@ fn record_last(task: &mut DeliveryTask, result: &AttemptResult) {
 /// What an attempt left for the history record.
 struct Attempted<'a> {
     report: &'a AttemptReport,
+    /// The target attempted (its address names it in `target_health`).
+    target: &'a Target,
     /// The receiver's answer, credentials blanked.
     snippet: Option<String>,
     /// The body sent (when history is on).
@@ -442,6 +472,7 @@ impl<'a> Attempted<'a> {
             status_message,
             payload: self.payload,
             attempt: Some((self.report, self.snippet.clone())),
+            target_address: Some(&self.target.address),
         }
     }
 }
@@ -531,6 +562,7 @@ async fn dead_letter(ctx: &DeliveryContext, undeliverable: Undeliverable<'_>) ->
             status_message: detail.clone(),
             payload: None,
             attempt: None,
+            target_address: None,
         },
     };
     history::record(ctx, step).await;

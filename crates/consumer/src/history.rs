@@ -31,9 +31,9 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use regrelay_history::executions::{
-    AttemptLog, DeliveryRecord, ExecutionTrigger, TaskStatus, VendorType,
+    AttemptLog, DeliveryRecord, ExecutionTrigger, TargetRef, TaskStatus, VendorType,
 };
-use regrelay_history::policy::{Target, TargetKind, REDACTED};
+use regrelay_history::policy::{redact_address, Target, TargetKind, REDACTED};
 use regrelay_history::{Database, HistoryRecorder};
 use tokio_util::sync::CancellationToken;
 
@@ -77,6 +77,8 @@ pub(crate) struct Step<'a> {
     pub payload: Option<&'a [u8]>,
     /// The attempt this step records (`task.attempts` is already its number).
     pub attempt: Option<(&'a AttemptReport, Option<String>)>,
+    /// The target's address, when the attempt counts for its health (`target_health`).
+    pub target_address: Option<&'a str>,
 }
 
 impl Step<'_> {
@@ -98,6 +100,13 @@ impl Step<'_> {
             payload: self
                 .payload
                 .map(|body| String::from_utf8_lossy(body).into_owned()),
+            target: self
+                .target_address
+                .filter(|_| attempt.is_some())
+                .map(|address| TargetRef {
+                    fingerprint: self.task.target_fingerprint.clone(),
+                    address: redact_address(self.kind, address),
+                }),
             attempt,
             at: now,
         }

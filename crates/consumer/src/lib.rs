@@ -34,6 +34,7 @@
 
 mod attempt;
 mod byte_budget;
+mod circuit;
 mod classify;
 mod context;
 mod dead_letter;
@@ -144,7 +145,8 @@ impl Consumer {
             shutdown.clone(),
             delivery::handle_task,
         ));
-        let _ = tokio::join!(refresher, matching, delivery, depth);
+        let breaker = tokio::spawn(circuit::watch_until(ctx.clone(), shutdown.clone()));
+        let _ = tokio::join!(refresher, matching, delivery, depth, breaker);
         if let Some(sweeper) = sweeper {
             let _ = sweeper.await;
         }

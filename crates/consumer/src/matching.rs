@@ -308,6 +308,7 @@ async fn queue_tasks(
             status_message: String::new(),
             payload: None,
             attempt: None,
+            target_address: None,
         })
         .collect();
     history::record_in_background(ctx, steps);

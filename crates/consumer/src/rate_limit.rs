@@ -118,19 +118,26 @@ pub(crate) async fn admit(
             Admission::Go
         }
         Ok(slot) => {
-            task.rate_slot_ms = Some(slot.at.timestamp_millis());
+            // Kept on this host's clock (now + the wait the database's clock gave), so a skew
+            // between this host and PostgreSQL does not move the slot.
+            let wait_ms = i64::try_from(slot.wait.as_millis()).unwrap_or(i64::MAX);
+            task.rate_slot_ms = Some(now_ms().saturating_add(wait_ms));
             Admission::Later(slot.wait)
         }
         Err(GaveUp::Refused(error) | GaveUp::Outlasted(error)) => Admission::Unavailable(error),
     }
 }
 
+/// This host's clock, ms since the Unix epoch.
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
 /// How long until `slot_ms` (ms since the Unix epoch), or how long ago it was.
 fn until(slot_ms: i64) -> Result<Duration, Duration> {
-    let now_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
-    let ahead = slot_ms.saturating_sub(now_ms);
+    let ahead = slot_ms.saturating_sub(now_ms());
     let ms = Duration::from_millis(ahead.unsigned_abs());
     if ahead >= 0 {
         Ok(ms)

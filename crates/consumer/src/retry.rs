@@ -73,6 +73,11 @@ impl RetrySchedule {
         })
     }
 
+    /// The longest delay between attempts (`retry_max_delay`).
+    pub fn max_delay(&self) -> Duration {
+        self.max
+    }
+
     /// Total attempts a delivery gets.
     pub fn max_attempts(&self) -> u32 {
         self.max_attempts

@@ -25,6 +25,14 @@ pub struct ConsumerMetrics {
     pub in_flight: IntGauge,
     /// `regrelay_delivery_deferrals_total`: tasks put back because their target was saturated.
     pub deferrals: IntCounter,
+    /// `regrelay_targets_open`: targets whose circuit is open (all consumers', as this one last
+    /// read them).
+    pub targets_open: IntGauge,
+    /// `regrelay_breaker_deferrals_total{target_type}`: tasks put back because their target's
+    /// circuit is open (not attempts).
+    pub breaker_deferrals: IntCounterVec,
+    /// `regrelay_breaker_checks_total{result}`: the breaker's periodic checks of the store.
+    pub breaker_checks: IntCounterVec,
     /// `regrelay_rate_limited_total{target_type}`: tasks put back to wait for their slot under
     /// their target's rate limit (not attempts).
     pub rate_limited: IntCounterVec,
@@ -104,6 +112,24 @@ impl ConsumerMetrics {
                 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
             ]),
             &["target_type"],
+        )?;
+        let targets_open = IntGauge::new(
+            "regrelay_targets_open",
+            "Targets whose circuit is open (their deliveries wait for probes), across all consumers.",
+        )?;
+        let breaker_deferrals = IntCounterVec::new(
+            Opts::new(
+                "regrelay_breaker_deferrals_total",
+                "Deliveries put back because their target's circuit is open, by target type (not attempts).",
+            ),
+            &["target_type"],
+        )?;
+        let breaker_checks = IntCounterVec::new(
+            Opts::new(
+                "regrelay_breaker_checks_total",
+                "The circuit breaker's periodic checks of the shared target health, by result.",
+            ),
+            &["result"],
         )?;
         let rate_limited = IntCounterVec::new(
             Opts::new(
@@ -260,8 +286,15 @@ impl ConsumerMetrics {
         registry.register(Box::new(in_flight.clone()))?;
         registry.register(Box::new(deferrals.clone()))?;
         registry.register(Box::new(rate_limited.clone()))?;
+        registry.register(Box::new(targets_open.clone()))?;
+        registry.register(Box::new(breaker_deferrals.clone()))?;
+        registry.register(Box::new(breaker_checks.clone()))?;
+        for result in ["success", "failure"] {
+            breaker_checks.with_label_values(&[result]);
+        }
         for target_type in TargetKind::all() {
             rate_limited.with_label_values(&[target_type.as_str()]);
+            breaker_deferrals.with_label_values(&[target_type.as_str()]);
             attempt_seconds.with_label_values(&[target_type.as_str()]);
         }
         registry.register(Box::new(matching_seconds.clone()))?;
@@ -312,6 +345,9 @@ impl ConsumerMetrics {
             in_flight,
             deferrals,
             rate_limited,
+            targets_open,
+            breaker_deferrals,
+            breaker_checks,
             matching_seconds,
             events_matched,
             tasks_created,

@@ -162,6 +162,7 @@ pub async fn run_test_delivery(
                         payload: Some(payload),
                         attempt: Some(attempt_log(report, snippet.clone(), 1, now)),
                         at: now,
+                        target: None,
                     });
                 }
                 results.push(TargetTestResult {

@@ -20,3 +20,29 @@ CREATE TABLE target_rate_limits (
     tat        TIMESTAMPTZ NOT NULL,
     PRIMARY KEY (target_key, rate_limit)
 );
+
+-- 3. Receiver health per policy target (module `target_health`): updated by every history batch
+--    from the attempts it records (no extra round trip), read by the health API and the circuit
+--    breaker. `success_rate` is an exponentially weighted average over attempts (weight 0.1 for
+--    the newest). The circuit is open while `circuit_opened_at` is set; `next_probe_at` is when
+--    the next single probe attempt may be made, claimed by one consumer at a time.
+CREATE TABLE target_health (
+    policy_id            BIGINT NOT NULL REFERENCES notification_policies (id) ON DELETE CASCADE,
+    target_fingerprint   TEXT NOT NULL,
+    target_type          TEXT NOT NULL,
+    -- The target's address with its credentials redacted, as the policy API shows it.
+    target_address       TEXT NOT NULL,
+    attempts             BIGINT NOT NULL DEFAULT 0,
+    successes            BIGINT NOT NULL DEFAULT 0,
+    success_rate         DOUBLE PRECISION NOT NULL DEFAULT 1,
+    consecutive_failures INT NOT NULL DEFAULT 0,
+    last_success_at      TIMESTAMPTZ,
+    last_failure_at      TIMESTAMPTZ,
+    last_failure         TEXT,
+    circuit_opened_at    TIMESTAMPTZ,
+    next_probe_at        TIMESTAMPTZ,
+    failed_probes        INT NOT NULL DEFAULT 0,
+    updated_at           TIMESTAMPTZ NOT NULL,
+    PRIMARY KEY (policy_id, target_fingerprint)
+);
+CREATE INDEX target_health_open ON target_health (policy_id) WHERE circuit_opened_at IS NOT NULL;

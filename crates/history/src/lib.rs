@@ -43,6 +43,7 @@ pub mod retention;
 pub mod sealing;
 mod settings;
 mod store;
+pub mod target_health;
 pub mod target_rates;
 
 pub use policy::Project;

@@ -51,6 +51,7 @@ fn step(key: Uuid, policy_id: i64, run_count: i32, status: TaskStatus) -> Delive
             response_snippet: Some("busy".into()),
         }),
         at: at(i64::from(run_count)),
+        target: None,
     }
 }
 
@@ -594,4 +595,145 @@ async fn a_sweep_does_nothing_while_another_holds_the_lock() {
     db.record_deliveries(&records).await.unwrap();
     let report = db.sweep_history(0, Duration::MAX, 10).await.unwrap();
     assert_eq!(report.deleted_by_count, 2);
+}
+
+fn attempt_of(key: Uuid, policy_id: i64, run_count: i32, status: TaskStatus) -> DeliveryRecord {
+    DeliveryRecord {
+        target: Some(regrelay_history::executions::TargetRef {
+            fingerprint: "fp-1".into(),
+            address: "https://hooks.example.com/in?token=********".into(),
+        }),
+        ..step(key, policy_id, run_count, status)
+    }
+}
+
+#[tokio::test]
+async fn target_health_follows_the_attempts_recorded_once_each_and_drives_the_circuit() {
+    use regrelay_history::target_health::{HealthQuery, HealthState};
+    let store = common::store("history target health").await;
+    let db = &store.db;
+    let policy_id = policy(db, "health").await;
+    let query = HealthQuery {
+        page: 1,
+        page_size: 10,
+        ..Default::default()
+    };
+
+    // Three failed attempts of one delivery, recorded (and then recorded again: a redelivery).
+    let key = Uuid::from_u128(1);
+    let failures: Vec<DeliveryRecord> = (1..=3)
+        .map(|n| attempt_of(key, policy_id, n, TaskStatus::Scheduled))
+        .collect();
+    db.record_deliveries(&failures).await.unwrap();
+    db.record_deliveries(&failures).await.unwrap();
+    let (health, total) = db.target_health(&query).await.unwrap();
+    assert_eq!(total, 1);
+    let h = &health[0];
+    assert_eq!((h.attempts, h.successes, h.consecutive_failures), (3, 0, 3));
+    assert_eq!(h.state, HealthState::Failing);
+    assert_eq!(h.policy_name, "health");
+    assert_eq!(h.project.as_deref(), Some("library"));
+    assert_eq!(h.target_type, "WEBHOOK");
+    assert_eq!(h.last_failure.as_deref(), Some("Scheduled after 3"));
+    assert!(h.success_rate < 1.0);
+    assert!(h.last_success_at.is_none());
+
+    // At three consecutive failures the circuit opens, once; the probe is claimed once.
+    assert!(db
+        .open_circuits_due(4, Duration::from_millis(0))
+        .await
+        .unwrap()
+        .is_empty());
+    let opened = db
+        .open_circuits_due(3, Duration::from_millis(0))
+        .await
+        .unwrap();
+    assert_eq!(opened.len(), 1);
+    assert_eq!(opened[0].consecutive_failures, 3);
+    assert!(db
+        .open_circuits_due(3, Duration::from_millis(0))
+        .await
+        .unwrap()
+        .is_empty());
+    let open = db.open_circuits().await.unwrap();
+    assert_eq!(open.len(), 1);
+    let claimed = db
+        .claim_probe(
+            policy_id,
+            "fp-1",
+            Duration::from_secs(30),
+            Duration::from_secs(600),
+        )
+        .await
+        .unwrap();
+    assert!(claimed.is_some());
+    assert!(db
+        .claim_probe(
+            policy_id,
+            "fp-1",
+            Duration::from_secs(30),
+            Duration::from_secs(600)
+        )
+        .await
+        .unwrap()
+        .is_none());
+    let (health, _) = db
+        .target_health(&HealthQuery {
+            state: Some(HealthState::Open),
+            ..query.clone()
+        })
+        .await
+        .unwrap();
+    assert_eq!(health.len(), 1);
+
+    // A success (the probe) resets the failures and closes the circuit, once.
+    let success = attempt_of(key, policy_id, 4, TaskStatus::Success);
+    db.record_deliveries(std::slice::from_ref(&success))
+        .await
+        .unwrap();
+    let closed = db.close_recovered_circuits().await.unwrap();
+    assert_eq!(closed.len(), 1);
+    assert!(db.close_recovered_circuits().await.unwrap().is_empty());
+    let (health, _) = db.target_health(&query).await.unwrap();
+    let h = &health[0];
+    assert_eq!((h.attempts, h.successes, h.consecutive_failures), (4, 1, 0));
+    assert_eq!(h.state, HealthState::Healthy);
+    assert!(h.last_success_at.is_some());
+    assert!(h.circuit_opened_at.is_none());
+
+    // Deliveries without a target (test deliveries) do not count; filters narrow the list.
+    db.record_deliveries(&[step(Uuid::from_u128(2), policy_id, 1, TaskStatus::Error)])
+        .await
+        .unwrap();
+    let (_, total) = db.target_health(&query).await.unwrap();
+    assert_eq!(total, 1);
+    for (filter, want) in [
+        (
+            HealthQuery {
+                project: Some("other".into()),
+                ..query.clone()
+            },
+            0,
+        ),
+        (
+            HealthQuery {
+                policy_id: Some(policy_id),
+                ..query.clone()
+            },
+            1,
+        ),
+        (
+            HealthQuery {
+                state: Some(HealthState::Failing),
+                ..query.clone()
+            },
+            0,
+        ),
+    ] {
+        assert_eq!(
+            db.target_health(&filter).await.unwrap().1,
+            want,
+            "{filter:?}"
+        );
+    }
 }

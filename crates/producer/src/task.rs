@@ -81,7 +81,9 @@ pub struct DeliveryTask {
     /// every consumer. 0: no requirement (test deliveries, tasks written before this field).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub policy_generation: i64,
-    /// A rate-limit slot this task reserved (ms since the Unix epoch, the database's clock): it
+    /// A rate-limit slot this task reserved (ms since the Unix epoch, on the clock of the consumer
+    /// that reserved it: its wait added to that host's time, so a skew to PostgreSQL's clock,
+    /// which decides the slots, does not matter; consumers' hosts keep NTP time): it
     /// waits in the retry buckets until then and is sent without asking again
     /// (`consumer::rate_limit`). Not an attempt.
     #[serde(default, skip_serializing_if = "Option::is_none")]

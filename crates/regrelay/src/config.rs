@@ -126,6 +126,11 @@ pub struct Config {
     /// How often each consumer reads its queues' depths (`regrelay_queue_messages`); `0s` turns it off.
     #[serde(with = "humantime_serde")]
     pub queue_depth_interval: Duration,
+    /// Consecutive failed attempts that open a target's circuit; 0 turns the breaker off.
+    pub breaker_failures: u32,
+    /// The first probe of an open circuit; later ones double, up to `retry_max_delay`.
+    #[serde(with = "humantime_serde")]
+    pub breaker_probe_interval: Duration,
     /// How long a stage waits out a database or broker outage holding a message, before it parks
     /// the message in a delay queue.
     #[serde(with = "humantime_serde")]

@@ -20,6 +20,7 @@ mod dlq;
 mod logging;
 mod serve;
 mod shutdown;
+mod targets;
 mod traces;
 
 use std::path::PathBuf;
@@ -62,6 +63,14 @@ enum Command {
         #[command(subcommand)]
         command: dlq::DlqCommand,
     },
+    /// Receiver health, failing first: each target's success rate, consecutive failures, last
+    /// success and failure, and whether its circuit is open (needs the database only).
+    Targets {
+        #[arg(long, env = "REGRELAY_CONFIG")]
+        config: Option<PathBuf>,
+        #[command(flatten)]
+        args: targets::TargetsArgs,
+    },
     /// Print the built-in default configuration (the reference for every key).
     DefaultConfig,
 }
@@ -79,6 +88,7 @@ fn main() -> ExitCode {
         }
         // Not `run`: the service logs to stdout, and stdout is the command's output here.
         Command::Dlq { config, command } => dlq::run(config, command),
+        Command::Targets { config, args } => targets::run(config, args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -183,6 +183,8 @@ pub async fn serve(config: Config, role: Role) -> anyhow::Result<()> {
                 deferral_delay: config.deferral_delay,
                 policy_refresh_interval: config.policy_refresh_interval,
                 queue_depth_interval: config.queue_depth_interval,
+                breaker_failures: config.breaker_failures,
+                breaker_probe_interval: config.breaker_probe_interval,
                 allow_private_targets: config.allow_private_targets,
                 direct_first_attempt: config.direct_first_attempt,
                 outage_hold: config.outage_hold,

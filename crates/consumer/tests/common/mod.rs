@@ -42,6 +42,8 @@ pub struct Options {
     /// `outage_hold` and `history_outage_hold`.
     pub outage_hold: Duration,
     pub history_outage_hold: Duration,
+    /// `breaker_failures` (0: off).
+    pub breaker_failures: u32,
 }
 
 impl Default for Options {
@@ -59,6 +61,7 @@ impl Default for Options {
             deferral_delay: Duration::from_millis(100),
             outage_hold: Duration::from_secs(30),
             history_outage_hold: Duration::from_secs(600),
+            breaker_failures: 0,
         }
     }
 }
@@ -144,6 +147,8 @@ impl Env {
                 deferral_delay: options.deferral_delay,
                 policy_refresh_interval: Duration::from_millis(100),
                 queue_depth_interval: Duration::from_millis(100),
+                breaker_failures: options.breaker_failures,
+                breaker_probe_interval: Duration::from_millis(300),
                 allow_private_targets: true,
                 direct_first_attempt: options.direct_first_attempt,
                 outage_hold: options.outage_hold,

@@ -33,7 +33,7 @@ mod rollup;
 
 pub use log_line::format_log_line;
 pub use model::{
-    AttemptLog, DeliveryRecord, Execution, ExecutionQuery, ExecutionTrigger, LastTrigger, Task,
-    TaskMetrics, TaskStatus, UnknownName, VendorType,
+    AttemptLog, DeliveryRecord, Execution, ExecutionQuery, ExecutionTrigger, LastTrigger,
+    TargetRef, Task, TaskMetrics, TaskStatus, UnknownName, VendorType,
 };
 pub use rollup::{rollup, supersedes};

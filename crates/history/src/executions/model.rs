@@ -85,6 +85,18 @@ pub struct DeliveryRecord {
     /// The attempt this step records, if any.
     pub attempt: Option<AttemptLog>,
     pub at: DateTime<Utc>,
+    /// The policy target the delivery goes to, when its attempts count for the target's health
+    /// (`target_health`; test deliveries leave it out).
+    pub target: Option<TargetRef>,
+}
+
+/// A policy target as history's health rows name it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TargetRef {
+    /// `producer::task::target_fingerprint` of the address.
+    pub fingerprint: String,
+    /// The address with its credentials redacted (`policy::redact_address`).
+    pub address: String,
 }
 
 /// One attempt: one line of the task's log.

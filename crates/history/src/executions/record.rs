@@ -99,18 +99,78 @@ const UPDATE_EXECUTIONS: &str = "
     WHERE e.history_key = i.history_key
       AND (i.moved OR (i.payload IS NOT NULL AND NOT e.extra_attrs ? 'payload'))";
 
-/// One line per attempt; a line already there (a redelivered record) is kept as it is.
+/// One line per attempt; a line already there (a redelivered record) is kept as it is. The lines
+/// that are new also update their target's health (`target_health`), in the same statement (no
+/// extra round trip): counted once however often a step is recorded, because only a line that
+/// was inserted counts.
 const INSERT_LOGS: &str = "
-    INSERT INTO task_logs (task_id, attempt, time, status_code, error, duration_ms,
-                           response_snippet)
-    SELECT t.id, l.attempt, l.time, l.status_code, l.error, l.duration_ms, l.response_snippet
-    FROM UNNEST($1::uuid[], $2::int4[], $3::timestamptz[], $4::int4[], $5::text[], $6::int8[],
-                $7::text[])
-             AS l(history_key, attempt, time, status_code, error, duration_ms, response_snippet)
-    JOIN executions e ON e.history_key = l.history_key
-    JOIN tasks t ON t.execution_id = e.id
-    ORDER BY t.id, l.attempt
-    ON CONFLICT (task_id, attempt) DO NOTHING";
+    WITH l AS (
+        SELECT * FROM UNNEST($1::uuid[], $2::int4[], $3::timestamptz[], $4::int4[], $5::text[],
+                             $6::int8[], $7::text[], $8::bigint[], $9::text[], $10::text[],
+                             $11::text[], $12::bool[], $13::text[])
+            AS l(history_key, attempt, time, status_code, error, duration_ms, response_snippet,
+                 policy_id, fingerprint, target_type, target_address, ok, message)
+    ),
+    inserted AS (
+        INSERT INTO task_logs (task_id, attempt, time, status_code, error, duration_ms,
+                               response_snippet)
+        SELECT t.id, l.attempt, l.time, l.status_code, l.error, l.duration_ms, l.response_snippet
+        FROM l
+        JOIN executions e ON e.history_key = l.history_key
+        JOIN tasks t ON t.execution_id = e.id
+        ORDER BY t.id, l.attempt
+        ON CONFLICT (task_id, attempt) DO NOTHING
+        RETURNING task_id, attempt
+    ),
+    fresh AS (
+        SELECT l.* FROM inserted i
+        JOIN tasks t ON t.id = i.task_id
+        JOIN executions e ON e.id = t.execution_id
+        JOIN l ON l.history_key = e.history_key AND l.attempt = i.attempt
+        WHERE l.fingerprint IS NOT NULL
+    ),
+    per_target AS (
+        SELECT policy_id, fingerprint,
+               max(target_type) AS target_type,
+               max(target_address) AS target_address,
+               count(*) AS attempts,
+               count(*) FILTER (WHERE ok) AS successes,
+               max(time) FILTER (WHERE ok) AS last_success_at,
+               max(time) FILTER (WHERE NOT ok) AS last_failure_at,
+               (array_agg(message ORDER BY time DESC) FILTER (WHERE NOT ok))[1] AS last_failure,
+               count(*) FILTER (WHERE NOT ok) AS failures
+        FROM fresh GROUP BY policy_id, fingerprint
+    ),
+    tail_failures AS (
+        -- Failures after the batch's last success (all of them when there was none).
+        SELECT p.policy_id, p.fingerprint,
+               count(f.*) FILTER (WHERE NOT f.ok AND (p.last_success_at IS NULL
+                                                     OR f.time > p.last_success_at)) AS n
+        FROM per_target p JOIN fresh f USING (policy_id, fingerprint)
+        GROUP BY p.policy_id, p.fingerprint
+    )
+    INSERT INTO target_health AS h (policy_id, target_fingerprint, target_type, target_address,
+                                    attempts, successes, success_rate, consecutive_failures,
+                                    last_success_at, last_failure_at, last_failure, updated_at)
+    SELECT p.policy_id, p.fingerprint, p.target_type, p.target_address, p.attempts, p.successes,
+           p.successes::float8 / p.attempts, t.n, p.last_success_at, p.last_failure_at,
+           p.last_failure, clock_timestamp()
+    FROM per_target p JOIN tail_failures t USING (policy_id, fingerprint)
+    ORDER BY p.policy_id, p.fingerprint
+    ON CONFLICT (policy_id, target_fingerprint) DO UPDATE SET
+        target_type = EXCLUDED.target_type,
+        target_address = EXCLUDED.target_address,
+        attempts = h.attempts + EXCLUDED.attempts,
+        successes = h.successes + EXCLUDED.successes,
+        success_rate = h.success_rate * power(0.9, EXCLUDED.attempts)
+            + (1 - power(0.9, EXCLUDED.attempts)) * EXCLUDED.success_rate,
+        consecutive_failures = CASE WHEN EXCLUDED.last_success_at IS NOT NULL
+            THEN EXCLUDED.consecutive_failures
+            ELSE h.consecutive_failures + EXCLUDED.consecutive_failures END,
+        last_success_at = GREATEST(h.last_success_at, EXCLUDED.last_success_at),
+        last_failure_at = GREATEST(h.last_failure_at, EXCLUDED.last_failure_at),
+        last_failure = COALESCE(EXCLUDED.last_failure, h.last_failure),
+        updated_at = EXCLUDED.updated_at";
 
 /// A batch's records for one key, folded into the one step that wins (applying them in order with
 /// [`supersedes`] gives the same result as applying the winner alone).
@@ -123,7 +183,7 @@ struct Folded<'a> {
 }
 
 /// Folds a batch per key, in the order keys first appear, and collects every attempt once.
-fn fold(records: &[DeliveryRecord]) -> (Vec<Folded<'_>>, Vec<(Uuid, &AttemptLog)>) {
+fn fold(records: &[DeliveryRecord]) -> (Vec<Folded<'_>>, Vec<(&DeliveryRecord, &AttemptLog)>) {
     let mut folded: Vec<Folded<'_>> = Vec::new();
     let mut index: HashMap<Uuid, usize> = HashMap::new();
     let mut logs = Vec::new();
@@ -131,7 +191,7 @@ fn fold(records: &[DeliveryRecord]) -> (Vec<Folded<'_>>, Vec<(Uuid, &AttemptLog)
     for record in records {
         if let Some(attempt) = &record.attempt {
             if seen_attempts.insert((record.history_key, attempt.attempt)) {
-                logs.push((record.history_key, attempt));
+                logs.push((record, attempt));
             }
         }
         match index.get(&record.history_key) {
@@ -407,12 +467,45 @@ struct LogRows {
     errors: Vec<Option<String>>,
     durations: Vec<i64>,
     snippets: Vec<Option<String>>,
+    // The target's health: whose attempt it was, and how it went.
+    policy_ids: Vec<i64>,
+    fingerprints: Vec<Option<String>>,
+    target_types: Vec<&'static str>,
+    target_addresses: Vec<Option<String>>,
+    oks: Vec<bool>,
+    messages: Vec<String>,
 }
 
+/// The longest failure message kept in `target_health`.
+const MAX_HEALTH_MESSAGE_CHARS: usize = 512;
+
 impl LogRows {
-    fn of(logs: &[(Uuid, &AttemptLog)]) -> Self {
+    fn of(logs: &[(&DeliveryRecord, &AttemptLog)]) -> Self {
         Self {
-            keys: logs.iter().map(|(key, _)| *key).collect(),
+            policy_ids: logs.iter().map(|(r, _)| r.policy_id).collect(),
+            fingerprints: logs
+                .iter()
+                .map(|(r, _)| r.target.as_ref().map(|t| t.fingerprint.clone()))
+                .collect(),
+            target_types: logs.iter().map(|(r, _)| r.vendor_type.as_str()).collect(),
+            target_addresses: logs
+                .iter()
+                .map(|(r, _)| r.target.as_ref().map(|t| storable(&t.address)))
+                .collect(),
+            oks: logs
+                .iter()
+                .map(|(r, _)| r.status == TaskStatus::Success)
+                .collect(),
+            messages: logs
+                .iter()
+                .map(|(r, _)| {
+                    storable(&crate::policy::clip(
+                        &r.status_message,
+                        MAX_HEALTH_MESSAGE_CHARS,
+                    ))
+                })
+                .collect(),
+            keys: logs.iter().map(|(r, _)| r.history_key).collect(),
             attempts: logs.iter().map(|(_, log)| log.attempt).collect(),
             times: logs.iter().map(|(_, log)| log.at).collect(),
             codes: logs
@@ -453,6 +546,12 @@ impl LogRows {
                 Type::TEXT_ARRAY,
                 Type::INT8_ARRAY,
                 Type::TEXT_ARRAY,
+                Type::INT8_ARRAY,
+                Type::TEXT_ARRAY,
+                Type::TEXT_ARRAY,
+                Type::TEXT_ARRAY,
+                Type::BOOL_ARRAY,
+                Type::TEXT_ARRAY,
             ],
             &[
                 &self.keys,
@@ -462,6 +561,12 @@ impl LogRows {
                 &self.errors,
                 &self.durations,
                 &self.snippets,
+                &self.policy_ids,
+                &self.fingerprints,
+                &self.target_types,
+                &self.target_addresses,
+                &self.oks,
+                &self.messages,
             ],
         )
         .await
@@ -616,6 +721,7 @@ mod tests {
                 response_snippet: None,
             }),
             at: DateTime::<Utc>::UNIX_EPOCH + chrono::Duration::seconds(i64::from(run_count)),
+            target: None,
         }
     }
 
@@ -637,7 +743,10 @@ mod tests {
         assert_eq!(folded[0].payload, Some("a2"));
         assert_eq!(folded[0].first_at, DateTime::<Utc>::UNIX_EPOCH);
         assert_eq!(folded[1].winner.history_key, b);
-        let attempts: Vec<(Uuid, i32)> = logs.iter().map(|(k, l)| (*k, l.attempt)).collect();
+        let attempts: Vec<(Uuid, i32)> = logs
+            .iter()
+            .map(|(k, l)| (k.history_key, l.attempt))
+            .collect();
         assert_eq!(attempts, vec![(b, 1), (a, 2), (a, 1)]);
         assert_eq!(storable("a\0b"), "a\u{FFFD}b");
     }
