@@ -318,6 +318,23 @@ async fn every_chat_type_is_written_through_the_api_and_delivered_to_its_vendor(
             stored.push_str(&response.text().await.unwrap());
         }
     }
+    // Receiver health names each target by its type and redacted address, all healthy.
+    let health = cluster
+        .get(&format!("/api/v1/targets/health?policy={id}&page_size=20"))
+        .await;
+    let health = health.as_array().unwrap();
+    assert_eq!(health.len(), 7, "{health:?}");
+    assert!(health.iter().all(|h| h["state"] == "healthy" && h["successes"] == 3));
+    let mut health_types: Vec<&str> = health
+        .iter()
+        .map(|h| h["target_type"].as_str().unwrap())
+        .collect();
+    health_types.sort();
+    assert_eq!(
+        health_types,
+        ["dingtalk", "discord", "feishu", "teams", "telegram", "template", "wecom"]
+    );
+    stored.push_str(&serde_json::to_string(health).unwrap());
     for secret in [
         BOT_TOKEN,
         "AAE_e2e-secret-token",

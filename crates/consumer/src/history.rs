@@ -106,6 +106,7 @@ impl Step<'_> {
                 .map(|address| TargetRef {
                     fingerprint: self.task.target_fingerprint.clone(),
                     address: redact_address(self.kind, address),
+                    target_type: self.kind.as_str().to_owned(),
                 }),
             attempt,
             at: now,

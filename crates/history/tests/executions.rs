@@ -602,6 +602,7 @@ fn attempt_of(key: Uuid, policy_id: i64, run_count: i32, status: TaskStatus) -> 
         target: Some(regrelay_history::executions::TargetRef {
             fingerprint: "fp-1".into(),
             address: "https://hooks.example.com/in?token=********".into(),
+            target_type: "http".into(),
         }),
         ..step(key, policy_id, run_count, status)
     }
@@ -633,7 +634,7 @@ async fn target_health_follows_the_attempts_recorded_once_each_and_drives_the_ci
     assert_eq!(h.state, HealthState::Failing);
     assert_eq!(h.policy_name, "health");
     assert_eq!(h.project.as_deref(), Some("library"));
-    assert_eq!(h.target_type, "WEBHOOK");
+    assert_eq!(h.target_type, "http");
     assert_eq!(h.last_failure.as_deref(), Some("Scheduled after 3"));
     assert!(h.success_rate < 1.0);
     assert!(h.last_success_at.is_none());

@@ -96,7 +96,7 @@ fn table(rows: &[TargetHealth]) -> String {
         lines.push([
             row.state.as_str().to_owned(),
             format!("{} {}", row.policy_id, row.policy_name),
-            row.target_type.to_lowercase(),
+            row.target_type.clone(),
             row.target_address.clone(),
             format!("{:.0}%", row.success_rate * 100.0),
             row.consecutive_failures.to_string(),
@@ -139,7 +139,7 @@ mod tests {
             policy_name: "ci".into(),
             project: Some("lib".into()),
             target_fingerprint: "fp".into(),
-            target_type: "TELEGRAM".into(),
+            target_type: "telegram".into(),
             target_address: "https://api.telegram.org".into(),
             state: HealthState::Open,
             attempts: 12,

@@ -97,6 +97,8 @@ pub struct TargetRef {
     pub fingerprint: String,
     /// The address with its credentials redacted (`policy::redact_address`).
     pub address: String,
+    /// The policy's `type` of the target (`http`, `slack`, `telegram`, ...).
+    pub target_type: String,
 }
 
 /// One attempt: one line of the task's log.

@@ -470,7 +470,7 @@ struct LogRows {
     // The target's health: whose attempt it was, and how it went.
     policy_ids: Vec<i64>,
     fingerprints: Vec<Option<String>>,
-    target_types: Vec<&'static str>,
+    target_types: Vec<Option<String>>,
     target_addresses: Vec<Option<String>>,
     oks: Vec<bool>,
     messages: Vec<String>,
@@ -487,7 +487,10 @@ impl LogRows {
                 .iter()
                 .map(|(r, _)| r.target.as_ref().map(|t| t.fingerprint.clone()))
                 .collect(),
-            target_types: logs.iter().map(|(r, _)| r.vendor_type.as_str()).collect(),
+            target_types: logs
+                .iter()
+                .map(|(r, _)| r.target.as_ref().map(|t| t.target_type.clone()))
+                .collect(),
             target_addresses: logs
                 .iter()
                 .map(|(r, _)| r.target.as_ref().map(|t| storable(&t.address)))
