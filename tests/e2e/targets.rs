@@ -324,7 +324,9 @@ async fn every_chat_type_is_written_through_the_api_and_delivered_to_its_vendor(
         .await;
     let health = health.as_array().unwrap();
     assert_eq!(health.len(), 7, "{health:?}");
-    assert!(health.iter().all(|h| h["state"] == "healthy" && h["successes"] == 3));
+    assert!(health
+        .iter()
+        .all(|h| h["state"] == "healthy" && h["successes"] == 3));
     let mut health_types: Vec<&str> = health
         .iter()
         .map(|h| h["target_type"].as_str().unwrap())

@@ -119,6 +119,9 @@ pub struct TargetIn {
     /// Any type: `"20/min"`, `"5/s"`.
     #[serde(default)]
     pub rate_limit: Option<String>,
+    /// Any type: no deliveries to this target (`auto_disable_after` sets it; absent enables).
+    #[serde(default)]
+    pub disabled: bool,
 }
 
 /// Telegram's chat ids are numbers; clients send them as JSON numbers or strings.
@@ -196,6 +199,9 @@ pub struct TargetOut {
     pub method: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<String>,
+    /// regrelay: `true` when the target gets no deliveries (absent otherwise).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub disabled: bool,
 }
 
 impl PolicyOut {
@@ -250,6 +256,7 @@ impl TargetOut {
             content_type: text(&options.content_type),
             method: text(&options.method),
             rate_limit: text(&options.rate_limit),
+            disabled: options.disabled,
         }
     }
 }
@@ -343,6 +350,7 @@ pub(crate) fn spec_from(
                 content_type: target.content_type,
                 method: target.method,
                 rate_limit: target.rate_limit,
+                disabled: target.disabled,
             },
         });
     }

@@ -14,15 +14,21 @@
 //!   ([`Database::claim_probe`]) attempts; the probe interval doubles with every probe, from
 //!   `breaker_probe_interval` up to `retry_max_delay`.
 //! - Other targets are never slowed: the check is a map lookup.
+//! - Opt-in auto-disable (`auto_disable_after`): a circuit open that long is claimed by one
+//!   consumer (its health row reset in the claiming statement), which marks the target disabled
+//!   in its policy, publishes `REGRELAY_TARGET_DISABLED` on the events exchange and warns.
 
 use std::collections::HashMap;
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use chrono::Utc;
-use regrelay_history::target_health::OpenCircuit;
+use regrelay_events::operational;
+use regrelay_history::target_health::{DisableDue, OpenCircuit};
 use regrelay_history::StoreError;
+use regrelay_producer::task::target_fingerprint;
 use regrelay_producer::DeliveryTask;
+use regrelay_producer::{EventMessage, EventPublisher, EventSource};
 use tokio_util::sync::CancellationToken;
 
 use crate::context::DeliveryContext;
@@ -98,6 +104,72 @@ pub(crate) async fn gate(ctx: &DeliveryContext, task: &DeliveryTask) -> Result<G
     })
 }
 
+/// Disables the target of a circuit open for `after` (this consumer claimed it): marks it in its
+/// policy, publishes `REGRELAY_TARGET_DISABLED` and warns. Its waiting deliveries are
+/// dead-lettered as `target_disabled` when they come back (`delivery`). Failures are logged: the
+/// claim reset the circuit, so a target still failing opens it again and is disabled again later.
+async fn disable(ctx: &DeliveryContext, due: &DisableDue, after: Duration) {
+    let change = &due.change;
+    let Some(cached) = ctx.cache.snapshot().policy(change.policy_id) else {
+        return;
+    };
+    let Some(index) = cached
+        .policy
+        .targets
+        .iter()
+        .position(|t| target_fingerprint(&t.address) == change.target_fingerprint)
+    else {
+        return;
+    };
+    match ctx.db.disable_target(change.policy_id, index).await {
+        Ok(true) => {}
+        Ok(false) => return,
+        Err(error) => {
+            tracing::error!(message = "Cannot disable a target whose circuit stayed open.", policy_id = change.policy_id, error = %error);
+            return;
+        }
+    }
+    let after_text = humantime::format_duration(after).to_string();
+    tracing::warn!(
+        message = "Target disabled: its circuit stayed open too long. Its waiting deliveries are dead-lettered (target_disabled); a PUT of the policy enables it again.",
+        policy_id = change.policy_id,
+        target_type = %change.target_type,
+        target = %change.target_address,
+        open_since = %due.circuit_opened_at,
+        auto_disable_after = %after_text,
+    );
+    let project = cached
+        .policy
+        .project
+        .as_ref()
+        .map_or("system", |p| p.name.as_str());
+    let event = operational::target_disabled(&operational::TargetDisabled {
+        project,
+        policy_id: change.policy_id,
+        policy_name: &cached.policy.name,
+        target_type: &change.target_type,
+        target_address: &change.target_address,
+        circuit_opened_at: due.circuit_opened_at.timestamp(),
+        consecutive_failures: change.consecutive_failures,
+        last_failure: change.last_failure.as_deref(),
+        disabled_after: &after_text,
+        occur_at: Utc::now().timestamp(),
+    });
+    let published = match event {
+        Ok(event) => {
+            let message = EventMessage::new(event, EventSource::Harbor, "regrelay-auto-disable");
+            EventPublisher::over(ctx.queue.publisher().clone())
+                .publish(std::slice::from_ref(&message))
+                .await
+                .map_err(|e| e.to_string())
+        }
+        Err(error) => Err(error.to_string()),
+    };
+    if let Err(error) = published {
+        tracing::error!(message = "Cannot publish the REGRELAY_TARGET_DISABLED event.", policy_id = change.policy_id, error = %error);
+    }
+}
+
 /// Moves circuits (open the failing, close the recovered), logs each transition this consumer
 /// made, and refreshes the open set and `regrelay_targets_open`, every [`WATCH_INTERVAL`].
 pub(crate) async fn watch_until(ctx: Arc<DeliveryContext>, shutdown: CancellationToken) {
@@ -152,6 +224,11 @@ async fn watch_once(ctx: &DeliveryContext) -> Result<(), StoreError> {
             target_type = %closed.target_type,
             target = %closed.target_address,
         );
+    }
+    if let Some(after) = ctx.settings.auto_disable_after {
+        for due in db.claim_disable_due(after).await? {
+            disable(ctx, &due, after).await;
+        }
     }
     let open = db.open_circuits().await?;
     let n = ctx.circuits.replace(open);

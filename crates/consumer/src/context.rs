@@ -51,6 +51,8 @@ pub struct ConsumerSettings {
     /// The first probe of an open circuit comes this long after it opened; each later one twice
     /// as long after the one before, up to `retry_max_delay`.
     pub breaker_probe_interval: Duration,
+    /// A target whose circuit stays open this long is disabled (see `circuit`); `None`: never.
+    pub auto_disable_after: Option<Duration>,
     /// Bytes of message bodies each stage may hold at once (see `byte_budget`): the prefetch
     /// shrinks when messages are large.
     pub max_in_flight_bytes: usize,

@@ -110,6 +110,15 @@ async fn process(ctx: &DeliveryContext, body: &[u8]) -> Settlement {
             Undeliverable::new(&task, &event, DeadLetterReason::PolicyChanged, detail);
         return dead_letter(ctx, undeliverable).await;
     };
+    if cached.policy.targets[target_index].options.disabled {
+        let detail = "the target is disabled (its circuit stayed open for auto_disable_after, or a client disabled it); replay this once a PUT of the policy has enabled it".to_owned();
+        let undeliverable = Undeliverable {
+            policy: Some(&cached),
+            target: Some(&cached.policy.targets[target_index]),
+            ..Undeliverable::new(&task, &event, DeadLetterReason::TargetDisabled, detail)
+        };
+        return dead_letter(ctx, undeliverable).await;
+    }
     let permit = match ctx.limiter.admit(&task.target_fingerprint).await {
         SlotAdmission::Go(permit) => permit,
         SlotAdmission::Saturated => {
@@ -311,7 +320,7 @@ async fn attempt_in_span(
     let attempt = Attempted {
         report,
         target,
-        snippet: redact_snippet(&report, target),
+        snippet: redact_snippet(report, target),
         payload: payload.as_deref(),
     };
     let event_type = event.event_type().as_str();

@@ -179,6 +179,9 @@ async fn fan_out(ctx: &DeliveryContext, message: &EventMessage) -> Result<(), Fa
                 })?,
         };
         for (index, target) in policy.targets.iter().enumerate() {
+            if target.options.disabled {
+                continue;
+            }
             let task = DeliveryTask::new(
                 message.id,
                 &message.request_id,

@@ -151,6 +151,11 @@ impl PolicySet {
         Some((cached.clone(), found))
     }
 
+    /// The policy with `id`, enabled or not.
+    pub fn policy(&self, id: i64) -> Option<Arc<CachedPolicy>> {
+        self.by_id.get(&id).cloned()
+    }
+
     pub fn len(&self) -> usize {
         self.by_id.len()
     }

@@ -131,3 +131,101 @@ async fn a_failing_target_opens_its_circuit_gets_probes_only_and_closes_on_succe
         "{health:?}"
     );
 }
+
+#[tokio::test]
+async fn a_circuit_open_too_long_disables_its_target_dead_letters_its_deliveries_and_says_so() {
+    let env = Env::start(
+        "auto-disable",
+        Options {
+            breaker_failures: 2,
+            max_attempts: 1000,
+            auto_disable_after: Some(Duration::from_secs(2)),
+            ..Options::default()
+        },
+    )
+    .await;
+    let failing = TestReceiver::start().await;
+    failing.set_default_status(503);
+    let operators = TestReceiver::start().await;
+    // An operator's system-wide policy routes regrelay's own event to its chat (here: HTTP).
+    env.policy(
+        None,
+        spec(
+            "ops",
+            vec![http_target(operators.url("/ops"))],
+            &[EventType::RegrelayTargetDisabled],
+        ),
+    )
+    .await;
+    let policy = env
+        .policy(
+            Some("lib"),
+            spec(
+                "doomed",
+                vec![http_target(failing.url("/down"))],
+                &[EventType::PushArtifact],
+            ),
+        )
+        .await;
+    env.publish(&[push("lib", "app", "v1"), push("lib", "app", "v2")])
+        .await;
+
+    // Disabled: the operators hear of it, with the target named (redacted) and why.
+    let heard = operators.wait_for(1, WAIT).await;
+    assert_eq!(heard.len(), 1);
+    let event = heard[0].json();
+    assert_eq!(event["type"], "REGRELAY_TARGET_DISABLED");
+    assert_eq!(event["event_data"]["repository"]["namespace"], "lib");
+    assert_eq!(event["event_data"]["target"]["policy_name"], "doomed");
+    assert_eq!(event["event_data"]["target"]["disabled_after"], "2s");
+    assert!(event["event_data"]["target"]["last_failure"]
+        .as_str()
+        .unwrap()
+        .contains("HTTP 503"));
+
+    // The policy shows the target disabled; both waiting deliveries are dead-lettered as
+    // target_disabled (replayable), and a new event makes no delivery to it.
+    let stored = env
+        .db
+        .get_policy(policy.project.as_ref().map(|p| p.id), policy.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(stored.targets[0].options.disabled);
+    let letters = env.dead_letters(2, WAIT).await;
+    assert_eq!(letters.len(), 2, "{letters:?}");
+    assert!(
+        letters.iter().all(|l| l["reason"] == "target_disabled"),
+        "{letters:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = failing.count();
+    env.publish(&[push("lib", "app", "v3")]).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(failing.count(), before, "a disabled target got a delivery");
+
+    // A PUT without `disabled` enables it again: the next event is delivered.
+    failing.set_default_status(200);
+    let spec = regrelay_history::policy::PolicySpec {
+        name: stored.name.clone(),
+        description: stored.description.clone(),
+        targets: vec![http_target(failing.url("/down"))],
+        event_types: stored.event_types.clone(),
+        filters: stored.filters.clone(),
+        creator: stored.creator.clone(),
+        enabled: true,
+    };
+    env.db
+        .update_policy(stored.project.as_ref().map(|p| p.id), stored.id, &spec)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    env.publish(&[push("lib", "app", "v4")]).await;
+    until("the enabled target gets the next event", async || {
+        failing
+            .requests()
+            .iter()
+            .any(|r| r.json()["event_data"]["resources"][0]["tag"] == "v4")
+    })
+    .await;
+}

@@ -51,6 +51,9 @@ pub enum DeadLetterReason {
     AttemptsExhausted,
     /// The policy or its target was deleted, disabled or changed since the event was matched.
     PolicyChanged,
+    /// The target was disabled (its circuit stayed open for `auto_disable_after`, or a client
+    /// disabled it): replay once it is enabled again.
+    TargetDisabled,
     /// The payload cannot be rendered for the target.
     Unrenderable,
     /// A stored credential cannot be decrypted, or a signing secret is unusable.
@@ -78,7 +81,7 @@ pub enum DeadLetterReason {
 
 impl DeadLetterReason {
     /// Every reason, for pre-registering metric series and for error messages.
-    pub const ALL: [DeadLetterReason; 25] = [
+    pub const ALL: [DeadLetterReason; 26] = [
         DeadLetterReason::Redirect,
         DeadLetterReason::ClientError,
         DeadLetterReason::BlockedAddress,
@@ -94,6 +97,7 @@ impl DeadLetterReason {
         DeadLetterReason::UnexpectedAnswer,
         DeadLetterReason::AttemptsExhausted,
         DeadLetterReason::PolicyChanged,
+        DeadLetterReason::TargetDisabled,
         DeadLetterReason::Unrenderable,
         DeadLetterReason::BadSecret,
         DeadLetterReason::Poison,
@@ -136,6 +140,7 @@ impl DeadLetterReason {
             DeadLetterReason::UnexpectedAnswer => "unexpected_answer",
             DeadLetterReason::AttemptsExhausted => "attempts_exhausted",
             DeadLetterReason::PolicyChanged => "policy_changed",
+            DeadLetterReason::TargetDisabled => "target_disabled",
             DeadLetterReason::Unrenderable => "unrenderable",
             DeadLetterReason::BadSecret => "bad_secret",
             DeadLetterReason::Poison => "poison",

@@ -26,6 +26,10 @@ pub enum EventType {
     UploadChart,
     DownloadChart,
     DeleteChart,
+    /// regrelay's own operational event: a policy target was disabled after its circuit stayed
+    /// open for `auto_disable_after`. Published by the consumers on the events exchange, so a
+    /// policy can route it to a chat like any registry event.
+    RegrelayTargetDisabled,
 }
 
 /// A string that names no event type. Its message is Harbor's own validation message, so the API
@@ -51,7 +55,7 @@ impl EventType {
     ];
 
     /// All 13, `CURRENT` first, then the legacy chart events.
-    pub const ALL: [EventType; 13] = [
+    pub const ALL: [EventType; 14] = [
         EventType::PushArtifact,
         EventType::PullArtifact,
         EventType::DeleteArtifact,
@@ -65,6 +69,7 @@ impl EventType {
         EventType::UploadChart,
         EventType::DownloadChart,
         EventType::DeleteChart,
+        EventType::RegrelayTargetDisabled,
     ];
 
     /// The Harbor name of the type, as it appears in the Default payload's `type`.
@@ -83,6 +88,7 @@ impl EventType {
             EventType::UploadChart => "UPLOAD_CHART",
             EventType::DownloadChart => "DOWNLOAD_CHART",
             EventType::DeleteChart => "DELETE_CHART",
+            EventType::RegrelayTargetDisabled => "REGRELAY_TARGET_DISABLED",
         }
     }
 
@@ -102,6 +108,7 @@ impl EventType {
             EventType::ScanningCompleted => Some("harbor.scan.completed"),
             EventType::Replication => Some("harbor.replication.status.changed"),
             EventType::TagRetention => Some("harbor.tag_retention.finished"),
+            EventType::RegrelayTargetDisabled => Some("regrelay.target.disabled"),
             EventType::UploadChart | EventType::DownloadChart | EventType::DeleteChart => None,
         }
     }

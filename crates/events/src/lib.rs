@@ -21,6 +21,7 @@ pub mod error;
 pub mod event;
 pub mod event_type;
 mod limits;
+pub mod operational;
 pub mod samples;
 pub mod slack;
 mod time;

@@ -45,7 +45,10 @@ pub fn harbor_example(event_type: EventType) -> Option<&'static str> {
         EventType::TagRetention => {
             include_str!("../tests/fixtures/harbor/TAG_RETENTION.default.json")
         }
-        EventType::UploadChart | EventType::DownloadChart | EventType::DeleteChart => return None,
+        EventType::UploadChart
+        | EventType::DownloadChart
+        | EventType::DeleteChart
+        | EventType::RegrelayTargetDisabled => return None,
     })
 }
 
@@ -55,6 +58,20 @@ pub fn sample_event(
     project: &str,
     occur_at: i64,
 ) -> Result<RegistryEvent, EventError> {
+    if event_type == EventType::RegrelayTargetDisabled {
+        return crate::operational::target_disabled(&crate::operational::TargetDisabled {
+            project,
+            policy_id: 1,
+            policy_name: "sample",
+            target_type: "http",
+            target_address: "https://hooks.example.com/in?token=********",
+            circuit_opened_at: occur_at - 5 * 86_400,
+            consecutive_failures: 1234,
+            last_failure: Some("HTTP 503"),
+            disabled_after: "5days",
+            occur_at,
+        });
+    }
     let example = harbor_example(event_type).unwrap_or(include_str!(
         "../tests/fixtures/harbor/PUSH_ARTIFACT.default.json"
     ));

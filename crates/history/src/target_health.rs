@@ -129,7 +129,76 @@ fn change(row: &Row) -> Result<CircuitChange, StoreError> {
 const CHANGE_COLUMNS: &str = "policy_id, target_fingerprint, target_type, target_address,
                               consecutive_failures, last_failure";
 
+/// A circuit open long enough to disable its target, claimed by one consumer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DisableDue {
+    pub change: CircuitChange,
+    pub circuit_opened_at: DateTime<Utc>,
+}
+
 impl Database {
+    /// Claims every circuit open for longer than `after`: its health row is reset (circuit
+    /// closed, failures cleared), so exactly one consumer gets each, which then disables the
+    /// target ([`Database::disable_target`]).
+    pub async fn claim_disable_due(&self, after: Duration) -> Result<Vec<DisableDue>, StoreError> {
+        let rows = self
+            .client()
+            .await?
+            .query(
+                "UPDATE target_health AS h
+                     SET circuit_opened_at = NULL, next_probe_at = NULL, failed_probes = 0,
+                         consecutive_failures = 0
+                     FROM (SELECT policy_id, target_fingerprint, circuit_opened_at AS opened
+                           FROM target_health
+                           WHERE circuit_opened_at < clock_timestamp() - $1 * interval '1 millisecond'
+                           FOR UPDATE) AS due
+                     WHERE h.policy_id = due.policy_id
+                       AND h.target_fingerprint = due.target_fingerprint
+                     RETURNING h.policy_id, h.target_fingerprint, h.target_type, h.target_address,
+                               h.last_failure, due.opened",
+                &[&millis(after)],
+            )
+            .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(DisableDue {
+                    change: CircuitChange {
+                        policy_id: row.try_get(0)?,
+                        target_fingerprint: row.try_get(1)?,
+                        target_type: row.try_get(2)?,
+                        target_address: row.try_get(3)?,
+                        consecutive_failures: 0,
+                        last_failure: row.try_get(4)?,
+                    },
+                    circuit_opened_at: row.try_get(5)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Marks target `index` of policy `policy_id` disabled (`"disabled": true`, shown by the
+    /// policy API; a `PUT` without it enables it again), bumping the generation so every consumer
+    /// sees it. `false` when the policy or the target is gone.
+    pub async fn disable_target(&self, policy_id: i64, index: usize) -> Result<bool, StoreError> {
+        let index = i32::try_from(index).unwrap_or(i32::MAX);
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let changed = tx
+            .execute(
+                "UPDATE notification_policies
+                 SET targets = jsonb_set(targets, ARRAY[$2::text, 'disabled'], 'true'::jsonb),
+                     update_time = now()
+                 WHERE id = $1 AND jsonb_array_length(targets) > $2",
+                &[&policy_id, &index],
+            )
+            .await?;
+        if changed > 0 {
+            crate::settings::bump_generation(&tx).await?;
+        }
+        tx.commit().await?;
+        Ok(changed > 0)
+    }
+
     /// Opens the circuit of every closed target with at least `failures` consecutive failed
     /// attempts; its first probe is due `probe_interval` later. Returns those it opened.
     pub async fn open_circuits_due(

@@ -184,6 +184,12 @@ impl EventPublisher {
         self.inner.broker()
     }
 
+    /// An event publisher over an existing confirm-mode publisher (the consumers' own, for
+    /// regrelay's operational events).
+    pub fn over(inner: ConfirmedPublisher) -> Self {
+        Self { inner }
+    }
+
     /// Publishes every message and waits for every confirm.
     pub async fn publish(&self, messages: &[EventMessage]) -> Result<(), PublishError> {
         let exchange = self.inner.broker().topology().events_exchange();

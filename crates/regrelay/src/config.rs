@@ -131,6 +131,9 @@ pub struct Config {
     /// The first probe of an open circuit; later ones double, up to `retry_max_delay`.
     #[serde(with = "humantime_serde")]
     pub breaker_probe_interval: Duration,
+    /// A target whose circuit stays open this long is disabled; `0s` (the default) never.
+    #[serde(with = "humantime_serde")]
+    pub auto_disable_after: Duration,
     /// How long a stage waits out a database or broker outage holding a message, before it parks
     /// the message in a delay queue.
     #[serde(with = "humantime_serde")]

@@ -185,6 +185,8 @@ pub async fn serve(config: Config, role: Role) -> anyhow::Result<()> {
                 queue_depth_interval: config.queue_depth_interval,
                 breaker_failures: config.breaker_failures,
                 breaker_probe_interval: config.breaker_probe_interval,
+                auto_disable_after: (!config.auto_disable_after.is_zero())
+                    .then_some(config.auto_disable_after),
                 allow_private_targets: config.allow_private_targets,
                 direct_first_attempt: config.direct_first_attempt,
                 outage_hold: config.outage_hold,

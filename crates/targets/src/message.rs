@@ -42,6 +42,21 @@ pub struct Message {
     pub replication: Option<Replication>,
     /// TAG_RETENTION: the run's figures.
     pub retention: Option<Retention>,
+    /// REGRELAY_TARGET_DISABLED: the target and why.
+    pub disabled: Option<Disabled>,
+}
+
+/// A REGRELAY_TARGET_DISABLED event's target (`regrelay_events::operational`).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Disabled {
+    pub policy: Option<String>,
+    pub target_type: Option<String>,
+    /// Redacted by the writer.
+    pub address: Option<String>,
+    pub open_since: Option<String>,
+    pub consecutive_failures: Option<u64>,
+    pub last_failure: Option<String>,
+    pub disabled_after: Option<String>,
 }
 
 /// One resource of an event.
@@ -144,6 +159,21 @@ impl Message {
             });
         let replication = data.get("replication").map(replication);
         let retention = data.get("retention").map(retention);
+        let disabled = (event_type == EventType::RegrelayTargetDisabled).then(|| Disabled {
+            policy: str_at(&data, "/target/policy_name"),
+            target_type: str_at(&data, "/target/type"),
+            address: str_at(&data, "/target/address"),
+            open_since: data
+                .pointer("/target/circuit_opened_at")
+                .and_then(Value::as_i64)
+                .and_then(|t| DateTime::from_timestamp(t, 0))
+                .map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string()),
+            consecutive_failures: data
+                .pointer("/target/consecutive_failures")
+                .and_then(Value::as_u64),
+            last_failure: str_at(&data, "/target/last_failure"),
+            disabled_after: str_at(&data, "/target/disabled_after"),
+        });
         Message {
             event_type,
             project: event.project().to_owned(),
@@ -154,6 +184,7 @@ impl Message {
             quota,
             replication,
             retention,
+            disabled,
         }
     }
 
@@ -173,6 +204,7 @@ impl Message {
             EventType::UploadChart => ("📦", "Chart uploaded"),
             EventType::DownloadChart => ("⬇️", "Chart downloaded"),
             EventType::DeleteChart => ("🗑️", "Chart deleted"),
+            EventType::RegrelayTargetDisabled => ("⛔", "Delivery target disabled"),
         }
     }
 
@@ -242,6 +274,19 @@ impl Message {
             push("Total", r.total.map(|n| n.to_string()), false);
             push("Retained", r.retained.map(|n| n.to_string()), false);
             push("Deleted", list(&r.deleted), false);
+        }
+        if let Some(d) = &self.disabled {
+            push("Policy", d.policy.clone(), false);
+            push("Target type", d.target_type.clone(), false);
+            push("Target", d.address.clone(), true);
+            push("Circuit open since", d.open_since.clone(), false);
+            push(
+                "Consecutive failures",
+                d.consecutive_failures.map(|n| n.to_string()),
+                false,
+            );
+            push("Last failure", d.last_failure.clone(), false);
+            push("Disabled after", d.disabled_after.clone(), false);
         }
         push("Operator", Some(self.operator.clone()), false);
         push("Time", Some(self.time_text()), false);

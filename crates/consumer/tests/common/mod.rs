@@ -44,6 +44,7 @@ pub struct Options {
     pub history_outage_hold: Duration,
     /// `breaker_failures` (0: off).
     pub breaker_failures: u32,
+    pub auto_disable_after: Option<Duration>,
 }
 
 impl Default for Options {
@@ -62,6 +63,7 @@ impl Default for Options {
             outage_hold: Duration::from_secs(30),
             history_outage_hold: Duration::from_secs(600),
             breaker_failures: 0,
+            auto_disable_after: None,
         }
     }
 }
@@ -149,6 +151,7 @@ impl Env {
                 queue_depth_interval: Duration::from_millis(100),
                 breaker_failures: options.breaker_failures,
                 breaker_probe_interval: Duration::from_millis(300),
+                auto_disable_after: options.auto_disable_after,
                 allow_private_targets: true,
                 direct_first_attempt: options.direct_first_attempt,
                 outage_hold: options.outage_hold,

@@ -70,6 +70,14 @@ pub struct TargetOptions {
     /// Any type: `"20/min"`, `"5/s"`, replacing the type's built-in limits.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<String>,
+    /// Any type: the target gets no deliveries (set by `auto_disable_after`, or by a client); a
+    /// write without it enables the target again.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub disabled: bool,
+}
+
+fn is_false(value: &bool) -> bool {
+    !*value
 }
 
 impl TargetOptions {
