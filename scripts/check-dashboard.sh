@@ -3,16 +3,17 @@
 # (deploy/prometheus/regrelay-alerts.yaml) against a real Prometheus scraping a real regrelay:
 # starts `regrelay serve` (all roles) on a scratch database, RabbitMQ vhost and queue prefix, a
 # receiver answering 200, 500 and 404 plus a port nothing listens on (so retries and dead letters
-# happen), sends a few dozen events, lets Prometheus scrape /metrics every second, then runs every
-# panel query, variable query and alert expression through /api/v1/query. Every query must parse;
+# happen; their circuits open too, probed every second), sends a few dozen events, lets Prometheus
+# scrape /metrics every second, then runs every panel query, variable query and alert expression
+# through /api/v1/query. Every query must parse;
 # every panel needs at least one query with a non-empty result. Cleans up everything on exit.
 # Installs Debian's `prometheus` and `python3-yaml` when absent. Run by scripts/test.sh after
 # `cargo test` (which builds target/debug/regrelay); REGRELAY_BIN names another binary.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Panels whose metrics regrelay does not export yet: they may be empty (and must be, so this list
-# cannot go stale). process_*: the prometheus crate is built without its `process` feature.
+# Panels whose metrics regrelay does not export yet, separated by `|`: they may be empty (and must
+# be, so this list cannot go stale). None now: the process_* metrics are exported too.
 PENDING_PANELS=""
 
 log() { printf 'dashboard: %s\n' "$*" >&2; }
@@ -108,6 +109,7 @@ password="dash-admin-$id"
     REGRELAY_ALLOW_PRIVATE_TARGETS=true \
     REGRELAY_MAX_ATTEMPTS=3 REGRELAY_RETRY_INITIAL_DELAY=200ms REGRELAY_RETRY_MAX_DELAY=1s \
     REGRELAY_HTTP_TIMEOUT=2s \
+    REGRELAY_BREAKER_PROBE_INTERVAL=1s \
     REGRELAY_QUEUE_DEPTH_INTERVAL=1s REGRELAY_DEAD_LETTER_DEPTH_INTERVAL=1s \
     REGRELAY_HISTORY_SWEEP_INTERVAL=0s REGRELAY_LOG_LEVEL=warn
   exec "$bin" serve
