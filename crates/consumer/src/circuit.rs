@@ -18,13 +18,12 @@
 //!   consumer (its health row reset in the claiming statement), which marks the target disabled
 //!   in its policy, publishes `REGRELAY_TARGET_DISABLED` on the events exchange and warns.
 
-use std::collections::HashMap;
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
 use regrelay_events::operational;
-use regrelay_history::target_health::{DisableDue, OpenCircuit};
+use regrelay_history::target_health::DisableDue;
 use regrelay_history::StoreError;
 use regrelay_producer::task::target_fingerprint;
 use regrelay_producer::DeliveryTask;
@@ -39,12 +38,6 @@ pub(crate) const WATCH_INTERVAL: Duration = Duration::from_secs(1);
 /// The shortest wait of a task whose circuit is open (the probe may just have been claimed).
 const MIN_WAIT: Duration = Duration::from_secs(1);
 
-/// The open circuits, by policy and target fingerprint.
-#[derive(Default)]
-pub(crate) struct Circuits {
-    open: RwLock<HashMap<(i64, String), OpenCircuit>>,
-}
-
 /// What to do with a task before its attempt.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Gate {
@@ -54,26 +47,6 @@ pub(crate) enum Gate {
     Probe,
     /// The circuit is open: wait this long in the broker.
     Wait(Duration),
-}
-
-impl Circuits {
-    fn get(&self, policy_id: i64, fingerprint: &str) -> Option<OpenCircuit> {
-        self.open
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(&(policy_id, fingerprint.to_owned()))
-            .cloned()
-    }
-
-    fn replace(&self, open: Vec<OpenCircuit>) -> usize {
-        let map: HashMap<_, _> = open
-            .into_iter()
-            .map(|c| ((c.policy_id, c.target_fingerprint.clone()), c))
-            .collect();
-        let n = map.len();
-        *self.open.write().unwrap_or_else(PoisonError::into_inner) = map;
-        n
-    }
 }
 
 /// Whether `task` may be attempted now.

@@ -8,9 +8,9 @@ use regrelay_history::{Database, HistoryRecorder};
 use regrelay_producer::{Broker, ConfirmedPublisher, TaskQueue, Topology};
 use tokio_util::sync::CancellationToken;
 
-use crate::circuit::Circuits;
 use crate::http_client::HttpClients;
 use crate::limiter::TargetLimiter;
+use crate::open_circuits::Circuits;
 use crate::policy_cache::PolicyCache;
 use crate::retry::RetrySchedule;
 use crate::telemetry::ConsumerMetrics;

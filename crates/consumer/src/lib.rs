@@ -43,6 +43,7 @@ mod history;
 mod http_client;
 mod limiter;
 mod matching;
+mod open_circuits;
 mod outage;
 mod policy_cache;
 mod queue_depth;
