@@ -54,7 +54,7 @@ fn query_of(params: &HealthParams) -> Result<(HealthQuery, ListParams), ApiError
         None => None,
         Some(text) => Some(HealthState::parse(text).ok_or_else(|| {
             ApiError::BadRequest(format!(
-                "invalid state {}: expected open, failing or healthy",
+                "invalid state {:?}: expected open, failing or healthy",
                 echo(text)
             ))
         })?),
@@ -68,7 +68,7 @@ fn query_of(params: &HealthParams) -> Result<(HealthQuery, ListParams), ApiError
         None => None,
         Some(text) => Some(text.parse::<i64>().map_err(|_| {
             ApiError::BadRequest(format!(
-                "invalid policy {}: expected a policy id",
+                "invalid policy {:?}: expected a policy id",
                 echo(text)
             ))
         })?),

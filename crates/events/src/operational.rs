@@ -41,7 +41,8 @@ pub fn target_disabled(t: &TargetDisabled<'_>) -> Result<RegistryEvent, EventErr
         "occur_at": t.occur_at,
         "operator": OPERATOR,
         "event_data": {
-            "repository": {"namespace": t.project},
+            // Empty name fields, so a template written for registry events still renders.
+            "repository": {"namespace": t.project, "name": "", "repo_full_name": ""},
             "target": {
                 "policy_id": t.policy_id,
                 "policy_name": t.policy_name,

@@ -59,7 +59,7 @@ pub fn sample_event(
     occur_at: i64,
 ) -> Result<RegistryEvent, EventError> {
     if event_type == EventType::RegrelayTargetDisabled {
-        return crate::operational::target_disabled(&crate::operational::TargetDisabled {
+        let event = crate::operational::target_disabled(&crate::operational::TargetDisabled {
             project,
             policy_id: 1,
             policy_name: "sample",
@@ -70,7 +70,12 @@ pub fn sample_event(
             last_failure: Some("HTTP 503"),
             disabled_after: "5days",
             occur_at,
-        });
+        })?;
+        // The sample's operator, as for every other type.
+        let mut json: Value = serde_json::from_str(event.raw_json())
+            .map_err(|e| EventError::Malformed(e.to_string()))?;
+        json["operator"] = Value::from(SAMPLE_OPERATOR);
+        return RegistryEvent::from_json(&json.to_string());
     }
     let example = harbor_example(event_type).unwrap_or(include_str!(
         "../tests/fixtures/harbor/PUSH_ARTIFACT.default.json"

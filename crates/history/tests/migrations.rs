@@ -30,7 +30,11 @@ async fn migrate_twice_is_a_no_op() {
     let first = recorded(&database.url).await;
     assert_eq!(
         first,
-        vec![(1, "policies".to_owned()), (2, "history".to_owned())]
+        vec![
+            (1, "policies".to_owned()),
+            (2, "history".to_owned()),
+            (3, "targets".to_owned())
+        ]
     );
     db.migrate().await.unwrap();
     assert_eq!(recorded(&database.url).await, first);
@@ -54,7 +58,11 @@ async fn concurrent_migrations_apply_once() {
     }
     assert_eq!(
         recorded(&database.url).await,
-        vec![(1, "policies".to_owned()), (2, "history".to_owned())]
+        vec![
+            (1, "policies".to_owned()),
+            (2, "history".to_owned()),
+            (3, "targets".to_owned())
+        ]
     );
     let db = Database::connect(&database.url, 1).unwrap();
     assert_eq!(db.generation().await.unwrap(), 0);

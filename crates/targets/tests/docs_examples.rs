@@ -111,6 +111,7 @@ fn docs_template_examples_render() {
                     | EventType::TagRetention
                     | EventType::QuotaExceed
                     | EventType::QuotaWarning
+                    | EventType::RegrelayTargetDisabled
             );
             if !json && !artifact_event {
                 continue;
