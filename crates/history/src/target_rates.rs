@@ -25,7 +25,7 @@ use regrelay_targets::RateLimit;
 use crate::store::{Database, StoreError};
 
 /// How late after its slot a request may still be sent (see the module's constraints).
-pub const LATENESS: Duration = Duration::from_millis(100);
+pub const LATENESS: Duration = Duration::from_millis(250);
 
 /// The row name of a vendor-requested pause.
 const PAUSE: &str = "pause";
@@ -226,7 +226,7 @@ mod tests {
             let late: Vec<i64> = times
                 .iter()
                 .enumerate()
-                .map(|(i, t)| t + if i % 2 == 0 { 0 } else { 100 })
+                .map(|(i, t)| t + if i % 2 == 0 { 0 } else { 250 })
                 .collect();
             assert!(most_in_any_window(&late, window) <= count, "{limits:?}");
         }
@@ -236,11 +236,11 @@ mod tests {
     fn a_burst_goes_at_once_then_slots_are_spaced() {
         let times = run(&[RateLimit::per_minute(20)], 7);
         assert_eq!(&times[..5], [0, 0, 0, 0, 0]);
-        assert_eq!(times[5], 3756);
-        assert_eq!(times[6], 7512);
+        assert_eq!(times[5], 3765);
+        assert_eq!(times[6], 7531);
         // Telegram's two limits together: 1/s spaces the burst.
         let both = run(&[RateLimit::per_second(1), RateLimit::per_minute(20)], 3);
-        assert_eq!(both, [0, 1100, 2200]);
+        assert_eq!(both, [0, 1250, 2500]);
     }
 
     #[test]
