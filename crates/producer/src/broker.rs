@@ -139,18 +139,26 @@ pub enum BrokerError {
 /// A live connection and its publishing channels.
 struct Live {
     connection: Connection,
-    channels: Vec<Channel>,
+    /// Replaced one at a time after a nack ([`Broker::replace_channel`]).
+    channels: std::sync::RwLock<Vec<Channel>>,
     /// Round-robin cursor over `channels`.
     next: AtomicUsize,
 }
 
 impl Live {
     fn healthy_channel(&self) -> Option<Channel> {
-        if !self.connection.status().connected() || self.channels.is_empty() {
+        if !self.connection.status().connected() {
             return None;
         }
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.channels.len();
-        let channel = &self.channels[i];
+        let channels = self
+            .channels
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if channels.is_empty() {
+            return None;
+        }
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % channels.len();
+        let channel = &channels[i];
         channel.status().connected().then(|| channel.clone())
     }
 }
@@ -234,6 +242,63 @@ impl Broker {
             retry_in: Duration::ZERO,
             last_error: "channel closed right after connecting".into(),
         })
+    }
+
+    /// Replaces `bad`, a publishing channel the broker nacked a publish on or left unconfirmed, with
+    /// a fresh confirm-mode channel on the same connection, and closes it. After a quorum queue's
+    /// leader node dies, RabbitMQ (seen with 3.10) can keep nacking every publish on a channel that
+    /// was opened while the new leader was being elected, for minutes and even after the cluster
+    /// is whole again; a new channel routes to the current leader. Best effort: when the channel
+    /// cannot be made, the pool keeps the old one (and the next publish tells).
+    pub async fn replace_channel(&self, bad: &Channel) {
+        let Some(live) = self.current() else {
+            return;
+        };
+        let present = live
+            .channels
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .any(|c| c.id() == bad.id());
+        if !present || !live.connection.status().connected() {
+            return;
+        }
+        let fresh = match live.connection.create_channel().await {
+            Ok(channel) => channel,
+            Err(error) => {
+                tracing::warn!(message = "Cannot open a channel to replace a nacked one.", error = %error);
+                return;
+            }
+        };
+        if let Err(error) = fresh.confirm_select(ConfirmSelectOptions::default()).await {
+            tracing::warn!(message = "Cannot open a channel to replace a nacked one.", error = %error);
+            return;
+        }
+        let replaced = {
+            let mut channels = live
+                .channels
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            match channels.iter().position(|c| c.id() == bad.id()) {
+                Some(i) => Some(std::mem::replace(&mut channels[i], fresh.clone())),
+                None => None,
+            }
+        };
+        match replaced {
+            Some(old) => {
+                self.metrics.publish_channels_replaced.inc();
+                tracing::info!(
+                    message = "Publishing channel replaced after a nack.",
+                    channel = old.id(),
+                    by = fresh.id()
+                );
+                let _ = old.close(200, "replaced after a nack".into()).await;
+            }
+            // Another caller replaced it meanwhile.
+            None => {
+                let _ = fresh.close(200, "not needed".into()).await;
+            }
+        }
     }
 
     /// A fresh channel on the shared connection, for a caller that needs its own (a consumer, a
@@ -433,7 +498,7 @@ impl Broker {
         }
         Ok(Live {
             connection,
-            channels,
+            channels: std::sync::RwLock::new(channels),
             next: AtomicUsize::new(0),
         })
     }

@@ -147,9 +147,13 @@ impl ConfirmedPublisher {
                 .await?;
             confirms.push(confirm);
         }
-        let results = tokio::time::timeout(self.confirm_timeout, join_all(confirms))
-            .await
-            .map_err(|_| PublishError::ConfirmTimeout(self.confirm_timeout))?;
+        let results = match tokio::time::timeout(self.confirm_timeout, join_all(confirms)).await {
+            Ok(results) => results,
+            Err(_) => {
+                self.broker.replace_channel(&channel).await;
+                return Err(PublishError::ConfirmTimeout(self.confirm_timeout));
+            }
+        };
         for result in results {
             match result? {
                 Confirmation::Ack(None) => {}
@@ -159,7 +163,11 @@ impl ConfirmedPublisher {
                         text: returned.reply_text.to_string(),
                     })
                 }
-                Confirmation::Nack(_) => return Err(PublishError::Nacked),
+                Confirmation::Nack(_) => {
+                    // The next publish goes out on a fresh channel (see `replace_channel`).
+                    self.broker.replace_channel(&channel).await;
+                    return Err(PublishError::Nacked);
+                }
                 Confirmation::NotRequested => return Err(PublishError::NotConfirmed),
             }
         }

@@ -12,6 +12,9 @@ pub struct ProducerMetrics {
     pub events_published: IntCounterVec,
     /// `regrelay_publish_failures_total{reason}`: publish calls that did not get every confirm.
     pub publish_failures: IntCounterVec,
+    /// `regrelay_publish_channels_replaced_total`: publishing channels replaced after a nack or
+    /// a confirm timeout.
+    pub publish_channels_replaced: prometheus::IntCounter,
     /// `regrelay_publish_confirm_duration_seconds`: from the first publish of a batch to its last confirm.
     pub publish_confirm_seconds: Histogram,
     /// `regrelay_broker_connects_total{role,outcome}`: connect attempts.
@@ -97,6 +100,11 @@ impl ProducerMetrics {
         )?;
         registry.register(Box::new(events_published.clone()))?;
         registry.register(Box::new(publish_failures.clone()))?;
+        let publish_channels_replaced = prometheus::IntCounter::new(
+            "regrelay_publish_channels_replaced_total",
+            "Publishing channels replaced by a fresh one after a nack or a confirm timeout.",
+        )?;
+        registry.register(Box::new(publish_channels_replaced.clone()))?;
         registry.register(Box::new(publish_confirm_seconds.clone()))?;
         registry.register(Box::new(broker_connects.clone()))?;
         let broker_address = IntGaugeVec::new(
@@ -123,6 +131,7 @@ impl ProducerMetrics {
         Ok(Self {
             events_published,
             publish_failures,
+            publish_channels_replaced,
             publish_confirm_seconds,
             broker_connects,
             broker_connected,
