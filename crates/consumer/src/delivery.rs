@@ -355,9 +355,8 @@ async fn attempt_in_span(
                 .deliveries
                 .with_label_values(&["delivered", target_type])
                 .inc();
-            // Per delivery (see the note on "Events accepted." in api::ingest): to move to debug
-            // once the cluster failover finding in docs/benchmarks.md is understood.
-            tracing::info!(
+            // Per delivery: at debug (see the note on "Events accepted." in api::ingest).
+            tracing::debug!(
                 message = "Delivered.",
                 delivery_id = %task.delivery_id,
                 event_id = %task.event_id,
