@@ -292,7 +292,13 @@ impl Broker {
                     channel = old.id(),
                     by = fresh.id()
                 );
-                let _ = old.close(200, "replaced after a nack".into()).await;
+                // Closed later, not now: other publishes may still wait for confirms on it (the
+                // pool is shared), and closing it would fail them into a resend (a duplicate).
+                let linger = 2 * self.settings.connect_timeout.max(Duration::from_secs(15));
+                tokio::spawn(async move {
+                    tokio::time::sleep(linger).await;
+                    let _ = old.close(200, "replaced after a nack".into()).await;
+                });
             }
             // Another caller replaced it meanwhile.
             None => {
