@@ -51,9 +51,12 @@ pub struct CeilingSettings {
     pub concurrency: usize,
 }
 
-/// The three ceilings, each in units per second.
+/// The four ceilings, each in units per second.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Ceilings {
+    /// Ingest-shaped requests (the load client posting one Harbor event) answered by a minimal
+    /// handler (the receiver), per second.
+    pub ingest_requests_per_sec: f64,
     /// Persistent messages published with confirms, consumed and acked, per second.
     pub broker_msgs_per_sec: f64,
     /// Successful POSTs to the receiver per second.
@@ -63,10 +66,22 @@ pub struct Ceilings {
 }
 
 impl Ceilings {
+    /// The composed ceiling at `fanout` targets per event: the deliveries per second the machine
+    /// could do if it did nothing but the unit steps a delivery pays, each at its own ceiling,
+    /// `1 / Σ (1 / rate)`. The ingest request and the event's broker trip are shared by the
+    /// event's `fanout` deliveries; the POST and the history row are paid per delivery.
+    pub fn composed(&self, fanout: usize) -> f64 {
+        let fanout = fanout.max(1) as f64;
+        let per_event = 1.0 / self.ingest_requests_per_sec + 1.0 / self.broker_msgs_per_sec;
+        let per_delivery = 1.0 / self.http_posts_per_sec + 1.0 / self.history_rows_per_sec;
+        1.0 / (per_event / fanout + per_delivery)
+    }
+
     /// The lowest ceiling and its name (`"broker"`, `"http"` or `"history"`): what bounds regrelay's
     /// end-to-end rate on this machine.
     pub fn lowest(&self) -> (&'static str, f64) {
         [
+            ("ingest", self.ingest_requests_per_sec),
             ("broker", self.broker_msgs_per_sec),
             ("http", self.http_posts_per_sec),
             ("history", self.history_rows_per_sec),
@@ -82,7 +97,7 @@ impl Ceilings {
     }
 }
 
-/// Measures the three ceilings, one after the other.
+/// Measures the four ceilings, one after the other.
 pub async fn measure(settings: &CeilingSettings) -> anyhow::Result<Ceilings> {
     ensure!(
         settings.messages > 0,
@@ -92,6 +107,9 @@ pub async fn measure(settings: &CeilingSettings) -> anyhow::Result<Ceilings> {
         settings.concurrency > 0,
         "the ceilings need a concurrency of at least 1"
     );
+    let ingest_requests_per_sec = ingest_ceiling(settings)
+        .await
+        .context("measuring the ingest ceiling (event POSTs to a minimal handler)")?;
     let broker_msgs_per_sec = broker_ceiling(settings)
         .await
         .context("measuring the broker ceiling (publish with confirms, consume, ack)")?;
@@ -102,6 +120,7 @@ pub async fn measure(settings: &CeilingSettings) -> anyhow::Result<Ceilings> {
         .await
         .context("measuring the history ceiling (batched history writes)")?;
     Ok(Ceilings {
+        ingest_requests_per_sec,
         broker_msgs_per_sec,
         http_posts_per_sec,
         history_rows_per_sec,
@@ -332,8 +351,28 @@ async fn http_ceiling(settings: &CeilingSettings) -> anyhow::Result<f64> {
     })
     .context("cannot build the HTTP client")?;
     let client = clients.for_target(false);
+    post_rounds(client, &settings.receiver_url, json_body(0), settings).await
+}
+
+/// POSTs one Harbor event per request with the load generator's own client (the one that drives
+/// ingest) to the receiver, a handler that reads the body and answers at once: what one ingest
+/// request costs the machine without regrelay's part of it.
+async fn ingest_ceiling(settings: &CeilingSettings) -> anyhow::Result<f64> {
+    let client = crate::load::client(settings.concurrency)?;
+    let url = format!("{}-ingest", settings.receiver_url);
+    post_rounds(&client, &url, crate::load::event_body("ceiling"), settings).await
+}
+
+/// A warm-up round, then `settings.messages` POSTs of `body` to `url`, `concurrency` in flight;
+/// returns the timed round's successful POSTs per second.
+async fn post_rounds(
+    client: &reqwest::Client,
+    url: &str,
+    body: String,
+    settings: &CeilingSettings,
+) -> anyhow::Result<f64> {
     // `Bytes`, so each request's body is a reference count, not a copy.
-    let body = bytes::Bytes::from(json_body(0));
+    let body = bytes::Bytes::from(body);
     let mut rate = 0.0;
     for count in [warmup(settings.messages), settings.messages] {
         let started = Instant::now();
@@ -342,7 +381,7 @@ async fn http_ceiling(settings: &CeilingSettings) -> anyhow::Result<f64> {
         let mut requests = futures::stream::iter(0..count)
             .map(|_| {
                 let request = client
-                    .post(settings.receiver_url.as_str())
+                    .post(url)
                     .header(reqwest::header::CONTENT_TYPE, "application/json")
                     .body(body.clone());
                 async move {
@@ -500,6 +539,7 @@ mod tests {
     #[test]
     fn the_lowest_ceiling_is_named() {
         let ceilings = Ceilings {
+            ingest_requests_per_sec: 20000.0,
             broker_msgs_per_sec: 9000.0,
             http_posts_per_sec: 12000.0,
             history_rows_per_sec: 4000.0,
@@ -510,6 +550,31 @@ mod tests {
             ..ceilings
         };
         assert_eq!(ceilings.lowest(), ("broker", 100.0));
+    }
+
+    #[test]
+    fn the_composed_ceiling_adds_the_unit_costs_and_shares_the_event_s() {
+        // The figures of issue 16: 0.043 + 0.180 + 0.043 + 0.165 ms per delivery at fan-out 1.
+        let ceilings = Ceilings {
+            ingest_requests_per_sec: 1000.0 / 0.043,
+            broker_msgs_per_sec: 1000.0 / 0.180,
+            http_posts_per_sec: 1000.0 / 0.043,
+            history_rows_per_sec: 1000.0 / 0.165,
+        };
+        let close = |a: f64, b: f64| (a - b).abs() < 1.0;
+        assert!(
+            close(ceilings.composed(1), 1000.0 / 0.431),
+            "{}",
+            ceilings.composed(1)
+        );
+        assert!(
+            close(ceilings.composed(10), 1000.0 / (0.0223 + 0.208)),
+            "{}",
+            ceilings.composed(10)
+        );
+        // Fan-out 0 is treated as 1; more fan-out only ever raises the ceiling.
+        assert_eq!(ceilings.composed(0), ceilings.composed(1));
+        assert!(ceilings.composed(100) > ceilings.composed(10));
     }
 
     #[test]

@@ -48,6 +48,8 @@ pub struct ClusterSettings {
     pub otlp_endpoint: Option<String>,
     /// `REGRELAY_LOG_LEVEL`.
     pub log_level: String,
+    /// Further `REGRELAY_*` settings of every started process (the soak's sweep interval).
+    pub extra_env: Vec<(String, String)>,
 }
 
 /// A running set of regrelay processes and the scratch resources they use.
@@ -67,6 +69,8 @@ pub struct Cluster {
     /// The queue prefix, whose queues are deleted at teardown.
     topology: Topology,
     amqp_url: String,
+    /// Consumers started so far, for the next one's name.
+    consumers_started: usize,
 }
 
 /// One child process.
@@ -87,6 +91,9 @@ pub struct ProcessSample {
     pub cpu_seconds: f64,
     /// Peak resident set size (`VmHWM`), in bytes.
     pub peak_rss_bytes: u64,
+    /// Resident set size now (`VmRSS`), in bytes.
+    #[serde(skip)]
+    pub rss_bytes: u64,
 }
 
 /// A database created for one run and dropped after it.
@@ -142,6 +149,7 @@ impl Cluster {
             database: None,
             topology,
             amqp_url: settings.amqp_url.clone(),
+            consumers_started: 0,
         };
         match cluster.start_inner(settings).await {
             Ok(()) => Ok(cluster),
@@ -161,8 +169,10 @@ impl Cluster {
         let api = self.spawn(exe, "api", "api", settings)?;
         self.api_url = api.base.clone();
         self.processes.push(api);
-        for n in 1..=settings.consumers {
-            let consumer = self.spawn(exe, &format!("consumer-{n}"), "consumer", settings)?;
+        for _ in 0..settings.consumers {
+            self.consumers_started += 1;
+            let name = format!("consumer-{}", self.consumers_started);
+            let consumer = self.spawn(exe, &name, "consumer", settings)?;
             self.processes.push(consumer);
         }
         let client = reqwest::Client::new();
@@ -206,6 +216,9 @@ impl Cluster {
         if let Some(endpoint) = &settings.otlp_endpoint {
             command.env("REGRELAY_OTLP_ENDPOINT", endpoint);
         }
+        for (key, value) in &settings.extra_env {
+            command.env(key, value);
+        }
         let mut child = command
             .spawn()
             .with_context(|| format!("cannot start {}", exe.display()))?;
@@ -227,6 +240,36 @@ impl Cluster {
     /// The started processes (API first).
     pub fn processes(&self) -> &[Process] {
         &self.processes
+    }
+
+    /// The RabbitMQ URL the processes use (a secret: never print it).
+    pub fn amqp_url(&self) -> &str {
+        &self.amqp_url
+    }
+
+    /// The queue names of this cluster.
+    pub fn topology(&self) -> &Topology {
+        &self.topology
+    }
+
+    /// Stops every consumer process (SIGTERM, as an operator would); the API keeps accepting.
+    pub async fn stop_consumers(&mut self) {
+        for process in &mut self.processes {
+            if process.name.starts_with("consumer") {
+                process.stop().await;
+            }
+        }
+        self.processes.retain(|p| !p.name.starts_with("consumer"));
+    }
+
+    /// Starts one more consumer process and waits until it is ready.
+    pub async fn start_consumer(&mut self, settings: &ClusterSettings) -> anyhow::Result<()> {
+        self.consumers_started += 1;
+        let name = format!("consumer-{}", self.consumers_started);
+        let mut consumer = self.spawn(&settings.regrelay_bin, &name, "consumer", settings)?;
+        consumer.wait_ready(&reqwest::Client::new()).await?;
+        self.processes.push(consumer);
+        Ok(())
     }
 
     /// Fails with the process's last output when any process has exited.
@@ -271,6 +314,11 @@ impl Process {
     /// Reads CPU time and peak RSS from `/proc/<pid>`; `None` once the process is gone.
     pub fn sample(&self) -> Option<ProcessSample> {
         sample_pid(self.child.id()?)
+    }
+
+    /// `http://127.0.0.1:<port>/metrics`.
+    pub fn metrics_url(&self) -> String {
+        format!("{}/metrics", self.base)
     }
 
     fn tail(&self) -> String {
@@ -383,7 +431,8 @@ pub fn sample_pid(pid: u32) -> Option<ProcessSample> {
         .unwrap_or(100);
     Some(ProcessSample {
         cpu_seconds: ticks as f64 / per_second as f64,
-        peak_rss_bytes: parse_vm_hwm(&status)?,
+        peak_rss_bytes: parse_status_kb(&status, "VmHWM:")?,
+        rss_bytes: parse_status_kb(&status, "VmRSS:").unwrap_or(0),
     })
 }
 
@@ -398,11 +447,11 @@ fn parse_cpu_ticks(stat: &str) -> Option<u64> {
     Some(utime + stime)
 }
 
-/// `VmHWM:   12345 kB` in bytes.
-fn parse_vm_hwm(status: &str) -> Option<u64> {
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+/// `VmHWM:   12345 kB` (for `field` `VmHWM:`) in bytes.
+fn parse_status_kb(status: &str, field: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with(field))?;
     let kb: u64 = line
-        .trim_start_matches("VmHWM:")
+        .trim_start_matches(field)
         .trim()
         .trim_end_matches("kB")
         .trim()
@@ -499,8 +548,9 @@ mod tests {
         assert_eq!(parse_cpu_ticks(stat), Some(300));
         let status =
             "Name:\tregrelay\nVmPeak:\t  200000 kB\nVmHWM:\t   31744 kB\nVmRSS:\t 30000 kB\n";
-        assert_eq!(parse_vm_hwm(status), Some(31744 * 1024));
-        assert_eq!(parse_vm_hwm("Name: x\n"), None);
+        assert_eq!(parse_status_kb(status, "VmHWM:"), Some(31744 * 1024));
+        assert_eq!(parse_status_kb(status, "VmRSS:"), Some(30000 * 1024));
+        assert_eq!(parse_status_kb("Name: x\n", "VmHWM:"), None);
     }
 
     #[test]

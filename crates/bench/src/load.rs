@@ -249,7 +249,7 @@ pub async fn send(
     result
 }
 
-async fn post_event(
+pub async fn post_event(
     client: &reqwest::Client,
     endpoint: &Endpoint,
     body: String,
@@ -279,7 +279,7 @@ fn padded(event: String, bytes: usize) -> String {
 }
 
 /// One Harbor `PUSH_ARTIFACT` event in [`PROJECT`] with `tag`.
-fn event_body(tag: &str) -> String {
+pub fn event_body(tag: &str) -> String {
     json!({
         "type": "PUSH_ARTIFACT",
         "occur_at": 1_700_000_000,

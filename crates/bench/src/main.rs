@@ -14,7 +14,9 @@
 //! - `load`: the policy, the warm-up and the timed sending of events.
 //! - `report`: figures (hdrhistogram percentiles), the table and the JSON.
 //! - `ceilings`: raw broker, HTTP and history rates on the same services (`--ceilings`).
-//! - `plot`: the latency-distribution PNG (`--latency-plot`).
+//! - `plot`: the latency-distribution PNG (`--latency-plot`) and the soak plot (`--plot`).
+//! - `soak`: the soak run (`--rate R --duration D`) and the backlog drain (`--backlog N`), JSON
+//!   lines per window (issue 16).
 //!
 //! Design constraints:
 //! - Benchmarks are not tests: nothing here asserts a speed. The run fails (exit 1) only when
@@ -33,6 +35,7 @@ mod plot;
 mod receiver;
 mod report;
 mod scenario;
+mod soak;
 
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -152,6 +155,27 @@ struct BenchArgs {
     /// The `regrelay` binary to start (default: `regrelay` next to this executable).
     #[arg(long, env = "REGRELAY_BIN")]
     regrelay_bin: Option<PathBuf>,
+    /// Soak run: send at --rate for this long (e.g. 1h) with history and retention on, and print
+    /// one JSON line per --window, then a summary line. Instead of the scenarios.
+    #[arg(long, value_parser = duration_arg, conflicts_with_all = ["scenario", "events", "ceilings", "target"])]
+    duration: Option<Duration>,
+    /// Drain run: stop the consumers, accept this many events (--batch per request, default 10),
+    /// start one consumer and report every --window until all are settled, while events keep
+    /// arriving at --rate (default 20/s). Instead of the scenarios.
+    #[arg(long, conflicts_with_all = ["scenario", "events", "ceilings", "target", "duration"])]
+    backlog: Option<usize>,
+    /// Soak and drain: the report period (default 60s for a soak, 10s for a drain).
+    #[arg(long, value_parser = duration_arg)]
+    window: Option<Duration>,
+    /// Soak and drain: every n-th event is answered 400 by the receiver and dead-lettered (0: none).
+    #[arg(long, default_value_t = 1000)]
+    reject_every: u64,
+    /// Soak and drain: REGRELAY_HISTORY_SWEEP_INTERVAL of the started processes.
+    #[arg(long, value_parser = duration_arg, default_value = "1m")]
+    sweep_interval: Duration,
+    /// Soak and drain: write a PNG of the per-window series here.
+    #[arg(long)]
+    plot: Option<PathBuf>,
 }
 
 /// The whole run, as `--json` prints it.
@@ -172,6 +196,8 @@ struct CeilingsReport {
     figures: ceilings::Ceilings,
     lowest: &'static str,
     lowest_per_sec: f64,
+    /// The composed ceiling (deliveries/s) at fan-out 1, 10 and 100.
+    composed_per_sec: std::collections::BTreeMap<usize, f64>,
 }
 
 fn duration_arg(text: &str) -> Result<Duration, String> {
@@ -209,6 +235,9 @@ fn init_stderr_logging() {
 }
 
 async fn run_async(args: BenchArgs) -> anyhow::Result<()> {
+    if args.duration.is_some() || args.backlog.is_some() {
+        return run_soak(args).await;
+    }
     let overrides = Overrides {
         events: args.events,
         batch: args.batch,
@@ -274,6 +303,10 @@ async fn run_async(args: BenchArgs) -> anyhow::Result<()> {
         if let Some(c) = &ceilings {
             report.fraction_of_lowest_ceiling =
                 (c.lowest_per_sec > 0.0).then(|| report.deliveries.per_sec / c.lowest_per_sec);
+            let composed = c.figures.composed(report.settings.fanout);
+            report.composed_ceiling_per_sec = Some(composed.round());
+            report.fraction_of_composed_ceiling =
+                (composed > 0.0).then(|| report.deliveries.per_sec / composed);
         }
         if show_progress {
             eprintln!(
@@ -327,6 +360,55 @@ async fn run_async(args: BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `--duration` or `--backlog`: one soak or drain run, JSON lines on stdout.
+async fn run_soak(args: BenchArgs) -> anyhow::Result<()> {
+    let backlog = args.backlog.unwrap_or(0);
+    let settings = soak::SoakSettings {
+        rate: args.rate.unwrap_or(if backlog > 0 { 20.0 } else { 0.0 }),
+        duration: args.duration.unwrap_or_default(),
+        backlog,
+        window: args
+            .window
+            .unwrap_or(Duration::from_secs(if backlog > 0 { 10 } else { 60 })),
+        batch: args.batch.unwrap_or(10),
+        concurrency: args.concurrency.unwrap_or(16),
+        error_rate: args.receiver_errors.unwrap_or(0.02),
+        reject_every: args.reject_every,
+        sweep_interval: args.sweep_interval,
+        settle_timeout: args.timeout,
+        consumers: args.consumers.unwrap_or(1),
+    };
+    soak::validate(&settings)?;
+    let own = std::env::current_exe().context("cannot find this executable's path")?;
+    let regrelay_bin = cluster::regrelay_binary(args.regrelay_bin.as_deref(), &own)?;
+    let receiver = Receiver::start().await?;
+    let cluster_settings = ClusterSettings {
+        regrelay_bin,
+        amqp_url: args.amqp_url.clone(),
+        database_admin_url: args.database_admin_url.clone(),
+        consumers: settings.consumers,
+        history: true,
+        otlp_endpoint: args.otlp_endpoint.clone(),
+        log_level: args.log_level.clone(),
+        extra_env: Vec::new(),
+    };
+    let show_progress = std::io::stderr().is_terminal();
+    let mut stdout = std::io::stdout();
+    let summary = soak::run(
+        cluster_settings,
+        &receiver,
+        &settings,
+        &mut stdout,
+        args.plot.as_deref(),
+        show_progress,
+    )
+    .await?;
+    if !summary.problems.is_empty() {
+        bail!("{}", summary.problems.join("; "));
+    }
+    Ok(())
+}
+
 fn validate(s: &Settings) -> anyhow::Result<()> {
     if s.events == 0 || s.batch == 0 || s.concurrency == 0 || s.fanout == 0 || s.consumers == 0 {
         bail!("--events, --batch, --concurrency, --fanout and --consumers must be at least 1");
@@ -344,13 +426,17 @@ fn text_report(run: &RunReport) -> String {
     let mut text = String::new();
     if let Some(c) = &run.ceilings {
         text.push_str(&format!(
-            "Ceilings on this machine ({} CPUs): broker {:.0} msg/s, HTTP {:.0} POST/s, history {:.0} rows/s; lowest: {} ({:.0}/s)\n\n",
+            "Ceilings on this machine ({} CPUs): ingest {:.0} req/s, broker {:.0} msg/s, HTTP {:.0} POST/s, history {:.0} rows/s; lowest: {} ({:.0}/s); composed: {:.0} deliveries/s at fan-out 1, {:.0} at 10, {:.0} at 100\n\n",
             run.cpus,
+            c.figures.ingest_requests_per_sec,
             c.figures.broker_msgs_per_sec,
             c.figures.http_posts_per_sec,
             c.figures.history_rows_per_sec,
             c.lowest,
-            c.lowest_per_sec
+            c.lowest_per_sec,
+            c.figures.composed(1),
+            c.figures.composed(10),
+            c.figures.composed(100)
         ));
     }
     text.push_str(&report::table(&run.scenarios));
@@ -369,7 +455,7 @@ async fn measure_ceilings(
     show_progress: bool,
 ) -> anyhow::Result<CeilingsReport> {
     if show_progress {
-        eprintln!("Measuring the ceilings (broker, HTTP, history)...");
+        eprintln!("Measuring the ceilings (ingest, broker, HTTP, history)...");
     }
     receiver.reset(
         0,
@@ -399,10 +485,15 @@ async fn measure_ceilings(
     }
     let figures = measured?;
     let (lowest, lowest_per_sec) = figures.lowest();
+    let composed_per_sec = [1, 10, 100]
+        .into_iter()
+        .map(|fanout| (fanout, figures.composed(fanout).round()))
+        .collect();
     Ok(CeilingsReport {
         figures,
         lowest,
         lowest_per_sec,
+        composed_per_sec,
     })
 }
 
@@ -441,6 +532,7 @@ async fn run_scenario(
                 history: settings.history,
                 otlp_endpoint: args.otlp_endpoint.clone(),
                 log_level: args.log_level.clone(),
+                extra_env: Vec::new(),
             })
             .await?;
             let endpoint = Endpoint {

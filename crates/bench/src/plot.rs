@@ -83,6 +83,171 @@ pub fn latency_plot(series: &[(String, Vec<Duration>)], path: &Path) -> anyhow::
     drawing.with_context(|| format!("cannot draw the latency plot to {}", path.display()))
 }
 
+/// Soak plot size in pixels (four rows of two panels).
+const SOAK_WIDTH: u32 = 1400;
+const SOAK_HEIGHT: u32 = 1400;
+
+/// Named points of one curve in a soak panel.
+type Series = (String, Vec<(f64, f64)>);
+
+/// Draws the soak run's series over time (minutes) into a PNG at `path`: rates, latency, RSS,
+/// CPU per delivery, queue depths, history sizes, dead tuples and the sweep, one panel each.
+pub fn soak_plot(rows: &[crate::soak::WindowReport], path: &Path) -> anyhow::Result<()> {
+    register_font()?;
+    if rows.is_empty() {
+        bail!("no soak windows to plot");
+    }
+    let minutes = |r: &crate::soak::WindowReport| r.elapsed_s / 60.0;
+    let one = |name: &str, f: &dyn Fn(&crate::soak::WindowReport) -> Option<f64>| -> Series {
+        (
+            name.to_owned(),
+            rows.iter()
+                .filter_map(|r| Some((minutes(r), f(r)?)))
+                .collect(),
+        )
+    };
+    let processes: Vec<String> = rows
+        .iter()
+        .flat_map(|r| r.processes.iter().map(|p| p.name.clone()))
+        .fold(Vec::new(), |mut names, name| {
+            if !names.contains(&name) {
+                names.push(name);
+            }
+            names
+        });
+    let per_process = |f: fn(&crate::soak::ProcessFigures) -> Option<f64>| -> Vec<Series> {
+        processes
+            .iter()
+            .map(|name| {
+                one(name, &|r| {
+                    r.processes.iter().find(|p| &p.name == name).and_then(f)
+                })
+            })
+            .collect()
+    };
+    let per_table = |f: fn(&crate::soak::TableFigures) -> f64| -> Vec<Series> {
+        ["executions", "tasks", "task_logs"]
+            .iter()
+            .map(|table| {
+                one(table, &|r| {
+                    r.history.iter().find(|t| t.table == *table).map(f)
+                })
+            })
+            .collect()
+    };
+    let panels: Vec<(&str, &str, Vec<Series>)> = vec![
+        (
+            "Rates",
+            "events/s",
+            vec![
+                one("accepted", &|r| Some(r.accepted_per_sec)),
+                one("delivered", &|r| Some(r.delivered_per_sec)),
+            ],
+        ),
+        (
+            "Send-to-receipt latency",
+            "ms",
+            vec![
+                one("p50", &|r| r.latency_ms.map(|l| l.p50)),
+                one("p99", &|r| r.latency_ms.map(|l| l.p99)),
+            ],
+        ),
+        ("Resident memory", "MiB", per_process(|p| Some(p.rss_mib))),
+        (
+            "CPU per delivery",
+            "ms",
+            per_process(|p| p.cpu_ms_per_delivery),
+        ),
+        (
+            "Queue depth (ready)",
+            "messages",
+            vec![
+                one("events", &|r| r.queues.events.map(f64::from)),
+                one("retry buckets", &|r| r.queues.retry),
+                one("dead letters", &|r| r.queues.dead_letter.map(f64::from)),
+            ],
+        ),
+        (
+            "History size (with indexes)",
+            "MiB",
+            per_table(|t| t.total_mib),
+        ),
+        ("Dead tuples", "rows", per_table(|t| t.dead_rows as f64)),
+        (
+            "Retention sweep",
+            "seconds sweeping per window",
+            vec![one("sweep", &|r| Some(r.sweep.seconds))],
+        ),
+    ];
+    let end = rows.iter().map(minutes).fold(0.0, f64::max).max(0.1);
+    let root = BitMapBackend::new(path, (SOAK_WIDTH, SOAK_HEIGHT)).into_drawing_area();
+    root.fill(&WHITE).map_err(plot_error)?;
+    let root = root
+        .titled("regrelay soak run", (FONT, 28))
+        .map_err(plot_error)?;
+    for (area, (title, unit, series)) in root.split_evenly((4, 2)).iter().zip(&panels) {
+        soak_panel(area, title, unit, series, end)
+            .with_context(|| format!("cannot draw the panel {title:?}"))?;
+    }
+    root.present().map_err(plot_error)?;
+    Ok(())
+}
+
+fn soak_panel<DB: DrawingBackend>(
+    area: &DrawingArea<DB, plotters::coord::Shift>,
+    title: &str,
+    unit: &str,
+    series: &[Series],
+    end_minutes: f64,
+) -> anyhow::Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    let high = series
+        .iter()
+        .flat_map(|(_, points)| points.iter().map(|p| p.1))
+        .fold(0.0, f64::max);
+    let high = if high > 0.0 { high * 1.15 } else { 1.0 };
+    let mut chart = ChartBuilder::on(area)
+        .caption(title, (FONT, 18))
+        .margin(10)
+        .x_label_area_size(36)
+        .y_label_area_size(64)
+        .build_cartesian_2d(0.0..end_minutes, 0.0..high)
+        .map_err(plot_error)?;
+    chart
+        .configure_mesh()
+        .x_desc("minutes")
+        .y_desc(unit)
+        .axis_desc_style((FONT, 13))
+        .label_style((FONT, 12))
+        .light_line_style(WHITE.mix(0.0))
+        .draw()
+        .map_err(plot_error)?;
+    for (i, (name, points)) in series.iter().enumerate() {
+        let color = Palette99::pick(i).to_rgba();
+        chart
+            .draw_series(LineSeries::new(
+                points.iter().copied(),
+                color.stroke_width(2),
+            ))
+            .map_err(plot_error)?
+            .label(name.as_str())
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2))
+            });
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .label_font((FONT, 12))
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()
+        .map_err(plot_error)?;
+    Ok(())
+}
+
 /// One series, its samples in milliseconds, sorted.
 struct Curve<'a> {
     name: &'a str,

@@ -10,6 +10,10 @@
 //!   duplicate is counted apart and never shortens a latency.
 //! - Arrival counts are published through a `watch` channel, so the waiter wakes on progress instead
 //!   of polling.
+//! - Soak runs (`soak.rs`) tag events `s{n}-{µs}`: the event number and when its request was sent,
+//!   in microseconds since the run's origin. The receiver keeps one byte per event (delivered,
+//!   dead-lettered) and a latency histogram per report window, so an hour at thousands per second
+//!   needs neither the send times in memory nor a scan at the end.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -19,6 +23,7 @@ use anyhow::Context;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{StatusCode, Uri};
+use hdrhistogram::Histogram;
 use serde::Deserialize;
 use tokio::sync::watch;
 
@@ -67,6 +72,8 @@ struct Shared {
 
 struct Inner {
     behaviour: Behaviour,
+    /// The soak run's bookkeeping, when one is running.
+    soak: Option<SoakBook>,
     /// Events per target in the current layout.
     events: usize,
     /// Live targets in the current layout.
@@ -109,6 +116,7 @@ impl Receiver {
                 targets: 0,
                 warmed: Vec::new(),
                 arrivals: Arrivals::default(),
+                soak: None,
             }),
             delivered,
         });
@@ -148,6 +156,7 @@ impl Receiver {
         inner.events = events;
         inner.targets = targets;
         inner.warmed = vec![false; targets];
+        inner.soak = None;
         inner.arrivals = Arrivals {
             first: vec![None; targets * events],
             ..Arrivals::default()
@@ -163,6 +172,39 @@ impl Receiver {
     /// A subscription to the count of first successful deliveries.
     pub fn progress(&self) -> watch::Receiver<usize> {
         self.state.delivered.subscribe()
+    }
+
+    /// Starts soak bookkeeping: events tagged `s{n}-{µs}` are counted against `origin`; every
+    /// `reject_every`-th event (`n % reject_every == reject_every - 1`; 0: none) is always answered
+    /// `400`, so the service dead-letters it, and `behaviour` applies to the others.
+    pub fn start_soak(&self, origin: Instant, reject_every: u64, behaviour: Behaviour) {
+        let mut inner = lock(&self.state.inner);
+        inner.behaviour = behaviour;
+        inner.soak = Some(SoakBook {
+            origin,
+            reject_every,
+            state: Vec::new(),
+            window: SoakWindow::default(),
+            settled: 0,
+        });
+        self.state.delivered.send_replace(0);
+    }
+
+    /// What the soak run saw since the last call (a fresh window starts).
+    pub fn take_soak_window(&self) -> SoakWindow {
+        lock(&self.state.inner)
+            .soak
+            .as_mut()
+            .map(|book| std::mem::take(&mut book.window))
+            .unwrap_or_default()
+    }
+
+    /// Events of the soak run delivered or dead-lettered (answered `400`) so far, each counted once.
+    pub fn soak_settled(&self) -> usize {
+        lock(&self.state.inner)
+            .soak
+            .as_ref()
+            .map_or(0, |book| book.settled)
     }
 
     /// Everything seen since the last [`Receiver::reset`]; the receiver keeps counting afterwards
@@ -201,6 +243,14 @@ async fn handle(State(state): State<Arc<Shared>>, uri: Uri, body: Bytes) -> Stat
         .and_then(|p| p.event_data.resources.first().and_then(|r| r.tag))
         .map(str::to_owned);
     let mut inner = lock(&state.inner);
+    if let (Some(book), Some(tag)) = (inner.soak.as_mut(), tag.as_deref()) {
+        if let Some((n, sent_us)) = parse_soak_tag(tag) {
+            let status = book.answer(n, sent_us, arrived, fail);
+            let settled = book.settled;
+            state.delivered.send_replace(settled);
+            return status;
+        }
+    }
     if fail {
         inner.arrivals.answered_errors += 1;
         return StatusCode::INTERNAL_SERVER_ERROR;
@@ -233,6 +283,103 @@ async fn handle(State(state): State<Arc<Shared>>, uri: Uri, body: Bytes) -> Stat
         _ => inner.arrivals.unexpected += 1,
     }
     StatusCode::OK
+}
+
+/// Soak-run counts of one report window (see [`Receiver::take_soak_window`]).
+#[derive(Debug)]
+pub struct SoakWindow {
+    /// Events delivered for the first time.
+    pub delivered: u64,
+    /// Events answered `400` for the first time (the service dead-letters them).
+    pub rejected: u64,
+    /// Further successful deliveries of an event already delivered.
+    pub duplicates: u64,
+    /// Requests answered `500` on purpose (the service retries them).
+    pub answered_errors: u64,
+    /// From each delivered event's request being sent to its first successful receipt, in µs.
+    pub latency_us: Option<Histogram<u64>>,
+}
+
+impl Default for SoakWindow {
+    fn default() -> Self {
+        Self {
+            delivered: 0,
+            rejected: 0,
+            duplicates: 0,
+            answered_errors: 0,
+            latency_us: new_histogram(),
+        }
+    }
+}
+
+/// A histogram of 1 µs to 1 h at 3 significant digits (`None` only if hdrhistogram refused those
+/// constant bounds).
+pub fn new_histogram() -> Option<Histogram<u64>> {
+    Histogram::new_with_bounds(1, 3_600_000_000, 3).ok()
+}
+
+/// Soak bookkeeping: one state byte per event number.
+struct SoakBook {
+    origin: Instant,
+    reject_every: u64,
+    /// [`UNSEEN`], [`DELIVERED`] or [`REJECTED`] per event number; grows as numbers arrive.
+    state: Vec<u8>,
+    window: SoakWindow,
+    /// Events delivered or rejected, each once.
+    settled: usize,
+}
+
+const UNSEEN: u8 = 0;
+const DELIVERED: u8 = 1;
+const REJECTED: u8 = 2;
+
+impl SoakBook {
+    fn slot(&mut self, n: usize) -> &mut u8 {
+        if n >= self.state.len() {
+            self.state.resize((n + 1).max(self.state.len() * 2), UNSEEN);
+        }
+        &mut self.state[n]
+    }
+
+    fn answer(&mut self, n: usize, sent_us: u64, arrived: Instant, fail: bool) -> StatusCode {
+        if self.reject_every > 0 && n as u64 % self.reject_every == self.reject_every - 1 {
+            let slot = self.slot(n);
+            if *slot == UNSEEN {
+                *slot = REJECTED;
+                self.window.rejected += 1;
+                self.settled += 1;
+            }
+            return StatusCode::BAD_REQUEST;
+        }
+        if fail {
+            self.window.answered_errors += 1;
+            return StatusCode::INTERNAL_SERVER_ERROR;
+        }
+        let slot = self.slot(n);
+        if *slot != UNSEEN {
+            self.window.duplicates += 1;
+            return StatusCode::OK;
+        }
+        *slot = DELIVERED;
+        self.settled += 1;
+        self.window.delivered += 1;
+        let arrived_us =
+            u64::try_from(arrived.duration_since(self.origin).as_micros()).unwrap_or(u64::MAX);
+        if let Some(latency) = self.window.latency_us.as_mut() {
+            latency.saturating_record(arrived_us.saturating_sub(sent_us).max(1));
+        }
+        StatusCode::OK
+    }
+}
+
+/// The tag of soak event `n` sent `sent_us` µs after the run's origin.
+pub fn soak_tag(n: usize, sent_us: u64) -> String {
+    format!("s{n}-{sent_us}")
+}
+
+fn parse_soak_tag(tag: &str) -> Option<(usize, u64)> {
+    let (n, sent) = tag.strip_prefix('s')?.split_once('-')?;
+    Some((n.parse().ok()?, sent.parse().ok()?))
 }
 
 /// The tag of warm-up event `n` (not counted as a delivery).
@@ -283,5 +430,68 @@ mod tests {
         assert!(arrivals.first[0].is_some());
         assert!(arrivals.first[3 + 2].is_some());
         assert_eq!(arrivals.first.iter().flatten().count(), 2);
+    }
+
+    #[tokio::test]
+    async fn soak_events_are_counted_once_and_every_nth_is_rejected() {
+        let receiver = Receiver::start().await.unwrap();
+        let origin = Instant::now();
+        receiver.start_soak(
+            origin,
+            3,
+            Behaviour {
+                delay: Duration::ZERO,
+                error_rate: 0.0,
+            },
+        );
+        let client = reqwest::Client::new();
+        let body = |tag: &str| format!(r#"{{"event_data":{{"resources":[{{"tag":"{tag}"}}]}}}}"#);
+        let mut statuses = Vec::new();
+        // Events 0, 1 and 2 (2 is rejected: 2 % 3 == 2), a duplicate of 0, a second 2, a warm-up.
+        for tag in [
+            soak_tag(0, 0),
+            soak_tag(1, 0),
+            soak_tag(2, 0),
+            soak_tag(0, 0),
+            soak_tag(2, 0),
+            warmup_tag(0),
+        ] {
+            let status = client
+                .post(format!("{}/t/0", receiver.base_url()))
+                .body(body(&tag))
+                .send()
+                .await
+                .unwrap()
+                .status();
+            statuses.push(status.as_u16());
+        }
+        assert_eq!(statuses, [200, 200, 400, 200, 400, 200]);
+        assert_eq!(receiver.soak_settled(), 3);
+        let window = receiver.take_soak_window();
+        assert_eq!(
+            (window.delivered, window.rejected, window.duplicates),
+            (2, 1, 1)
+        );
+        let latency = window.latency_us.unwrap();
+        assert_eq!(latency.len(), 2);
+        assert!(latency.max() >= 1);
+        let next = receiver.take_soak_window();
+        assert_eq!(
+            (
+                next.delivered,
+                next.rejected,
+                next.latency_us.unwrap().len()
+            ),
+            (0, 0, 0)
+        );
+        assert_eq!(receiver.soak_settled(), 3);
+    }
+
+    #[test]
+    fn soak_tags_round_trip_and_others_are_not_soak_tags() {
+        assert_eq!(parse_soak_tag(&soak_tag(42, 1234)), Some((42, 1234)));
+        assert_eq!(parse_soak_tag("b42"), None);
+        assert_eq!(parse_soak_tag("w0"), None);
+        assert_eq!(parse_soak_tag("s42"), None);
     }
 }

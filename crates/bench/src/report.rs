@@ -30,6 +30,10 @@ pub struct ScenarioReport {
     pub cpu_ms_per_delivery: Option<f64>,
     /// Deliveries per second over the lowest ceiling, with `--ceilings`.
     pub fraction_of_lowest_ceiling: Option<f64>,
+    /// The composed ceiling at this scenario's fan-out (deliveries/s), with `--ceilings`.
+    pub composed_ceiling_per_sec: Option<f64>,
+    /// Deliveries per second over the composed ceiling, with `--ceilings`.
+    pub fraction_of_composed_ceiling: Option<f64>,
     /// Why the run counts as failed, if it does (missing deliveries, refused events).
     pub problems: Vec<String>,
     /// Latency samples for the plot; not part of the JSON.
@@ -211,6 +215,8 @@ impl ScenarioReport {
             processes,
             cpu_ms_per_delivery,
             fraction_of_lowest_ceiling: None,
+            composed_ceiling_per_sec: None,
+            fraction_of_composed_ceiling: None,
             problems,
             latencies,
             settings,
@@ -244,7 +250,8 @@ pub fn table(reports: &[ScenarioReport]) -> String {
         "RSS API",
         "RSS CONS",
         "MISSING",
-        "OF CEILING",
+        "OF LOWEST",
+        "OF COMPOSED",
     ];
     let rows: Vec<Vec<String>> = reports
         .iter()
@@ -299,6 +306,8 @@ pub fn table(reports: &[ScenarioReport]) -> String {
                 rss(true),
                 r.deliveries.missing.to_string(),
                 r.fraction_of_lowest_ceiling
+                    .map_or("-".into(), |f| format!("{:.0}%", f * 100.0)),
+                r.fraction_of_composed_ceiling
                     .map_or("-".into(), |f| format!("{:.0}%", f * 100.0)),
             ]
         })

@@ -128,3 +128,150 @@ fn bench_batched_ingest_sends_several_events_per_request_and_accounts_for_each()
     assert_eq!(run["latency_ms"]["samples"], 305, "{run:#}");
     assert_eq!(report["ok"], true, "{report:#}");
 }
+
+/// The JSON lines of a soak or drain run: the windows, then the summary.
+fn json_lines(stdout: &str) -> (Vec<Value>, Value) {
+    let mut lines: Vec<Value> = stdout
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
+        .collect();
+    let summary = lines.pop().expect("a summary line");
+    assert_eq!(summary["summary"], true, "{summary:#}");
+    (lines, summary)
+}
+
+#[test]
+fn soak_smoke_run_reports_each_window_and_loses_nothing() {
+    let plot = std::env::temp_dir().join(format!("regrelay-soak-{}.png", std::process::id()));
+    let output = bench()
+        .args([
+            "--rate",
+            "100",
+            "--duration",
+            "6s",
+            "--window",
+            "2s",
+            "--sweep-interval",
+            "1s",
+            "--reject-every",
+            "50",
+            "--receiver-errors",
+            "0.02",
+            "--timeout",
+            "60s",
+            "--plot",
+        ])
+        .arg(&plot)
+        .env("REGRELAY_AMQP_URL", amqp_url())
+        .env("REGRELAY_BENCH_DATABASE_ADMIN_URL", admin_database_url())
+        .output()
+        .expect("run regrelay-bench");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "exit {:?}\nstdout:\n{stdout}\nstderr:\n{stderr}",
+        output.status
+    );
+    let (windows, summary) = json_lines(&stdout);
+    assert_eq!(summary["mode"], "soak");
+    assert!(windows.iter().any(|w| w["phase"] == "send"), "{stdout}");
+    let accepted = summary["accepted"].as_u64().unwrap();
+    assert!(accepted >= 300, "{summary:#}");
+    assert_eq!(summary["sent"].as_u64(), Some(accepted), "{summary:#}");
+    assert_eq!(summary["lost"], 0, "{summary:#}");
+    // Every 50th event was answered 400: dead-lettered, and the dead-letter queue holds each once.
+    let dead = summary["dead_lettered"].as_u64().unwrap();
+    assert_eq!(dead, accepted / 50, "{summary:#}");
+    assert_eq!(
+        summary["dead_letter_queue"].as_u64(),
+        Some(dead),
+        "{summary:#}"
+    );
+    assert_eq!(
+        summary["delivered"].as_u64().unwrap() + dead,
+        accepted,
+        "{summary:#}"
+    );
+    // The windows carry what issue 16 asks for: processes, queues, tables, the sweep.
+    let first = &windows[0];
+    let names: Vec<&str> = first["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["name"].as_str())
+        .collect();
+    assert_eq!(names, ["api", "consumer-1"], "{first:#}");
+    let tables: Vec<&str> = first["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|t| t["table"].as_str())
+        .collect();
+    assert_eq!(tables, ["executions", "task_logs", "tasks"], "{first:#}");
+    assert!(first["queues"]["events"].is_u64(), "{first:#}");
+    // The sweep ran (every second) and deleted executions beyond the newest 50.
+    let swept: f64 = windows
+        .iter()
+        .map(|w| w["sweep"]["deleted_by_count"].as_f64().unwrap())
+        .sum();
+    assert!(swept > 0.0, "{stdout}");
+    let runs: f64 = windows
+        .iter()
+        .map(|w| w["sweep"]["runs"].as_f64().unwrap())
+        .sum();
+    assert!(runs >= 2.0, "{stdout}");
+    let png = std::fs::read(&plot).expect("the soak plot");
+    let _ = std::fs::remove_file(&plot);
+    assert!(png.starts_with(b"\x89PNG"), "not a PNG");
+}
+
+#[test]
+fn drain_smoke_run_fills_a_backlog_with_the_consumers_stopped_then_drains_it() {
+    let output = bench()
+        .args([
+            "--backlog",
+            "400",
+            "--rate",
+            "10",
+            "--window",
+            "1s",
+            "--reject-every",
+            "100",
+            "--receiver-errors",
+            "0",
+            "--timeout",
+            "90s",
+        ])
+        .env("REGRELAY_AMQP_URL", amqp_url())
+        .env("REGRELAY_BENCH_DATABASE_ADMIN_URL", admin_database_url())
+        .output()
+        .expect("run regrelay-bench");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "exit {:?}\nstdout:\n{stdout}\nstderr:\n{stderr}",
+        output.status
+    );
+    let (windows, summary) = json_lines(&stdout);
+    assert_eq!(summary["mode"], "drain");
+    // While filling, nothing is delivered (no consumer runs) and the events queue grows.
+    let fill: Vec<&Value> = windows.iter().filter(|w| w["phase"] == "fill").collect();
+    assert!(!fill.is_empty(), "{stdout}");
+    assert!(fill.iter().all(|w| w["delivered"] == 0), "{stdout}");
+    assert!(
+        fill.iter()
+            .all(|w| w["processes"].as_array().unwrap().len() == 1),
+        "only the api runs while filling: {stdout}"
+    );
+    assert!(windows.iter().any(|w| w["phase"] == "drain"), "{stdout}");
+    let accepted = summary["accepted"].as_u64().unwrap();
+    assert!(accepted >= 400, "{summary:#}");
+    assert_eq!(summary["lost"], 0, "{summary:#}");
+    assert_eq!(
+        summary["delivered"].as_u64().unwrap() + summary["dead_lettered"].as_u64().unwrap(),
+        accepted,
+        "{summary:#}"
+    );
+}

@@ -460,10 +460,13 @@ pub(crate) async fn sweep_until(
             () = shutdown.cancelled() => return,
             () = tokio::time::sleep(settings.interval) => {}
         }
-        match db
+        let started = std::time::Instant::now();
+        let swept = db
             .sweep_history(settings.keep_per_policy, settings.max_age, settings.batch)
-            .await
-        {
+            .await;
+        let elapsed = started.elapsed();
+        metrics.history_sweep_seconds.observe(elapsed.as_secs_f64());
+        match swept {
             Ok(report) => {
                 metrics.history_sweeps.with_label_values(&["success"]).inc();
                 metrics
@@ -477,12 +480,13 @@ pub(crate) async fn sweep_until(
                 tracing::info!(
                     message = "History swept.",
                     deleted_by_count = report.deleted_by_count,
-                    deleted_by_age = report.deleted_by_age
+                    deleted_by_age = report.deleted_by_age,
+                    elapsed_ms = elapsed.as_millis() as u64
                 );
             }
             Err(error) => {
                 metrics.history_sweeps.with_label_values(&["failure"]).inc();
-                tracing::warn!(message = "History sweep failed; will try again.", error = %error);
+                tracing::warn!(message = "History sweep failed; will try again.", error = %error, elapsed_ms = elapsed.as_millis() as u64);
             }
         }
     }

@@ -68,6 +68,9 @@ pub struct ConsumerMetrics {
     pub history_swept: IntCounterVec,
     /// `regrelay_history_sweeps_total{outcome}`: sweep runs (`success`, `failure`).
     pub history_sweeps: IntCounterVec,
+    /// `regrelay_history_sweep_duration_seconds`: how long each sweep run took (whatever its
+    /// outcome), to see that a sweep finishes well within `history_sweep_interval`.
+    pub history_sweep_seconds: Histogram,
     /// `regrelay_history_record_retries_total`: history writes retried because the database failed;
     /// the delivery waits (unacked) meanwhile.
     pub history_record_retries: IntCounter,
@@ -244,8 +247,18 @@ impl ConsumerMetrics {
             "regrelay_history_record_retries_total",
             "History writes retried after a database error (the delivery stays unacked meanwhile).",
         )?;
+        let history_sweep_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "regrelay_history_sweep_duration_seconds",
+                "Duration of one history retention sweep run.",
+            )
+            .buckets(vec![
+                0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+            ]),
+        )?;
         registry.register(Box::new(history_swept.clone()))?;
         registry.register(Box::new(history_sweeps.clone()))?;
+        registry.register(Box::new(history_sweep_seconds.clone()))?;
         let history_pending_dropped = IntCounter::new(
             "regrelay_history_pending_dropped_total",
             "Pending history records dropped because the history writer's queue was full.",
@@ -360,6 +373,7 @@ impl ConsumerMetrics {
             outage_retries,
             history_swept,
             history_sweeps,
+            history_sweep_seconds,
             history_record_retries,
             history_pending_dropped,
             history_records_abandoned,

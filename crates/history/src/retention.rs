@@ -104,13 +104,6 @@ impl Database {
         };
         let report = sweep(lock.client()?, keep_per_policy, max_age, batch).await?;
         lock.release().await?;
-        if report != SweepReport::default() {
-            tracing::info!(
-                message = "History swept.",
-                deleted_by_count = report.deleted_by_count,
-                deleted_by_age = report.deleted_by_age
-            );
-        }
         Ok(report)
     }
 }
