@@ -64,6 +64,8 @@ pub struct RetentionSettings {
     pub interval: Duration,
     /// Rows deleted per statement, so a sweep never holds locks writers wait on for long.
     pub batch: usize,
+    /// Vacuum the history tables after a sweep that deleted rows (`history_sweep_vacuum`).
+    pub vacuum: bool,
 }
 
 /// One step of a delivery, before it is turned into a [`DeliveryRecord`].
@@ -462,7 +464,12 @@ pub(crate) async fn sweep_until(
         }
         let started = std::time::Instant::now();
         let swept = db
-            .sweep_history(settings.keep_per_policy, settings.max_age, settings.batch)
+            .sweep_history(
+                settings.keep_per_policy,
+                settings.max_age,
+                settings.batch,
+                settings.vacuum,
+            )
             .await;
         let elapsed = started.elapsed();
         metrics.history_sweep_seconds.observe(elapsed.as_secs_f64());
@@ -481,6 +488,7 @@ pub(crate) async fn sweep_until(
                     message = "History swept.",
                     deleted_by_count = report.deleted_by_count,
                     deleted_by_age = report.deleted_by_age,
+                    vacuumed = report.vacuumed,
                     elapsed_ms = elapsed.as_millis() as u64
                 );
             }

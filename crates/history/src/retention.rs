@@ -12,6 +12,13 @@
 //! - A session lock outlives a transaction, so the connection holding it must never go back to the
 //!   pool still holding it: it is unlocked explicitly, and if the sweep fails or is cancelled
 //!   midway the connection is taken out of the pool and closed, which releases the lock.
+//! - Deleted rows are only dead tuples until a VACUUM marks their space reusable. A sweep deletes a
+//!   whole interval's rows at once, and autovacuum may be off (as on the CI machine), slow to start
+//!   (a 20 % scale factor, a one-minute naptime) or throttled by its cost delay: measured without
+//!   it, the tables grew by the full insert rate and each sweep took longer than the last (issue
+//!   16). So a sweep that deleted anything ends with `VACUUM (SKIP_LOCKED, ANALYZE)` of the three
+//!   tables, under the same lock (one vacuum at a time; a table autovacuum is already on is
+//!   skipped, not waited for). `vacuum = false` leaves it to autovacuum.
 //! - Deletes go per policy, along `executions_vendor_id_idx` and `executions_vendor_end_time_idx`,
 //!   in batches. Finding the policies over their count limit does read every finished execution's
 //!   policy id once per sweep (a `GROUP BY` over the end-time index); at millions of rows that is
@@ -36,6 +43,8 @@ pub struct SweepReport {
     pub deleted_by_count: u64,
     /// Finished executions that ended before `now - max_age` (among those the count left).
     pub deleted_by_age: u64,
+    /// Whether the sweep vacuumed the history tables afterwards.
+    pub vacuumed: bool,
 }
 
 /// The pooled connection holding the sweep lock. Dropped without [`SweepLock::release`] (an error or
@@ -83,12 +92,13 @@ impl Database {
     /// Deletes finished executions beyond the newest `keep_per_policy` per policy, then finished
     /// ones that ended more than `max_age` ago, `batch` at a time. Returns an empty report when
     /// another sweeper holds the lock. `Duration::MAX` (or any age too large for a date) turns the
-    /// age rule off.
+    /// age rule off. With `vacuum`, a sweep that deleted anything vacuums the history tables.
     pub async fn sweep_history(
         &self,
         keep_per_policy: usize,
         max_age: Duration,
         batch: usize,
+        vacuum: bool,
     ) -> Result<SweepReport, StoreError> {
         let client = self.client().await?;
         let locked: bool = client
@@ -102,7 +112,14 @@ impl Database {
         let lock = SweepLock {
             client: Some(client),
         };
-        let report = sweep(lock.client()?, keep_per_policy, max_age, batch).await?;
+        let mut report = sweep(lock.client()?, keep_per_policy, max_age, batch).await?;
+        if vacuum && report.deleted_by_count + report.deleted_by_age > 0 {
+            // Children first: their rows went with the executions (ON DELETE CASCADE).
+            lock.client()?
+                .batch_execute("VACUUM (SKIP_LOCKED, ANALYZE) task_logs, tasks, executions")
+                .await?;
+            report.vacuumed = true;
+        }
         lock.release().await?;
         Ok(report)
     }

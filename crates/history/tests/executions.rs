@@ -493,7 +493,7 @@ async fn the_sweep_deletes_finished_executions_by_count_and_age_only() {
         .unwrap();
 
     let report = db
-        .sweep_history(3, Duration::from_secs(7 * 24 * 3600), 2)
+        .sweep_history(3, Duration::from_secs(7 * 24 * 3600), 2, false)
         .await
         .unwrap();
     assert_eq!(report.deleted_by_count, 3, "{report:?}");
@@ -534,15 +534,81 @@ async fn the_sweep_deletes_finished_executions_by_count_and_age_only() {
 
     // Nothing more to do.
     assert_eq!(
-        db.sweep_history(3, Duration::from_secs(7 * 24 * 3600), 2)
+        db.sweep_history(3, Duration::from_secs(7 * 24 * 3600), 2, false)
             .await
             .unwrap(),
         regrelay_history::SweepReport::default()
     );
     // Duration::MAX: no age limit.
     assert_eq!(
-        db.sweep_history(100, Duration::MAX, 10).await.unwrap(),
+        db.sweep_history(100, Duration::MAX, 10, false)
+            .await
+            .unwrap(),
         regrelay_history::SweepReport::default()
+    );
+}
+
+#[tokio::test]
+async fn a_sweep_that_deleted_rows_vacuums_the_history_tables_when_asked() {
+    let store = common::store("history sweep vacuum").await;
+    let db = &store.db;
+    let policy_id = policy(db, "p").await;
+    let record = |n: usize| -> Vec<_> {
+        (0..n)
+            .map(|_| step(Uuid::new_v4(), policy_id, 1, TaskStatus::Success))
+            .collect()
+    };
+    // Manual vacuums only (`vacuum_count`; autovacuum has its own counter), from a fresh
+    // connection so the statistics are not a cached snapshot.
+    let vacuums = || async {
+        let (client, connection) =
+            tokio_postgres::connect(&store.database.url, tokio_postgres::NoTls)
+                .await
+                .unwrap();
+        let driver = tokio::spawn(connection);
+        let rows = client
+            .query(
+                "SELECT relname::text, vacuum_count FROM pg_stat_user_tables
+                 WHERE relname IN ('executions', 'tasks', 'task_logs') ORDER BY relname",
+                &[],
+            )
+            .await
+            .unwrap();
+        drop(client);
+        let _ = driver.await;
+        rows.iter()
+            .map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1)))
+            .collect::<Vec<_>>()
+    };
+    db.record_deliveries(&record(30)).await.unwrap();
+    let before = vacuums().await;
+
+    // Without `vacuum`: deleted rows stay dead tuples.
+    let report = db
+        .sweep_history(20, Duration::MAX, 100, false)
+        .await
+        .unwrap();
+    assert_eq!((report.deleted_by_count, report.vacuumed), (10, false));
+    assert_eq!(
+        vacuums().await.iter().map(|v| v.1).collect::<Vec<_>>(),
+        before.iter().map(|v| v.1).collect::<Vec<_>>()
+    );
+
+    // With it: each of the three tables is vacuumed once.
+    let report = db.sweep_history(5, Duration::MAX, 100, true).await.unwrap();
+    assert_eq!((report.deleted_by_count, report.vacuumed), (15, true));
+    let after = vacuums().await;
+    assert_eq!(after.len(), 3, "{after:?}");
+    for ((table, count), (_, count_before)) in after.iter().zip(&before) {
+        assert_eq!(*count, count_before + 1, "{table}: {after:?}");
+    }
+
+    // Nothing deleted: no vacuum.
+    let report = db.sweep_history(5, Duration::MAX, 100, true).await.unwrap();
+    assert_eq!(report, regrelay_history::SweepReport::default());
+    assert_eq!(
+        vacuums().await.iter().map(|v| v.1).collect::<Vec<_>>(),
+        after.iter().map(|v| v.1).collect::<Vec<_>>()
     );
 }
 
@@ -570,7 +636,7 @@ async fn a_sweep_does_nothing_while_another_holds_the_lock() {
         .unwrap()
         .get(0);
     assert!(locked);
-    let report = db.sweep_history(0, Duration::MAX, 10).await.unwrap();
+    let report = db.sweep_history(0, Duration::MAX, 10, false).await.unwrap();
     assert_eq!(report, regrelay_history::SweepReport::default());
 
     // Released explicitly: a closed connection's session locks go only when the server's backend
@@ -586,14 +652,14 @@ async fn a_sweep_does_nothing_while_another_holds_the_lock() {
     assert!(unlocked);
     drop(client);
     let _ = driver.await;
-    let report = db.sweep_history(0, Duration::MAX, 10).await.unwrap();
+    let report = db.sweep_history(0, Duration::MAX, 10, false).await.unwrap();
     assert_eq!(report.deleted_by_count, 3);
     // The pool's connections do not keep the lock: the next sweep takes it again.
     let records: Vec<_> = (0..2)
         .map(|_| step(Uuid::new_v4(), policy_id, 1, TaskStatus::Success))
         .collect();
     db.record_deliveries(&records).await.unwrap();
-    let report = db.sweep_history(0, Duration::MAX, 10).await.unwrap();
+    let report = db.sweep_history(0, Duration::MAX, 10, false).await.unwrap();
     assert_eq!(report.deleted_by_count, 2);
 }
 

@@ -199,7 +199,7 @@ async fn migrations_writes_and_the_sweep_share_the_verified_connector() {
     db.migrate().await.unwrap();
     db.set_notification_enabled(false).await.unwrap();
     assert!(!db.notification_enabled().await.unwrap());
-    db.sweep_history(10, Duration::from_secs(3600), 100)
+    db.sweep_history(10, Duration::from_secs(3600), 100, false)
         .await
         .unwrap();
     // Every session this pool opened on the test database is encrypted (asked over a plain

@@ -163,6 +163,8 @@ pub struct Config {
     pub history_sweep_interval: Duration,
     /// Rows deleted per sweep statement.
     pub history_sweep_batch: usize,
+    /// Vacuum the history tables after a sweep that deleted rows.
+    pub history_sweep_vacuum: bool,
     /// How often the consumer reads the dead-letter queue's depth for its gauge.
     #[serde(with = "humantime_serde")]
     pub dead_letter_depth_interval: Duration,

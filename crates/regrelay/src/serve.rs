@@ -213,6 +213,7 @@ pub async fn serve(config: Config, role: Role) -> anyhow::Result<()> {
                     max_age: config.history_max_age,
                     interval: config.history_sweep_interval,
                     batch: config.history_sweep_batch.max(1),
+                    vacuum: config.history_sweep_vacuum,
                 },
             ),
         };
