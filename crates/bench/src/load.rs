@@ -19,6 +19,8 @@ use serde_json::json;
 
 use super::receiver::{warmup_tag, Receiver};
 
+/// Targets one policy may hold (the policy API refuses more).
+pub const MAX_TARGETS_PER_POLICY: usize = regrelay_history::policy::MAX_TARGETS;
 /// The project every bench event and policy belongs to.
 pub const PROJECT: &str = "bench";
 /// Longest wait for the consumers to pick up a new policy (their refresh interval is 1 s by default).

@@ -176,6 +176,21 @@ struct BenchArgs {
     /// Soak and drain: write a PNG of the per-window series here.
     #[arg(long)]
     plot: Option<PathBuf>,
+    /// A configuration variable for the started processes, `REGRELAY_KEY=value` (repeatable), for
+    /// A/B runs of a setting (e.g. `--set REGRELAY_HISTORY_LINGER=2ms`).
+    #[arg(long = "set", value_name = "REGRELAY_KEY=VALUE", value_parser = env_arg)]
+    set: Vec<(String, String)>,
+}
+
+/// `REGRELAY_KEY=value`.
+fn env_arg(text: &str) -> Result<(String, String), String> {
+    let (key, value) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?} is not KEY=VALUE"))?;
+    if !key.starts_with("REGRELAY_") || key.len() == "REGRELAY_".len() {
+        return Err(format!("{key:?} is not a REGRELAY_* variable"));
+    }
+    Ok((key.to_owned(), value.to_owned()))
 }
 
 /// The whole run, as `--json` prints it.
@@ -390,7 +405,7 @@ async fn run_soak(args: BenchArgs) -> anyhow::Result<()> {
         history: true,
         otlp_endpoint: args.otlp_endpoint.clone(),
         log_level: args.log_level.clone(),
-        extra_env: Vec::new(),
+        extra_env: args.set.clone(),
     };
     let show_progress = std::io::stderr().is_terminal();
     let mut stdout = std::io::stdout();
@@ -532,7 +547,7 @@ async fn run_scenario(
                 history: settings.history,
                 otlp_endpoint: args.otlp_endpoint.clone(),
                 log_level: args.log_level.clone(),
-                extra_env: Vec::new(),
+                extra_env: args.set.clone(),
             })
             .await?;
             let endpoint = Endpoint {
@@ -546,7 +561,7 @@ async fn run_scenario(
         }
     };
 
-    let mut policy = None;
+    let mut policies = Vec::new();
     let result = drive(
         args,
         receiver,
@@ -554,14 +569,14 @@ async fn run_scenario(
         &client,
         &endpoint,
         cluster.as_mut(),
-        &mut policy,
+        &mut policies,
         show_progress,
     )
     .await;
 
     // With --target the policy would keep sending to a receiver that is gone; started clusters lose
     // it with their database.
-    if let (Some(policy), None) = (&policy, &cluster) {
+    for policy in policies.iter().filter(|_| cluster.is_none()) {
         if let Err(error) = load::delete_policy(&client, &endpoint, policy).await {
             tracing::warn!(
                 message = "Cannot delete the bench policy.",
@@ -594,7 +609,7 @@ async fn drive(
     client: &reqwest::Client,
     endpoint: &Endpoint,
     mut cluster: Option<&mut Cluster>,
-    policy: &mut Option<String>,
+    policies: &mut Vec<String>,
     show_progress: bool,
 ) -> anyhow::Result<Measured> {
     let mut targets: Vec<String> = (0..settings.fanout)
@@ -611,7 +626,11 @@ async fn drive(
             error_rate: settings.receiver_errors,
         },
     );
-    *policy = Some(load::create_policy(client, endpoint, &targets).await?);
+    // A policy holds at most 32 targets (the API's limit): wider fan-outs use several policies on
+    // the same events, which fans each event out the same way.
+    for chunk in targets.chunks(load::MAX_TARGETS_PER_POLICY) {
+        policies.push(load::create_policy(client, endpoint, chunk).await?);
+    }
     load::warm_up(client, endpoint, receiver).await?;
 
     let sample = |cluster: &Option<&mut Cluster>| -> Vec<(String, ProcessSample)> {

@@ -771,9 +771,11 @@ impl Reporter {
             .iter()
             .filter(|r| matches!(r.phase, "send" | "drain"))
             .collect();
-        // The last window of a phase is partial: leave it out of the rate figures.
+        // The last window of a phase is partial, and a drain's first one holds the consumer's
+        // start-up: leave them out of the rate figures.
+        let skip_first = usize::from(settings.backlog > 0 && timed.len() > 3);
         let full: Vec<&WindowReport> = if timed.len() > 2 {
-            timed[..timed.len() - 1].to_vec()
+            timed[skip_first..timed.len() - 1].to_vec()
         } else {
             timed.clone()
         };
@@ -807,7 +809,10 @@ impl Reporter {
         let history_mib = |r: &WindowReport| r.history.iter().map(|t| t.total_mib).sum::<f64>();
         let dead_letter_queue = self.ready(&cluster.topology().dead_letter_queue()).await;
         let refused = totals(|r| r.refused);
-        let lost = accepted as i64 - receiver.soak_settled() as i64;
+        // A request still unanswered when the run stopped sending (the drain's trickle is
+        // stopped mid-flight) may have been accepted: its event then settles without counting
+        // as accepted, so settled can exceed accepted by up to the unanswered requests.
+        let lost = (accepted as i64 - receiver.soak_settled() as i64).max(0);
         let mut problems = Vec::new();
         if lost > 0 {
             problems.push(format!(

@@ -111,23 +111,26 @@ const INSERT_LOGS: &str = "
             AS l(history_key, attempt, time, status_code, error, duration_ms, response_snippet,
                  policy_id, fingerprint, target_type, target_address, ok, message)
     ),
-    inserted AS (
-        INSERT INTO task_logs (task_id, attempt, time, status_code, error, duration_ms,
-                               response_snippet)
-        SELECT t.id, l.attempt, l.time, l.status_code, l.error, l.duration_ms, l.response_snippet
+    -- Each line with its task, looked up once (a CTE used twice is computed once).
+    j AS (
+        SELECT t.id AS task_id, l.*
         FROM l
         JOIN executions e ON e.history_key = l.history_key
         JOIN tasks t ON t.execution_id = e.id
-        ORDER BY t.id, l.attempt
+    ),
+    inserted AS (
+        INSERT INTO task_logs (task_id, attempt, time, status_code, error, duration_ms,
+                               response_snippet)
+        SELECT task_id, attempt, time, status_code, error, duration_ms, response_snippet
+        FROM j
+        ORDER BY task_id, attempt
         ON CONFLICT (task_id, attempt) DO NOTHING
         RETURNING task_id, attempt
     ),
     fresh AS (
-        SELECT l.* FROM inserted i
-        JOIN tasks t ON t.id = i.task_id
-        JOIN executions e ON e.id = t.execution_id
-        JOIN l ON l.history_key = e.history_key AND l.attempt = i.attempt
-        WHERE l.fingerprint IS NOT NULL
+        SELECT j.* FROM inserted i
+        JOIN j USING (task_id, attempt)
+        WHERE j.fingerprint IS NOT NULL
     ),
     per_target AS (
         SELECT policy_id, fingerprint,
