@@ -30,21 +30,32 @@ fn bench() -> Command {
     command
 }
 
-#[test]
-fn bench_smoke_run_delivers_everything_and_reports_figures() {
+/// Runs `regrelay-bench` with `args` against the machine's RabbitMQ and PostgreSQL and returns its
+/// stdout and stderr; the test fails, showing both, if it exits with an error.
+fn run_ok<I, S>(args: I) -> (String, String)
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
     let output = bench()
-        .args(["--events", "300", "--json", "--timeout", "60s"])
+        .args(args)
         .env("REGRELAY_AMQP_URL", amqp_url())
         .env("REGRELAY_BENCH_DATABASE_ADMIN_URL", admin_database_url())
         .output()
         .expect("run regrelay-bench");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
     assert!(
         output.status.success(),
         "exit {:?}\nstdout:\n{stdout}\nstderr:\n{stderr}",
         output.status
     );
+    (stdout, stderr)
+}
+
+#[test]
+fn bench_smoke_run_delivers_everything_and_reports_figures() {
+    let (stdout, stderr) = run_ok(["--events", "300", "--json", "--timeout", "60s"]);
     let report: Value = serde_json::from_str(&stdout).expect("one JSON object on stdout");
     assert_eq!(report["ok"], true, "{report:#}");
     let scenarios = report["scenarios"].as_array().expect("scenarios");
@@ -97,27 +108,15 @@ fn bench_smoke_run_delivers_everything_and_reports_figures() {
 
 #[test]
 fn bench_batched_ingest_sends_several_events_per_request_and_accounts_for_each() {
-    let output = bench()
-        .args([
-            "--scenario",
-            "batched-ingest",
-            "--events",
-            "305",
-            "--json",
-            "--timeout",
-            "60s",
-        ])
-        .env("REGRELAY_AMQP_URL", amqp_url())
-        .env("REGRELAY_BENCH_DATABASE_ADMIN_URL", admin_database_url())
-        .output()
-        .expect("run regrelay-bench");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "exit {:?}\nstdout:\n{stdout}\nstderr:\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let (stdout, _) = run_ok([
+        "--scenario",
+        "batched-ingest",
+        "--events",
+        "305",
+        "--json",
+        "--timeout",
+        "60s",
+    ]);
     let report: Value = serde_json::from_str(&stdout).expect("one JSON object on stdout");
     let run = &report["scenarios"][0];
     assert_eq!(run["batch"], 10, "{run:#}");
@@ -143,36 +142,28 @@ fn json_lines(stdout: &str) -> (Vec<Value>, Value) {
 #[test]
 fn soak_smoke_run_reports_each_window_and_loses_nothing() {
     let plot = std::env::temp_dir().join(format!("regrelay-soak-{}.png", std::process::id()));
-    let output = bench()
-        .args([
-            "--rate",
-            "100",
-            "--duration",
-            "6s",
-            "--window",
-            "2s",
-            "--sweep-interval",
-            "1s",
-            "--reject-every",
-            "50",
-            "--receiver-errors",
-            "0.02",
-            "--timeout",
-            "60s",
-            "--plot",
-        ])
-        .arg(&plot)
-        .env("REGRELAY_AMQP_URL", amqp_url())
-        .env("REGRELAY_BENCH_DATABASE_ADMIN_URL", admin_database_url())
-        .output()
-        .expect("run regrelay-bench");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "exit {:?}\nstdout:\n{stdout}\nstderr:\n{stderr}",
-        output.status
-    );
+    let mut args: Vec<std::ffi::OsString> = [
+        "--rate",
+        "100",
+        "--duration",
+        "6s",
+        "--window",
+        "2s",
+        "--sweep-interval",
+        "1s",
+        "--reject-every",
+        "50",
+        "--receiver-errors",
+        "0.02",
+        "--timeout",
+        "60s",
+        "--plot",
+    ]
+    .iter()
+    .map(Into::into)
+    .collect();
+    args.push(plot.clone().into());
+    let (stdout, _) = run_ok(&args);
     let (windows, summary) = json_lines(&stdout);
     assert_eq!(summary["mode"], "soak");
     assert!(windows.iter().any(|w| w["phase"] == "send"), "{stdout}");
@@ -228,32 +219,20 @@ fn soak_smoke_run_reports_each_window_and_loses_nothing() {
 
 #[test]
 fn drain_smoke_run_fills_a_backlog_with_the_consumers_stopped_then_drains_it() {
-    let output = bench()
-        .args([
-            "--backlog",
-            "400",
-            "--rate",
-            "10",
-            "--window",
-            "1s",
-            "--reject-every",
-            "100",
-            "--receiver-errors",
-            "0",
-            "--timeout",
-            "90s",
-        ])
-        .env("REGRELAY_AMQP_URL", amqp_url())
-        .env("REGRELAY_BENCH_DATABASE_ADMIN_URL", admin_database_url())
-        .output()
-        .expect("run regrelay-bench");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "exit {:?}\nstdout:\n{stdout}\nstderr:\n{stderr}",
-        output.status
-    );
+    let (stdout, _) = run_ok([
+        "--backlog",
+        "400",
+        "--rate",
+        "10",
+        "--window",
+        "1s",
+        "--reject-every",
+        "100",
+        "--receiver-errors",
+        "0",
+        "--timeout",
+        "90s",
+    ]);
     let (windows, summary) = json_lines(&stdout);
     assert_eq!(summary["mode"], "drain");
     // While filling, nothing is delivered (no consumer runs) and the events queue grows.
