@@ -182,6 +182,27 @@ struct BenchArgs {
     set: Vec<(String, String)>,
 }
 
+impl BenchArgs {
+    /// The processes to start: the broker, database, log level, traces and `--set` of the flags.
+    fn cluster_settings(
+        &self,
+        regrelay_bin: PathBuf,
+        consumers: usize,
+        history: bool,
+    ) -> ClusterSettings {
+        ClusterSettings {
+            regrelay_bin,
+            amqp_url: self.amqp_url.clone(),
+            database_admin_url: self.database_admin_url.clone(),
+            consumers,
+            history,
+            otlp_endpoint: self.otlp_endpoint.clone(),
+            log_level: self.log_level.clone(),
+            extra_env: self.set.clone(),
+        }
+    }
+}
+
 /// `REGRELAY_KEY=value`.
 fn env_arg(text: &str) -> Result<(String, String), String> {
     let (key, value) = text
@@ -397,16 +418,7 @@ async fn run_soak(args: BenchArgs) -> anyhow::Result<()> {
     let own = std::env::current_exe().context("cannot find this executable's path")?;
     let regrelay_bin = cluster::regrelay_binary(args.regrelay_bin.as_deref(), &own)?;
     let receiver = Receiver::start().await?;
-    let cluster_settings = ClusterSettings {
-        regrelay_bin,
-        amqp_url: args.amqp_url.clone(),
-        database_admin_url: args.database_admin_url.clone(),
-        consumers: settings.consumers,
-        history: true,
-        otlp_endpoint: args.otlp_endpoint.clone(),
-        log_level: args.log_level.clone(),
-        extra_env: args.set.clone(),
-    };
+    let cluster_settings = args.cluster_settings(regrelay_bin, settings.consumers, true);
     let show_progress = std::io::stderr().is_terminal();
     let mut stdout = std::io::stdout();
     let summary = soak::run(
@@ -539,16 +551,11 @@ async fn run_scenario(
                     settings.scenario, settings.consumers
                 );
             }
-            let started = Cluster::start(&ClusterSettings {
+            let started = Cluster::start(&args.cluster_settings(
                 regrelay_bin,
-                amqp_url: args.amqp_url.clone(),
-                database_admin_url: args.database_admin_url.clone(),
-                consumers: settings.consumers,
-                history: settings.history,
-                otlp_endpoint: args.otlp_endpoint.clone(),
-                log_level: args.log_level.clone(),
-                extra_env: args.set.clone(),
-            })
+                settings.consumers,
+                settings.history,
+            ))
             .await?;
             let endpoint = Endpoint {
                 api_url: started.api_url.clone(),

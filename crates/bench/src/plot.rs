@@ -224,7 +224,27 @@ where
         .light_line_style(WHITE.mix(0.0))
         .draw()
         .map_err(plot_error)?;
-    for (i, (name, points)) in series.iter().enumerate() {
+    let curves = series
+        .iter()
+        .map(|(name, points)| (name.as_str(), points.as_slice()));
+    draw_curves(&mut chart, curves, SeriesLabelPosition::UpperRight, 12)
+}
+
+/// One line per named curve, in the palette's order, and their legend at `position`.
+fn draw_curves<'a, 'c, DB, X, Y>(
+    chart: &mut ChartContext<'c, DB, Cartesian2d<X, Y>>,
+    curves: impl Iterator<Item = (&'a str, &'a [(f64, f64)])>,
+    position: SeriesLabelPosition,
+    font_size: u32,
+) -> anyhow::Result<()>
+where
+    DB: DrawingBackend + 'c,
+    DB::ErrorType: 'static,
+    X: Ranged<ValueType = f64>,
+    Y: Ranged<ValueType = f64>,
+{
+    let key = i32::try_from(font_size).unwrap_or(12) * 4 / 3;
+    for (i, (name, points)) in curves.enumerate() {
         let color = Palette99::pick(i).to_rgba();
         chart
             .draw_series(LineSeries::new(
@@ -232,16 +252,16 @@ where
                 color.stroke_width(2),
             ))
             .map_err(plot_error)?
-            .label(name.as_str())
+            .label(name)
             .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2))
+                PathElement::new(vec![(x, y), (x + key, y)], color.stroke_width(2))
             });
     }
     chart
         .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
-        .label_font((FONT, 12))
-        .background_style(WHITE.mix(0.85))
+        .position(position)
+        .label_font((FONT, font_size))
+        .background_style(WHITE.mix(0.9))
         .border_style(BLACK)
         .draw()
         .map_err(plot_error)?;
@@ -363,27 +383,11 @@ where
         .light_line_style(WHITE.mix(0.0))
         .draw()
         .map_err(plot_error)?;
-    for (i, (curve, points)) in curves.iter().zip(points).enumerate() {
-        let color = Palette99::pick(i).to_rgba();
-        chart
-            .draw_series(LineSeries::new(
-                points.iter().copied(),
-                color.stroke_width(2),
-            ))
-            .map_err(plot_error)?
-            .label(curve.name)
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
-            });
-    }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .label_font((FONT, 14))
-        .background_style(WHITE.mix(0.9))
-        .border_style(BLACK)
-        .draw()
-        .map_err(plot_error)?;
+    let named = curves
+        .iter()
+        .zip(points)
+        .map(|(curve, points)| (curve.name, points.as_slice()));
+    draw_curves(&mut chart, named, SeriesLabelPosition::UpperLeft, 14)?;
     root.present().map_err(plot_error)?;
     Ok(())
 }

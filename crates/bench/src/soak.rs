@@ -536,7 +536,7 @@ impl Reporter {
             http: reqwest::Client::new(),
         };
         reporter.last_samples = samples(cluster);
-        reporter.last_sweep = reporter.sweep_totals(cluster).await;
+        reporter.last_sweep = sweep_totals(&reporter.consumer_metrics(cluster).await);
         reporter.last_vacuums = reporter
             .tables()
             .await
@@ -608,7 +608,9 @@ impl Reporter {
             })
             .collect();
         self.last_samples = samples;
-        let sweep_totals = self.sweep_totals(cluster).await;
+        // Each consumer's /metrics once per window: the sweep counters and the retry buckets.
+        let metrics = self.consumer_metrics(cluster).await;
+        let sweep_totals = sweep_totals(&metrics);
         let sweep = SweepFigures {
             runs: (sweep_totals.runs - self.last_sweep.runs).max(0.0),
             deleted_by_count: (sweep_totals.deleted_by_count - self.last_sweep.deleted_by_count)
@@ -616,7 +618,8 @@ impl Reporter {
             deleted_by_age: (sweep_totals.deleted_by_age - self.last_sweep.deleted_by_age).max(0.0),
             seconds: (sweep_totals.seconds - self.last_sweep.seconds).max(0.0),
         };
-        // A restarted consumer starts its counters at zero: keep the larger baseline.
+        // A restarted consumer starts its counters at zero: the deltas above are clamped at zero
+        // and its new totals become the baseline.
         self.last_sweep = sweep_totals;
         let mut history = self.tables().await;
         for table in &mut history {
@@ -634,7 +637,7 @@ impl Reporter {
             .await
             .and_then(|row| row.try_get::<_, i64>(0))
             .unwrap_or(0);
-        let queues = self.queues(cluster).await;
+        let queues = self.queues(cluster, &metrics).await;
         WindowReport {
             window: self.rows.len() + 1,
             elapsed_s: round(now.duration_since(self.origin).as_secs_f64(), 1),
@@ -656,55 +659,39 @@ impl Reporter {
         }
     }
 
-    /// The consumers' cumulative sweep counters (summed over consumers).
-    async fn sweep_totals(&self, cluster: &Cluster) -> SweepFigures {
-        let mut totals = SweepFigures::default();
+    /// The Prometheus text of every consumer that answered (a consumer being started or stopped
+    /// may not).
+    async fn consumer_metrics(&self, cluster: &Cluster) -> Vec<String> {
+        let mut texts = Vec::new();
         for process in cluster.processes() {
             if !process.name.starts_with("consumer") {
                 continue;
             }
-            let Some(text) = self.scrape(&process.metrics_url()).await else {
-                continue;
-            };
-            totals.runs += metric_sum(&text, "regrelay_history_sweep_duration_seconds_count", "");
-            totals.seconds += metric_sum(&text, "regrelay_history_sweep_duration_seconds_sum", "");
-            totals.deleted_by_count +=
-                metric_sum(&text, "regrelay_history_swept_total", "rule=\"count\"");
-            totals.deleted_by_age +=
-                metric_sum(&text, "regrelay_history_swept_total", "rule=\"age\"");
+            let response = self
+                .http
+                .get(process.metrics_url())
+                .timeout(Duration::from_secs(5))
+                .send()
+                .await;
+            if let Ok(text) = async { response?.text().await }.await {
+                texts.push(text);
+            }
         }
-        totals
+        texts
     }
 
-    async fn scrape(&self, url: &str) -> Option<String> {
-        let response = self
-            .http
-            .get(url)
-            .timeout(Duration::from_secs(5))
-            .send()
-            .await
-            .ok()?;
-        response.text().await.ok()
-    }
-
-    async fn queues(&self, cluster: &Cluster) -> QueueFigures {
+    async fn queues(&self, cluster: &Cluster, metrics: &[String]) -> QueueFigures {
         let topology = cluster.topology();
-        let mut figures = QueueFigures {
+        QueueFigures {
             events: self.ready(&topology.events_queue()).await,
             deliveries: self.ready(&topology.deliveries_queue()).await,
             dead_letter: self.ready(&topology.dead_letter_queue()).await,
-            retry: None,
-        };
-        for process in cluster.processes() {
-            if !process.name.starts_with("consumer") {
-                continue;
-            }
-            if let Some(text) = self.scrape(&process.metrics_url()).await {
-                let retry = metric_sum(&text, "regrelay_queue_messages", "queue=\"retry_");
-                figures.retry = Some(figures.retry.unwrap_or(0.0).max(retry));
-            }
+            // Every consumer reads the same buckets: take the largest reading, not the sum.
+            retry: metrics
+                .iter()
+                .map(|text| metric_sum(text, "regrelay_queue_messages", "queue=\"retry_"))
+                .reduce(f64::max),
         }
-        figures
     }
 
     /// Messages ready in `queue`, by a passive declare on a channel of its own.
@@ -868,6 +855,19 @@ impl Reporter {
             problems,
         }
     }
+}
+
+/// The consumers' cumulative sweep counters, summed over their metrics texts.
+fn sweep_totals(metrics: &[String]) -> SweepFigures {
+    let mut totals = SweepFigures::default();
+    for text in metrics {
+        totals.runs += metric_sum(text, "regrelay_history_sweep_duration_seconds_count", "");
+        totals.seconds += metric_sum(text, "regrelay_history_sweep_duration_seconds_sum", "");
+        totals.deleted_by_count +=
+            metric_sum(text, "regrelay_history_swept_total", "rule=\"count\"");
+        totals.deleted_by_age += metric_sum(text, "regrelay_history_swept_total", "rule=\"age\"");
+    }
+    totals
 }
 
 fn samples(cluster: &Cluster) -> BTreeMap<String, ProcessSample> {
