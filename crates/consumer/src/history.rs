@@ -34,7 +34,7 @@ use regrelay_history::executions::{
     AttemptLog, DeliveryRecord, ExecutionTrigger, TargetRef, TaskStatus, VendorType,
 };
 use regrelay_history::policy::{redact_address, Target, TargetKind, REDACTED};
-use regrelay_history::{Database, HistoryRecorder};
+use regrelay_history::{Database, HistoryRecorder, SweepRules};
 use tokio_util::sync::CancellationToken;
 
 use base64::engine::general_purpose::STANDARD;
@@ -56,16 +56,11 @@ pub(crate) const RECORD_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How the retention sweep runs (the `history_*` configuration keys).
 #[derive(Debug, Clone)]
 pub struct RetentionSettings {
-    /// Finished executions kept per policy (Harbor keeps 50).
-    pub keep_per_policy: usize,
-    /// Finished executions older than this are deleted whatever their count.
-    pub max_age: Duration,
+    /// What each sweep deletes, in batches of how many rows (so it never holds locks writers wait
+    /// on for long), whether it vacuums after, and how it paces itself.
+    pub rules: SweepRules,
     /// Time between sweeps.
     pub interval: Duration,
-    /// Rows deleted per statement, so a sweep never holds locks writers wait on for long.
-    pub batch: usize,
-    /// Vacuum the history tables after a sweep that deleted rows (`history_sweep_vacuum`).
-    pub vacuum: bool,
 }
 
 /// One step of a delivery, before it is turned into a [`DeliveryRecord`].
@@ -463,14 +458,7 @@ pub(crate) async fn sweep_until(
             () = tokio::time::sleep(settings.interval) => {}
         }
         let started = std::time::Instant::now();
-        let swept = db
-            .sweep_history(
-                settings.keep_per_policy,
-                settings.max_age,
-                settings.batch,
-                settings.vacuum,
-            )
-            .await;
+        let swept = db.sweep_history(&settings.rules).await;
         let elapsed = started.elapsed();
         metrics.history_sweep_seconds.observe(elapsed.as_secs_f64());
         match swept {

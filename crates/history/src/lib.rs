@@ -48,6 +48,6 @@ pub mod target_rates;
 
 pub use policy::Project;
 pub use recorder::{HistoryRecorder, RecorderMetrics, RecorderSettings};
-pub use retention::SweepReport;
+pub use retention::{SweepReport, SweepRules};
 pub use sealing::SecretsKeyring;
 pub use store::{Database, SslMode, StoreError, TlsError};

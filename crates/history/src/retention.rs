@@ -19,6 +19,13 @@
 //!   16). So a sweep that deleted anything ends with `VACUUM (SKIP_LOCKED, ANALYZE)` of the three
 //!   tables, under the same lock (one vacuum at a time; a table autovacuum is already on is
 //!   skipped, not waited for). `vacuum = false` leaves it to autovacuum.
+//! - The sweep shares PostgreSQL with the recorder, and a delete batch or a vacuum is CPU and I/O
+//!   the recorder's commits wait behind (measured in a backlog drain: windows with a sweep running
+//!   delivered 14 % less, issue 16). So a sweep paces itself: after each delete batch it pauses
+//!   `pause_ratio` times as long as the batch took (1.0: it deletes at most half the time), and its
+//!   vacuum runs with `vacuum_cost_delay` set to autovacuum's throttle ([`PACED_VACUUM_COST_DELAY`]).
+//!   A paced sweep takes longer; at `pause_ratio` r it needs about (1 + r) times its unpaced time,
+//!   which must stay well within the sweep interval (docs/deployment.md). 0 does not pace.
 //! - Deletes go per policy, along `executions_vendor_id_idx` and `executions_vendor_end_time_idx`,
 //!   in batches. Finding the policies over their count limit does read every finished execution's
 //!   policy id once per sweep (a `GROUP BY` over the end-time index); at millions of rows that is
@@ -35,6 +42,54 @@ const SWEEP_LOCK: i64 = 0x7272_7377_6565_7021;
 
 /// The statuses a sweep may delete, as SQL.
 const FINISHED: &str = "status IN ('Stopped', 'Error', 'Success')";
+
+/// `vacuum_cost_delay` of a paced sweep's vacuum: autovacuum's default throttle since
+/// PostgreSQL 12 (a manual VACUUM has none).
+pub const PACED_VACUUM_COST_DELAY: &str = "2ms";
+
+/// What a sweep deletes, and how gently (the `history_sweep_*` and retention configuration keys).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SweepRules {
+    /// Finished executions kept per policy (Harbor keeps 50).
+    pub keep_per_policy: usize,
+    /// Finished executions that ended longer ago than this are deleted whatever their count.
+    /// `Duration::MAX` (or any age too large for a date) turns the age rule off.
+    pub max_age: Duration,
+    /// Executions deleted per statement (at least 1).
+    pub batch: usize,
+    /// Vacuum the history tables after a sweep that deleted rows.
+    pub vacuum: bool,
+    /// After each delete batch, pause this many times as long as the batch took; 0 does not pause.
+    /// Above 0 the vacuum is throttled too (see the module's design constraints).
+    pub pause_ratio: f64,
+}
+
+impl SweepRules {
+    /// The given limits, unpaced and without a vacuum.
+    pub fn new(keep_per_policy: usize, max_age: Duration, batch: usize) -> Self {
+        Self {
+            keep_per_policy,
+            max_age,
+            batch,
+            vacuum: false,
+            pause_ratio: 0.0,
+        }
+    }
+
+    /// Whether the sweep pauses between batches and throttles its vacuum.
+    fn paced(&self) -> bool {
+        self.pause_ratio > 0.0 && self.pause_ratio.is_finite()
+    }
+
+    /// How long to pause after a delete batch that took `took`.
+    fn pause_after(&self, took: Duration) -> Duration {
+        if self.paced() {
+            took.mul_f64(self.pause_ratio.min(100.0))
+        } else {
+            Duration::ZERO
+        }
+    }
+}
 
 /// What one sweep deleted (executions; their tasks and log lines went with them).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -90,16 +145,10 @@ impl Drop for SweepLock {
 
 impl Database {
     /// Deletes finished executions beyond the newest `keep_per_policy` per policy, then finished
-    /// ones that ended more than `max_age` ago, `batch` at a time. Returns an empty report when
-    /// another sweeper holds the lock. `Duration::MAX` (or any age too large for a date) turns the
-    /// age rule off. With `vacuum`, a sweep that deleted anything vacuums the history tables.
-    pub async fn sweep_history(
-        &self,
-        keep_per_policy: usize,
-        max_age: Duration,
-        batch: usize,
-        vacuum: bool,
-    ) -> Result<SweepReport, StoreError> {
+    /// ones that ended more than `max_age` ago, `batch` at a time, pausing between batches as
+    /// `rules` say. Returns an empty report when another sweeper holds the lock. With `vacuum`, a
+    /// sweep that deleted anything vacuums the history tables.
+    pub async fn sweep_history(&self, rules: &SweepRules) -> Result<SweepReport, StoreError> {
         let client = self.client().await?;
         let locked: bool = client
             .query_one("SELECT pg_try_advisory_lock($1)", &[&SWEEP_LOCK])
@@ -112,12 +161,26 @@ impl Database {
         let lock = SweepLock {
             client: Some(client),
         };
-        let mut report = sweep(lock.client()?, keep_per_policy, max_age, batch).await?;
-        if vacuum && report.deleted_by_count + report.deleted_by_age > 0 {
-            // Children first: their rows went with the executions (ON DELETE CASCADE).
-            lock.client()?
+        let mut report = sweep(lock.client()?, rules).await?;
+        if rules.vacuum && report.deleted_by_count + report.deleted_by_age > 0 {
+            let throttle = if rules.paced() {
+                PACED_VACUUM_COST_DELAY
+            } else {
+                "0"
+            };
+            // Children first: their rows went with the executions (ON DELETE CASCADE). The cost
+            // delay is set for this session's vacuum only, and reset before the connection goes
+            // back to the pool (a failure closes the connection instead, see `SweepLock`). Three
+            // statements, not one string: several statements in one simple query run as one
+            // transaction, which VACUUM refuses.
+            let client = lock.client()?;
+            client
+                .batch_execute(&format!("SET vacuum_cost_delay = '{throttle}'"))
+                .await?;
+            client
                 .batch_execute("VACUUM (SKIP_LOCKED, ANALYZE) task_logs, tasks, executions")
                 .await?;
+            client.batch_execute("RESET vacuum_cost_delay").await?;
             report.vacuumed = true;
         }
         lock.release().await?;
@@ -127,12 +190,9 @@ impl Database {
 
 async fn sweep(
     client: &deadpool_postgres::Object,
-    keep_per_policy: usize,
-    max_age: Duration,
-    batch: usize,
+    rules: &SweepRules,
 ) -> Result<SweepReport, StoreError> {
-    let keep = i64::try_from(keep_per_policy).unwrap_or(i64::MAX);
-    let batch = i64::try_from(batch.max(1)).unwrap_or(i64::MAX);
+    let keep = i64::try_from(rules.keep_per_policy).unwrap_or(i64::MAX);
     let mut report = SweepReport::default();
 
     // By count: only policies with more finished executions than they keep.
@@ -173,13 +233,13 @@ async fn sweep(
             ),
             policy_id,
             &cutoff,
-            batch,
+            rules,
         )
         .await?;
     }
 
     // By age. An age that does not fit a date means "no age limit".
-    let cutoff = chrono::Duration::from_std(max_age)
+    let cutoff = chrono::Duration::from_std(rules.max_age)
         .ok()
         .and_then(|age| Utc::now().checked_sub_signed(age));
     if let Some(cutoff) = cutoff {
@@ -201,7 +261,7 @@ async fn sweep(
                 ),
                 policy_id,
                 &cutoff,
-                batch,
+                rules,
             )
             .await?;
         }
@@ -209,24 +269,57 @@ async fn sweep(
     Ok(report)
 }
 
-/// Runs a `DELETE ... LIMIT $3` for one policy (`$1`) until it deletes nothing; each run is its own
-/// transaction (autocommit).
+/// Runs a `DELETE ... LIMIT $3` for one policy (`$1`) until it deletes fewer than a batch; each
+/// run is its own transaction (autocommit), followed by the rules' pause.
 async fn delete_in_batches(
     client: &deadpool_postgres::Object,
     sql: &str,
     policy_id: i64,
     bound: &(dyn tokio_postgres::types::ToSql + Sync),
-    batch: i64,
+    rules: &SweepRules,
 ) -> Result<u64, StoreError> {
+    let batch = i64::try_from(rules.batch.max(1)).unwrap_or(i64::MAX);
     let statement = client.prepare(sql).await?;
     let mut deleted = 0;
     loop {
+        let started = std::time::Instant::now();
         let n = client
             .execute(&statement, &[&policy_id, bound, &batch])
             .await?;
         deleted += n;
         if n < u64::try_from(batch).unwrap_or(u64::MAX) {
             return Ok(deleted);
+        }
+        let pause = rules.pause_after(started.elapsed());
+        if !pause.is_zero() {
+            tokio::time::sleep(pause).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_paced_sweep_pauses_in_proportion_to_each_batch() {
+        let rules = |pause_ratio| SweepRules {
+            pause_ratio,
+            ..SweepRules::new(50, Duration::MAX, 1000)
+        };
+        let took = Duration::from_millis(40);
+        for (ratio, expected) in [
+            (0.0, Duration::ZERO),
+            (-1.0, Duration::ZERO),
+            (f64::NAN, Duration::ZERO),
+            (f64::INFINITY, Duration::ZERO),
+            (0.5, Duration::from_millis(20)),
+            (1.0, Duration::from_millis(40)),
+            (3.0, Duration::from_millis(120)),
+            // Capped, so a typo cannot stall the sweep for hours.
+            (1e9, Duration::from_millis(4000)),
+        ] {
+            assert_eq!(rules(ratio).pause_after(took), expected, "ratio {ratio}");
         }
     }
 }

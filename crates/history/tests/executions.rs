@@ -10,7 +10,7 @@ use common::spec;
 use regrelay_history::executions::{
     AttemptLog, DeliveryRecord, ExecutionQuery, ExecutionTrigger, TaskStatus, VendorType,
 };
-use regrelay_history::{Database, HistoryRecorder, RecorderMetrics, RecorderSettings};
+use regrelay_history::{Database, HistoryRecorder, RecorderMetrics, RecorderSettings, SweepRules};
 use uuid::Uuid;
 
 async fn policy(db: &Database, name: &str) -> i64 {
@@ -493,7 +493,7 @@ async fn the_sweep_deletes_finished_executions_by_count_and_age_only() {
         .unwrap();
 
     let report = db
-        .sweep_history(3, Duration::from_secs(7 * 24 * 3600), 2, false)
+        .sweep_history(&SweepRules::new(3, Duration::from_secs(7 * 24 * 3600), 2))
         .await
         .unwrap();
     assert_eq!(report.deleted_by_count, 3, "{report:?}");
@@ -534,14 +534,14 @@ async fn the_sweep_deletes_finished_executions_by_count_and_age_only() {
 
     // Nothing more to do.
     assert_eq!(
-        db.sweep_history(3, Duration::from_secs(7 * 24 * 3600), 2, false)
+        db.sweep_history(&SweepRules::new(3, Duration::from_secs(7 * 24 * 3600), 2))
             .await
             .unwrap(),
         regrelay_history::SweepReport::default()
     );
     // Duration::MAX: no age limit.
     assert_eq!(
-        db.sweep_history(100, Duration::MAX, 10, false)
+        db.sweep_history(&SweepRules::new(100, Duration::MAX, 10))
             .await
             .unwrap(),
         regrelay_history::SweepReport::default()
@@ -585,7 +585,7 @@ async fn a_sweep_that_deleted_rows_vacuums_the_history_tables_when_asked() {
 
     // Without `vacuum`: deleted rows stay dead tuples.
     let report = db
-        .sweep_history(20, Duration::MAX, 100, false)
+        .sweep_history(&SweepRules::new(20, Duration::MAX, 100))
         .await
         .unwrap();
     assert_eq!((report.deleted_by_count, report.vacuumed), (10, false));
@@ -594,8 +594,14 @@ async fn a_sweep_that_deleted_rows_vacuums_the_history_tables_when_asked() {
         before.iter().map(|v| v.1).collect::<Vec<_>>()
     );
 
-    // With it: each of the three tables is vacuumed once.
-    let report = db.sweep_history(5, Duration::MAX, 100, true).await.unwrap();
+    // With it: each of the three tables is vacuumed once. Paced (a pause after each batch of
+    // two, a throttled vacuum), which deletes the same rows.
+    let paced = SweepRules {
+        vacuum: true,
+        pause_ratio: 1.0,
+        ..SweepRules::new(5, Duration::MAX, 2)
+    };
+    let report = db.sweep_history(&paced).await.unwrap();
     assert_eq!((report.deleted_by_count, report.vacuumed), (15, true));
     let after = vacuums().await;
     assert_eq!(after.len(), 3, "{after:?}");
@@ -604,7 +610,7 @@ async fn a_sweep_that_deleted_rows_vacuums_the_history_tables_when_asked() {
     }
 
     // Nothing deleted: no vacuum.
-    let report = db.sweep_history(5, Duration::MAX, 100, true).await.unwrap();
+    let report = db.sweep_history(&paced).await.unwrap();
     assert_eq!(report, regrelay_history::SweepReport::default());
     assert_eq!(
         vacuums().await.iter().map(|v| v.1).collect::<Vec<_>>(),
@@ -636,7 +642,10 @@ async fn a_sweep_does_nothing_while_another_holds_the_lock() {
         .unwrap()
         .get(0);
     assert!(locked);
-    let report = db.sweep_history(0, Duration::MAX, 10, false).await.unwrap();
+    let report = db
+        .sweep_history(&SweepRules::new(0, Duration::MAX, 10))
+        .await
+        .unwrap();
     assert_eq!(report, regrelay_history::SweepReport::default());
 
     // Released explicitly: a closed connection's session locks go only when the server's backend
@@ -652,14 +661,20 @@ async fn a_sweep_does_nothing_while_another_holds_the_lock() {
     assert!(unlocked);
     drop(client);
     let _ = driver.await;
-    let report = db.sweep_history(0, Duration::MAX, 10, false).await.unwrap();
+    let report = db
+        .sweep_history(&SweepRules::new(0, Duration::MAX, 10))
+        .await
+        .unwrap();
     assert_eq!(report.deleted_by_count, 3);
     // The pool's connections do not keep the lock: the next sweep takes it again.
     let records: Vec<_> = (0..2)
         .map(|_| step(Uuid::new_v4(), policy_id, 1, TaskStatus::Success))
         .collect();
     db.record_deliveries(&records).await.unwrap();
-    let report = db.sweep_history(0, Duration::MAX, 10, false).await.unwrap();
+    let report = db
+        .sweep_history(&SweepRules::new(0, Duration::MAX, 10))
+        .await
+        .unwrap();
     assert_eq!(report.deleted_by_count, 2);
 }
 

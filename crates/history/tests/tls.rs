@@ -8,7 +8,7 @@ use std::net::ToSocketAddrs;
 use std::path::Path;
 use std::time::Duration;
 
-use regrelay_history::{Database, SslMode, StoreError};
+use regrelay_history::{Database, SslMode, StoreError, SweepRules};
 use regrelay_testkit::TestDatabase;
 use rustls::client::verify_server_name;
 use rustls::pki_types::pem::PemObject;
@@ -199,7 +199,7 @@ async fn migrations_writes_and_the_sweep_share_the_verified_connector() {
     db.migrate().await.unwrap();
     db.set_notification_enabled(false).await.unwrap();
     assert!(!db.notification_enabled().await.unwrap());
-    db.sweep_history(10, Duration::from_secs(3600), 100, false)
+    db.sweep_history(&SweepRules::new(10, Duration::from_secs(3600), 100))
         .await
         .unwrap();
     // Every session this pool opened on the test database is encrypted (asked over a plain

@@ -165,6 +165,8 @@ pub struct Config {
     pub history_sweep_batch: usize,
     /// Vacuum the history tables after a sweep that deleted rows.
     pub history_sweep_vacuum: bool,
+    /// After each sweep delete batch, pause this many times as long as it took (0: no pauses).
+    pub history_sweep_pause_ratio: f64,
     /// How often the consumer reads the dead-letter queue's depth for its gauge.
     #[serde(with = "humantime_serde")]
     pub dead_letter_depth_interval: Duration,
@@ -407,6 +409,12 @@ impl Config {
         }
         if self.max_attempts == 0 || self.max_attempts > 1000 {
             return Err(invalid("max_attempts", "must be between 1 and 1000"));
+        }
+        if !(self.history_sweep_pause_ratio >= 0.0 && self.history_sweep_pause_ratio <= 10.0) {
+            return Err(invalid(
+                "history_sweep_pause_ratio",
+                "must be between 0.0 and 10.0",
+            ));
         }
         if !(self.retry_multiplier >= 1.0 && self.retry_multiplier <= 100.0) {
             return Err(invalid("retry_multiplier", "must be between 1.0 and 100.0"));

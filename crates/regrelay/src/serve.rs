@@ -14,6 +14,7 @@ use regrelay_consumer::{
     RetrySchedule,
 };
 use regrelay_history::recorder::{RecorderMetrics, RecorderSettings};
+use regrelay_history::SweepRules;
 use regrelay_history::{Database, HistoryRecorder, SecretsKeyring, StoreError};
 use regrelay_producer::{
     Broker, BrokerSettings, ConfirmedPublisher, EventPublisher, ProducerMetrics, Topology,
@@ -209,11 +210,14 @@ pub async fn serve(config: Config, role: Role) -> anyhow::Result<()> {
             }),
             retention: (config.history_enabled && !config.history_sweep_interval.is_zero()).then(
                 || RetentionSettings {
-                    keep_per_policy: config.history_keep_per_policy,
-                    max_age: config.history_max_age,
+                    rules: SweepRules {
+                        keep_per_policy: config.history_keep_per_policy,
+                        max_age: config.history_max_age,
+                        batch: config.history_sweep_batch.max(1),
+                        vacuum: config.history_sweep_vacuum,
+                        pause_ratio: config.history_sweep_pause_ratio,
+                    },
                     interval: config.history_sweep_interval,
-                    batch: config.history_sweep_batch.max(1),
-                    vacuum: config.history_sweep_vacuum,
                 },
             ),
         };
