@@ -30,6 +30,7 @@
 
 mod ceilings;
 mod cluster;
+mod host;
 mod load;
 mod plot;
 mod receiver;

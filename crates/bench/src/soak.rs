@@ -21,7 +21,8 @@
 //!   but one state byte in the receiver.
 //! - Every figure is read from outside the processes: `/proc` for CPU and RSS, the processes'
 //!   `/metrics` for the sweep and the retry buckets, passive declares for the main queues,
-//!   `pg_stat_user_tables` and the size functions for the history tables.
+//!   `pg_stat_user_tables` and the size functions for the history tables, and (`host`) the
+//!   machine's CPU, iowait and disk writes and PostgreSQL's checkpoints and WAL.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -39,6 +40,7 @@ use serde::Serialize;
 use tokio_postgres::NoTls;
 
 use super::cluster::{Cluster, ClusterSettings, ProcessSample};
+use super::host::{HostFigures, HostSample};
 use super::load::{self, Endpoint};
 use super::receiver::{new_histogram, soak_tag, Behaviour, Receiver};
 
@@ -102,6 +104,8 @@ pub struct WindowReport {
     /// Autovacuum workers running at the window's end (`pg_stat_progress_vacuum`).
     pub vacuums_running: i64,
     pub sweep: SweepFigures,
+    /// The machine (CPU, iowait, steal, disk writes) and PostgreSQL's checkpoints and WAL.
+    pub host: HostFigures,
 }
 
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -501,6 +505,7 @@ struct Reporter {
     /// Cumulative sweep counters and per-table vacuum counters at the last window's end.
     last_sweep: SweepFigures,
     last_vacuums: BTreeMap<String, (i64, i64)>,
+    last_host: HostSample,
     last_at: Instant,
     database: tokio_postgres::Client,
     amqp: lapin::Connection,
@@ -530,12 +535,14 @@ impl Reporter {
             last_samples: BTreeMap::new(),
             last_sweep: SweepFigures::default(),
             last_vacuums: BTreeMap::new(),
+            last_host: HostSample::default(),
             last_at: Instant::now(),
             database,
             amqp,
             http: reqwest::Client::new(),
         };
         reporter.last_samples = samples(cluster);
+        reporter.last_host = HostSample::take(&reporter.database).await;
         reporter.last_sweep = sweep_totals(&reporter.consumer_metrics(cluster).await);
         reporter.last_vacuums = reporter
             .tables()
@@ -638,6 +645,9 @@ impl Reporter {
             .and_then(|row| row.try_get::<_, i64>(0))
             .unwrap_or(0);
         let queues = self.queues(cluster, &metrics).await;
+        let host_sample = HostSample::take(&self.database).await;
+        let host = host_sample.since(&self.last_host, seconds);
+        self.last_host = host_sample;
         WindowReport {
             window: self.rows.len() + 1,
             elapsed_s: round(now.duration_since(self.origin).as_secs_f64(), 1),
@@ -656,6 +666,7 @@ impl Reporter {
             history,
             vacuums_running,
             sweep,
+            host,
         }
     }
 
@@ -936,7 +947,7 @@ fn row_line(row: &WindowReport) -> String {
         .map(|p| format!("{} {:.0} MiB", p.name, p.rss_mib))
         .collect();
     format!(
-        "[{:>6.0}s {}] accepted {:.0}/s delivered {:.0}/s p99 {p99} ms, history {history:.1} MiB, swept {:.0} in {:.2}s, queued {}, {}",
+        "[{:>6.0}s {}] accepted {:.0}/s delivered {:.0}/s p99 {p99} ms, history {history:.1} MiB, swept {:.0} in {:.2}s, queued {}, {}, iowait {}%, checkpoints {}",
         row.elapsed_s,
         row.phase,
         row.accepted_per_sec,
@@ -944,7 +955,11 @@ fn row_line(row: &WindowReport) -> String {
         row.sweep.deleted_by_count + row.sweep.deleted_by_age,
         row.sweep.seconds,
         row.queues.events.unwrap_or(0),
-        rss.join(", ")
+        rss.join(", "),
+        row.host
+            .iowait_percent
+            .map_or("-".to_owned(), |v| format!("{v:.1}")),
+        row.host.checkpoints.unwrap_or(0),
     )
 }
 
