@@ -119,6 +119,9 @@ pub(crate) async fn consume_until<F, Fut>(
                 () = paused => break,
                 next = consumer.next() => match next {
                     Some(Ok(delivery)) => {
+                        if delivery.redelivered {
+                            ctx.metrics.redelivered.with_label_values(&[name]).inc();
+                        }
                         let size = delivery.data.len();
                         budget.observe(size);
                         let held = tokio::select! {

@@ -57,6 +57,10 @@ pub struct ConsumerMetrics {
     /// `regrelay_consumer_prefetch_changes_total{stage}`: resubscriptions with another prefetch
     /// because message sizes changed what fits `max_in_flight_bytes`.
     pub prefetch_changes: IntCounterVec,
+    /// `regrelay_messages_redelivered_total{stage}`: messages taken with the broker's
+    /// `redelivered` flag: put back by a nack, a closed channel or a consumer that died. A steady
+    /// rate without restarts means channels are being lost (each may repeat a delivery).
+    pub redelivered: IntCounterVec,
     /// `regrelay_messages_parked_total{stage}`: messages parked in a delay queue after an outage
     /// outlasted `outage_hold`.
     pub messages_parked: IntCounterVec,
@@ -208,6 +212,13 @@ impl ConsumerMetrics {
             ),
             &["stage", "error_type"],
         )?;
+        let redelivered = IntCounterVec::new(
+            Opts::new(
+                "regrelay_messages_redelivered_total",
+                "Messages a consumer stage took that the broker marked redelivered (put back by a nack, a closed channel or a dead consumer), by stage.",
+            ),
+            &["stage"],
+        )?;
         let prefetch_changes = IntCounterVec::new(
             Opts::new(
                 "regrelay_consumer_prefetch_changes_total",
@@ -319,6 +330,7 @@ impl ConsumerMetrics {
         registry.register(Box::new(stage_errors.clone()))?;
         registry.register(Box::new(messages_parked.clone()))?;
         registry.register(Box::new(prefetch_changes.clone()))?;
+        registry.register(Box::new(redelivered.clone()))?;
         registry.register(Box::new(outage_retries.clone()))?;
         for call in OUTAGE_CALLS {
             outage_retries.with_label_values(&[call]);
@@ -346,6 +358,7 @@ impl ConsumerMetrics {
         for stage in crate::settlement::Stage::ALL {
             messages_parked.with_label_values(&[stage.as_str()]);
             prefetch_changes.with_label_values(&[stage.as_str()]);
+            redelivered.with_label_values(&[stage.as_str()]);
             for error_type in crate::settlement::StageError::TYPES {
                 stage_errors.with_label_values(&[stage.as_str(), error_type]);
             }
@@ -370,6 +383,7 @@ impl ConsumerMetrics {
             stage_errors,
             messages_parked,
             prefetch_changes,
+            redelivered,
             outage_retries,
             history_swept,
             history_sweeps,

@@ -575,3 +575,73 @@ async fn a_fast_target_gets_its_first_attempts_from_the_matching_stage() {
     assert_eq!(run_counts.iter().filter(|&&n| n == 1).count(), 21);
     assert_eq!(run_counts.last(), Some(&2));
 }
+
+#[tokio::test]
+async fn a_message_put_back_by_another_consumer_is_counted_as_redelivered_and_delivered_once() {
+    use lapin::options::{BasicGetOptions, BasicNackOptions};
+
+    let mut env = Env::start(
+        "redelivered",
+        Options {
+            start_consumer: false,
+            ..Options::default()
+        },
+    )
+    .await;
+    let receiver = TestReceiver::start().await;
+    env.policy(
+        Some("lib"),
+        spec(
+            "hook",
+            vec![http_target(receiver.url("/hook"))],
+            &[EventType::PushArtifact],
+        ),
+    )
+    .await;
+    env.publish(&[push("lib", "app", "v1"), push("lib", "app", "v2")])
+        .await;
+    // A consumer that dies holding the first event: the broker puts it back marked redelivered.
+    let events = env.broker.topology.events_queue();
+    let mut held = None;
+    for _ in 0..100 {
+        held = env
+            .broker
+            .channel()
+            .basic_get(events.as_str().into(), BasicGetOptions { no_ack: false })
+            .await
+            .unwrap();
+        if held.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    held.expect("the event reached its queue")
+        .delivery
+        .nack(BasicNackOptions {
+            requeue: true,
+            ..BasicNackOptions::default()
+        })
+        .await
+        .unwrap();
+
+    env.run_consumer();
+    let requests = receiver.wait_for(2, WAIT).await;
+    assert_eq!(requests.len(), 2, "both events delivered");
+    assert_eq!(
+        env.metric_when(
+            "regrelay_messages_redelivered_total{stage=\"matching\"}",
+            1.0,
+            WAIT
+        )
+        .await,
+        1.0,
+        "the put-back event, and only it"
+    );
+    assert_eq!(
+        env.metric("regrelay_messages_redelivered_total{stage=\"delivery\"}"),
+        0.0
+    );
+    // Delivered once each: a redelivery that was never attempted is not a duplicate.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(receiver.requests().len(), 2);
+}

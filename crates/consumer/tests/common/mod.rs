@@ -45,6 +45,9 @@ pub struct Options {
     /// `breaker_failures` (0: off).
     pub breaker_failures: u32,
     pub auto_disable_after: Option<Duration>,
+    /// Start consuming at once; when false the test calls `Env::run_consumer` (after preparing
+    /// the queues, say).
+    pub start_consumer: bool,
 }
 
 impl Default for Options {
@@ -64,6 +67,7 @@ impl Default for Options {
             history_outage_hold: Duration::from_secs(600),
             breaker_failures: 0,
             auto_disable_after: None,
+            start_consumer: true,
         }
     }
 }
@@ -77,6 +81,8 @@ pub struct Env {
     pub db_proxy: Option<TcpProxy>,
     shutdown: CancellationToken,
     consumer: Option<tokio::task::JoinHandle<()>>,
+    /// Built but not started (`Options::start_consumer` false).
+    idle: Option<Consumer>,
     // Dropped last: the database outlives the consumer using it.
     _database: TestDatabase,
 }
@@ -174,7 +180,11 @@ impl Env {
             retention: None,
         };
         let shutdown = CancellationToken::new();
-        let handle = tokio::spawn(consumer.run(shutdown.clone()));
+        let (handle, idle) = if options.start_consumer {
+            (Some(tokio::spawn(consumer.run(shutdown.clone()))), None)
+        } else {
+            (None, Some(consumer))
+        };
         Self {
             broker,
             db,
@@ -182,9 +192,16 @@ impl Env {
             publisher: EventPublisher::new(publish, Duration::from_secs(5)),
             db_proxy,
             shutdown,
-            consumer: Some(handle),
+            consumer: handle,
+            idle,
             _database: database,
         }
+    }
+
+    /// Starts the consumer built with `Options::start_consumer` false.
+    pub fn run_consumer(&mut self) {
+        let consumer = self.idle.take().expect("the consumer was started already");
+        self.consumer = Some(tokio::spawn(consumer.run(self.shutdown.clone())));
     }
 
     /// Stops the consumer and waits for it to settle its in-flight work.
