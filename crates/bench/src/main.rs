@@ -408,7 +408,9 @@ async fn run_soak(args: BenchArgs) -> anyhow::Result<()> {
             .window
             .unwrap_or(Duration::from_secs(if backlog > 0 { 10 } else { 60 })),
         batch: args.batch.unwrap_or(10),
-        concurrency: args.concurrency.unwrap_or(16),
+        // The sender paces itself; the limit only has to cover the rate times ingest's latency
+        // (2000/s at 10 ms is 20 requests) with room for a slow window.
+        concurrency: args.concurrency.unwrap_or(64),
         error_rate: args.receiver_errors.unwrap_or(0.02),
         reject_every: args.reject_every,
         sweep_interval: args.sweep_interval,

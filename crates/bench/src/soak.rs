@@ -104,6 +104,9 @@ pub struct WindowReport {
     /// Autovacuum workers running at the window's end (`pg_stat_progress_vacuum`).
     pub vacuums_running: i64,
     pub sweep: SweepFigures,
+    /// Retries and redeliveries in the window (from the consumers' metrics): what can repeat a
+    /// delivery the receiver already has.
+    pub repeats: RepeatFigures,
     /// The machine (CPU, iowait, steal, disk writes) and PostgreSQL's checkpoints and WAL.
     pub host: HostFigures,
 }
@@ -157,6 +160,62 @@ pub struct SweepFigures {
     pub deleted_by_age: f64,
     /// Time spent sweeping in the window.
     pub seconds: f64,
+}
+
+/// What can make the receiver see an event twice, counted in one window. A retry after a
+/// timeout repeats a request the receiver may have answered; a redelivered message was put back
+/// by a nack, a closed channel or a dead consumer (its attempt may have been made).
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq)]
+pub struct RepeatFigures {
+    /// Retries scheduled because an attempt timed out (`reason="timeout"`).
+    pub timeout_retries: f64,
+    /// Retries for every other reason (the receiver's `500`s, refused connections, ...).
+    pub other_retries: f64,
+    /// Messages taken with the `redelivered` flag, both stages.
+    pub redelivered: f64,
+    /// Publishes of retry tasks and fanned-out tasks tried again after a broker nack or confirm
+    /// timeout (`regrelay_outage_retries_total{call="publish_retry"|"publish_tasks"}`): a
+    /// publish whose confirm was late may be in the queue twice.
+    pub republished: f64,
+}
+
+impl RepeatFigures {
+    /// The consumers' cumulative counters, summed over their metrics texts.
+    fn totals(metrics: &[String]) -> Self {
+        let mut totals = Self::default();
+        for text in metrics {
+            let retries = metric_sum(text, "regrelay_delivery_retries_scheduled_total", "");
+            let timeouts = metric_sum(
+                text,
+                "regrelay_delivery_retries_scheduled_total",
+                "reason=\"timeout\"",
+            );
+            totals.timeout_retries += timeouts;
+            totals.other_retries += retries - timeouts;
+            totals.redelivered += metric_sum(text, "regrelay_messages_redelivered_total", "");
+            totals.republished += metric_sum(
+                text,
+                "regrelay_outage_retries_total",
+                "call=\"publish_retry\"",
+            ) + metric_sum(
+                text,
+                "regrelay_outage_retries_total",
+                "call=\"publish_tasks\"",
+            );
+        }
+        totals
+    }
+
+    /// Counted since `before`; a restarted consumer's counters start again at zero, so the
+    /// deltas are clamped at zero.
+    fn since(self, before: Self) -> Self {
+        Self {
+            timeout_retries: (self.timeout_retries - before.timeout_retries).max(0.0),
+            other_retries: (self.other_retries - before.other_retries).max(0.0),
+            redelivered: (self.redelivered - before.redelivered).max(0.0),
+            republished: (self.republished - before.republished).max(0.0),
+        }
+    }
 }
 
 /// The last line: totals and the figures issue 16 asks about.
@@ -504,6 +563,7 @@ struct Reporter {
     last_samples: BTreeMap<String, ProcessSample>,
     /// Cumulative sweep counters and per-table vacuum counters at the last window's end.
     last_sweep: SweepFigures,
+    last_repeats: RepeatFigures,
     last_vacuums: BTreeMap<String, (i64, i64)>,
     last_host: HostSample,
     last_at: Instant,
@@ -534,6 +594,7 @@ impl Reporter {
             rows: Vec::new(),
             last_samples: BTreeMap::new(),
             last_sweep: SweepFigures::default(),
+            last_repeats: RepeatFigures::default(),
             last_vacuums: BTreeMap::new(),
             last_host: HostSample::default(),
             last_at: Instant::now(),
@@ -543,7 +604,9 @@ impl Reporter {
         };
         reporter.last_samples = samples(cluster);
         reporter.last_host = HostSample::take(&reporter.database).await;
-        reporter.last_sweep = sweep_totals(&reporter.consumer_metrics(cluster).await);
+        let metrics = reporter.consumer_metrics(cluster).await;
+        reporter.last_sweep = sweep_totals(&metrics);
+        reporter.last_repeats = RepeatFigures::totals(&metrics);
         reporter.last_vacuums = reporter
             .tables()
             .await
@@ -628,6 +691,9 @@ impl Reporter {
         // A restarted consumer starts its counters at zero: the deltas above are clamped at zero
         // and its new totals become the baseline.
         self.last_sweep = sweep_totals;
+        let repeat_totals = RepeatFigures::totals(&metrics);
+        let repeats = repeat_totals.since(self.last_repeats);
+        self.last_repeats = repeat_totals;
         let mut history = self.tables().await;
         for table in &mut history {
             let (vacuums, analyzes) = (table.autovacuums, table.autoanalyzes);
@@ -666,6 +732,7 @@ impl Reporter {
             history,
             vacuums_running,
             sweep,
+            repeats,
             host,
         }
     }
@@ -818,6 +885,21 @@ impl Reporter {
                 settings.settle_timeout
             ));
         }
+        let mut accepted_rates: Vec<f64> = full
+            .iter()
+            .filter(|r| r.phase == "send")
+            .map(|r| r.accepted_per_sec)
+            .collect();
+        accepted_rates.sort_by(f64::total_cmp);
+        if let Some(&sent_median) = accepted_rates.get(accepted_rates.len() / 2) {
+            if settings.backlog == 0 && sent_median < settings.rate * 0.97 {
+                problems.push(format!(
+                    "the sender fell behind the rate: a median of {sent_median:.0} accepted/s of \
+                     the {:.0}/s asked, with {} requests in flight at most (raise --concurrency)",
+                    settings.rate, settings.concurrency
+                ));
+            }
+        }
         if refused > 0 {
             problems.push(format!(
                 "{refused} events refused by ingest: {}",
@@ -947,7 +1029,7 @@ fn row_line(row: &WindowReport) -> String {
         .map(|p| format!("{} {:.0} MiB", p.name, p.rss_mib))
         .collect();
     format!(
-        "[{:>6.0}s {}] accepted {:.0}/s delivered {:.0}/s p99 {p99} ms, history {history:.1} MiB, swept {:.0} in {:.2}s, queued {}, {}, iowait {}%, checkpoints {}",
+        "[{:>6.0}s {}] accepted {:.0}/s delivered {:.0}/s p99 {p99} ms, history {history:.1} MiB, swept {:.0} in {:.2}s, queued {}, {}, iowait {}%, checkpoints {}, duplicates {} (timeout retries {:.0}, redelivered {:.0}, republished {:.0})",
         row.elapsed_s,
         row.phase,
         row.accepted_per_sec,
@@ -960,6 +1042,10 @@ fn row_line(row: &WindowReport) -> String {
             .iowait_percent
             .map_or("-".to_owned(), |v| format!("{v:.1}")),
         row.host.checkpoints.unwrap_or(0),
+        row.duplicates,
+        row.repeats.timeout_retries,
+        row.repeats.redelivered,
+        row.repeats.republished,
     )
 }
 
@@ -986,6 +1072,44 @@ pub fn validate(settings: &SoakSettings) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn repeats_split_timeouts_from_other_retries_and_sum_both_stages() {
+        let consumer = |timeouts: u32, status: u32, matching: u32, delivery: u32| {
+            format!(
+                "regrelay_delivery_retries_scheduled_total{{reason=\"timeout\"}} {timeouts}\n\
+                 regrelay_delivery_retries_scheduled_total{{reason=\"status_5xx\"}} {status}\n\
+                 regrelay_delivery_retries_scheduled_total{{reason=\"connect\"}} 1\n\
+                 regrelay_messages_redelivered_total{{stage=\"matching\"}} {matching}\n\
+                 regrelay_messages_redelivered_total{{stage=\"delivery\"}} {delivery}\n\
+                 regrelay_outage_retries_total{{call=\"publish_retry\"}} {status}\n\
+                 regrelay_outage_retries_total{{call=\"publish_tasks\"}} 1\n\
+                 regrelay_outage_retries_total{{call=\"project_id\"}} 7\n"
+            )
+        };
+        let before = RepeatFigures::totals(&[consumer(2, 10, 0, 1)]);
+        let after = RepeatFigures::totals(&[consumer(5, 14, 3, 1), consumer(1, 0, 0, 0)]);
+        assert_eq!(
+            after,
+            RepeatFigures {
+                timeout_retries: 6.0,
+                other_retries: 16.0,
+                redelivered: 4.0,
+                republished: 16.0
+            }
+        );
+        assert_eq!(
+            after.since(before),
+            RepeatFigures {
+                timeout_retries: 4.0,
+                other_retries: 5.0,
+                redelivered: 3.0,
+                republished: 5.0
+            }
+        );
+        // A consumer restarted with fresh counters does not make the window negative.
+        assert_eq!(before.since(after), RepeatFigures::default());
+    }
 
     #[test]
     fn metrics_are_summed_by_name_and_label() {
