@@ -183,7 +183,14 @@ pub fn soak_plot(rows: &[crate::soak::WindowReport], path: &Path) -> anyhow::Res
     let root = BitMapBackend::new(path, (SOAK_WIDTH, SOAK_HEIGHT)).into_drawing_area();
     root.fill(&WHITE).map_err(plot_error)?;
     let root = root
-        .titled("regrelay soak run", (FONT, 28))
+        .titled(
+            if rows.iter().any(|r| r.phase == "drain") {
+                "regrelay backlog drain"
+            } else {
+                "regrelay soak run"
+            },
+            (FONT, 28),
+        )
         .map_err(plot_error)?;
     for (area, (title, unit, series)) in root.split_evenly((4, 2)).iter().zip(&panels) {
         soak_panel(area, title, unit, series, end)
