@@ -72,10 +72,10 @@ impl LoadResult {
     }
 }
 
-/// A client with enough keep-alive connections for `concurrency` requests at once.
 /// How long an idle keep-alive connection stays in the sender's pool.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// A client with enough keep-alive connections for `concurrency` requests at once.
 pub fn client(concurrency: usize) -> anyhow::Result<reqwest::Client> {
     reqwest::Client::builder()
         .pool_max_idle_per_host(concurrency.max(1))

@@ -162,6 +162,18 @@ pub struct SweepFigures {
     pub seconds: f64,
 }
 
+impl SweepFigures {
+    /// Counted since `before`, clamped at zero (see [`RepeatFigures::since`]).
+    fn since(self, before: Self) -> Self {
+        Self {
+            runs: (self.runs - before.runs).max(0.0),
+            deleted_by_count: (self.deleted_by_count - before.deleted_by_count).max(0.0),
+            deleted_by_age: (self.deleted_by_age - before.deleted_by_age).max(0.0),
+            seconds: (self.seconds - before.seconds).max(0.0),
+        }
+    }
+}
+
 /// What can make the receiver see an event twice, counted in one window. A retry after a
 /// timeout repeats a request the receiver may have answered; a redelivered message was put back
 /// by a nack, a closed channel or a dead consumer (its attempt may have been made).
@@ -681,15 +693,9 @@ impl Reporter {
         // Each consumer's /metrics once per window: the sweep counters and the retry buckets.
         let metrics = self.consumer_metrics(cluster).await;
         let sweep_totals = sweep_totals(&metrics);
-        let sweep = SweepFigures {
-            runs: (sweep_totals.runs - self.last_sweep.runs).max(0.0),
-            deleted_by_count: (sweep_totals.deleted_by_count - self.last_sweep.deleted_by_count)
-                .max(0.0),
-            deleted_by_age: (sweep_totals.deleted_by_age - self.last_sweep.deleted_by_age).max(0.0),
-            seconds: (sweep_totals.seconds - self.last_sweep.seconds).max(0.0),
-        };
-        // A restarted consumer starts its counters at zero: the deltas above are clamped at zero
+        // A restarted consumer starts its counters at zero: `since` clamps the deltas at zero
         // and its new totals become the baseline.
+        let sweep = sweep_totals.since(self.last_sweep);
         self.last_sweep = sweep_totals;
         let repeat_totals = RepeatFigures::totals(&metrics);
         let repeats = repeat_totals.since(self.last_repeats);

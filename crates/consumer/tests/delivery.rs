@@ -578,8 +578,6 @@ async fn a_fast_target_gets_its_first_attempts_from_the_matching_stage() {
 
 #[tokio::test]
 async fn a_message_put_back_by_another_consumer_is_counted_as_redelivered_and_delivered_once() {
-    use lapin::options::{BasicGetOptions, BasicNackOptions};
-
     let mut env = Env::start(
         "redelivered",
         Options {
@@ -601,28 +599,12 @@ async fn a_message_put_back_by_another_consumer_is_counted_as_redelivered_and_de
     env.publish(&[push("lib", "app", "v1"), push("lib", "app", "v2")])
         .await;
     // A consumer that dies holding the first event: the broker puts it back marked redelivered.
-    let events = env.broker.topology.events_queue();
-    let mut held = None;
-    for _ in 0..100 {
-        held = env
-            .broker
-            .channel()
-            .basic_get(events.as_str().into(), BasicGetOptions { no_ack: false })
-            .await
-            .unwrap();
-        if held.is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    held.expect("the event reached its queue")
-        .delivery
-        .nack(BasicNackOptions {
-            requeue: true,
-            ..BasicNackOptions::default()
-        })
-        .await
-        .unwrap();
+    assert!(
+        env.broker
+            .put_back(&env.broker.topology.events_queue(), WAIT)
+            .await,
+        "the event reached its queue"
+    );
 
     env.run_consumer();
     let requests = receiver.wait_for(2, WAIT).await;

@@ -307,7 +307,6 @@ async fn a_work_queue_of_an_older_release_is_used_and_reported() {
 
 #[tokio::test]
 async fn an_event_past_its_delivery_limit_is_dead_lettered_by_the_broker_and_replayable() {
-    use lapin::options::{BasicGetOptions, BasicNackOptions};
     use regrelay_dead_letters::{
         DeadLetterFilter, DeadLetterMetrics, DeadLetterQueue, DeadLetterReason, ReplaySelection,
     };
@@ -339,23 +338,11 @@ async fn an_event_past_its_delivery_limit_is_dead_lettered_by_the_broker_and_rep
     // A consumer that keeps putting it back (what a crash loop looks like to the broker).
     let events = broker.topology.events_queue();
     for _ in 0..50 {
-        let got = broker
-            .channel()
-            .basic_get(events.as_str().into(), BasicGetOptions { no_ack: false })
-            .await
-            .unwrap();
-        match got {
-            Some(got) => {
-                got.delivery
-                    .nack(BasicNackOptions {
-                        requeue: true,
-                        ..BasicNackOptions::default()
-                    })
-                    .await
-                    .unwrap();
+        if !broker.put_back(&events, Duration::ZERO).await {
+            if broker.depth(&broker.topology.dead_letter_queue()).await == 1 {
+                break;
             }
-            None if broker.depth(&broker.topology.dead_letter_queue()).await == 1 => break,
-            None => tokio::time::sleep(Duration::from_millis(50)).await,
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
     assert_eq!(

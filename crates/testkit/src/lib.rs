@@ -17,7 +17,9 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use lapin::options::{BasicAckOptions, BasicGetOptions, ExchangeDeleteOptions, QueueDeleteOptions};
+use lapin::options::{
+    BasicAckOptions, BasicGetOptions, BasicNackOptions, ExchangeDeleteOptions, QueueDeleteOptions,
+};
 use lapin::{Channel, Connection, ConnectionProperties};
 use regrelay_producer::Topology;
 use tokio::net::{TcpListener, TcpStream};
@@ -93,25 +95,56 @@ impl TestBroker {
         let deadline = tokio::time::Instant::now() + wait;
         let mut taken = Vec::new();
         while taken.len() < n {
+            let Some(message) = self.get_until(queue, deadline).await else {
+                break;
+            };
+            message
+                .delivery
+                .ack(BasicAckOptions::default())
+                .await
+                .expect("ack");
+            taken.push(message);
+        }
+        taken
+    }
+
+    /// Takes one message from `queue` and puts it back (nack with requeue), as a consumer that
+    /// dies holding it would: the broker delivers it again marked `redelivered`. False when none
+    /// arrived within `wait`.
+    pub async fn put_back(&self, queue: &str, wait: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + wait;
+        let Some(message) = self.get_until(queue, deadline).await else {
+            return false;
+        };
+        message
+            .delivery
+            .nack(BasicNackOptions {
+                requeue: true,
+                ..BasicNackOptions::default()
+            })
+            .await
+            .expect("nack");
+        true
+    }
+
+    /// One unsettled message of `queue`, polling until `deadline`.
+    async fn get_until(
+        &self,
+        queue: &str,
+        deadline: tokio::time::Instant,
+    ) -> Option<BasicGetMessage> {
+        loop {
             let got = self
                 .channel
                 .basic_get(queue.into(), BasicGetOptions::default())
                 .await
                 .expect("basic_get");
             match got {
-                Some(message) => {
-                    message
-                        .delivery
-                        .ack(BasicAckOptions::default())
-                        .await
-                        .expect("ack");
-                    taken.push(message);
-                }
-                None if tokio::time::Instant::now() >= deadline => break,
+                Some(message) => return Some(message),
+                None if tokio::time::Instant::now() >= deadline => return None,
                 None => tokio::time::sleep(Duration::from_millis(25)).await,
             }
         }
-        taken
     }
 
     /// How many messages wait in `queue` (0 when it does not exist).
