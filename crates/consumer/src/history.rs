@@ -446,19 +446,35 @@ async fn record_with(
 
 /// Runs the retention sweep every `settings.interval` until `shutdown`. Several consumers may run
 /// it; the store lets one sweep at a time (an advisory lock) and the others find nothing to do.
+///
+/// Sweeps start an interval apart (not an interval after the last one ended), so a sweep spread
+/// over most of its interval (`SweepRules::spread`) is followed by the next at once and the
+/// deletions go on at a steady rate; one that overruns its interval is followed by the next
+/// without a burst of catch-up sweeps. Shutdown does not wait for a sweep: it is dropped midway
+/// (each delete batch is its own transaction, and the store closes the connection holding the
+/// sweep lock), and the next process's sweep deletes what it left.
 pub(crate) async fn sweep_until(
     db: Database,
     settings: RetentionSettings,
     metrics: ConsumerMetrics,
     shutdown: CancellationToken,
 ) {
+    let interval = settings.interval.max(Duration::from_millis(1));
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(settings.interval) => {}
+            _ = ticks.tick() => {}
         }
         let started = std::time::Instant::now();
-        let swept = db.sweep_history(&settings.rules).await;
+        let swept = tokio::select! {
+            () = shutdown.cancelled() => {
+                tracing::info!(message = "History sweep stopped for shutdown.", elapsed_ms = started.elapsed().as_millis() as u64);
+                return;
+            }
+            swept = db.sweep_history(&settings.rules) => swept,
+        };
         let elapsed = started.elapsed();
         metrics.history_sweep_seconds.observe(elapsed.as_secs_f64());
         match swept {

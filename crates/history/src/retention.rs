@@ -26,6 +26,14 @@
 //!   vacuum runs with `vacuum_cost_delay` set to autovacuum's throttle ([`PACED_VACUUM_COST_DELAY`]).
 //!   A paced sweep takes longer; at `pause_ratio` r it needs about (1 + r) times its unpaced time,
 //!   which must stay well within the sweep interval (docs/deployment.md). 0 does not pace.
+//! - A ratio paces each batch, not the sweep: when the recorder keeps PostgreSQL busy every batch
+//!   is slow and so is every pause, and a sweep of a backlog's rows never finished (issue 16).
+//!   `spread` paces to a deadline instead: the count rule's deletions are counted first (the same
+//!   `GROUP BY`), and each batch waits until the share of `spread` its rows stand for has passed.
+//!   The sweep then deletes at a steady rate (rows / spread) rather than in a burst, which keeps
+//!   the delivery rate flat while it runs, and it never takes longer than it would unpaced: a
+//!   batch that is behind the deadline does not wait. The age rule's rows, not counted up front,
+//!   go at the same rate. Both paces may be set; each batch waits for the longer of the two.
 //! - Deletes go per policy, along `executions_vendor_id_idx` and `executions_vendor_end_time_idx`,
 //!   in batches. Finding the policies over their count limit does read every finished execution's
 //!   policy id once per sweep (a `GROUP BY` over the end-time index); at millions of rows that is
@@ -62,6 +70,9 @@ pub struct SweepRules {
     /// After each delete batch, pause this many times as long as the batch took; 0 does not pause.
     /// Above 0 the vacuum is throttled too (see the module's design constraints).
     pub pause_ratio: f64,
+    /// Spread the count rule's deletions evenly over this long (a steady rate instead of a
+    /// burst); zero deletes as fast as it can. Non-zero throttles the vacuum too.
+    pub spread: Duration,
 }
 
 impl SweepRules {
@@ -73,21 +84,59 @@ impl SweepRules {
             batch,
             vacuum: false,
             pause_ratio: 0.0,
+            spread: Duration::ZERO,
         }
     }
 
     /// Whether the sweep pauses between batches and throttles its vacuum.
     fn paced(&self) -> bool {
+        self.ratio_paced() || !self.spread.is_zero()
+    }
+
+    fn ratio_paced(&self) -> bool {
         self.pause_ratio > 0.0 && self.pause_ratio.is_finite()
     }
 
-    /// How long to pause after a delete batch that took `took`.
+    /// How long to pause after a delete batch that took `took` (the ratio's pace alone).
     fn pause_after(&self, took: Duration) -> Duration {
-        if self.paced() {
+        if self.ratio_paced() {
             took.mul_f64(self.pause_ratio.min(100.0))
         } else {
             Duration::ZERO
         }
+    }
+}
+
+/// The deadline a spread sweep keeps: `total` rows evenly over `spread` from `started`.
+#[derive(Debug, Clone, Copy)]
+struct Pace {
+    started: std::time::Instant,
+    spread: Duration,
+    /// The count rule's rows to delete; 0 when there is nothing to spread.
+    total: u64,
+    /// Rows deleted so far (by either rule).
+    deleted: u64,
+}
+
+impl Pace {
+    fn new(spread: Duration, total: u64) -> Self {
+        Self {
+            started: std::time::Instant::now(),
+            spread,
+            total,
+            deleted: 0,
+        }
+    }
+
+    /// How long to wait, `elapsed` into the sweep, before deleting past the rows already deleted:
+    /// until the share of the spread those rows stand for has passed (never more than the spread
+    /// itself per wait, so a miscount cannot stall the sweep).
+    fn wait(&self, elapsed: Duration) -> Duration {
+        if self.spread.is_zero() || self.total == 0 {
+            return Duration::ZERO;
+        }
+        let due = self.spread.mul_f64(self.deleted as f64 / self.total as f64);
+        due.saturating_sub(elapsed).min(self.spread)
     }
 }
 
@@ -195,20 +244,26 @@ async fn sweep(
     let keep = i64::try_from(rules.keep_per_policy).unwrap_or(i64::MAX);
     let mut report = SweepReport::default();
 
-    // By count: only policies with more finished executions than they keep.
-    let over: Vec<i64> = client
+    // By count: only policies with more finished executions than they keep, and how many more
+    // (what a spread sweep paces).
+    let over: Vec<(i64, i64)> = client
         .query(
             &format!(
-                "SELECT vendor_id FROM executions WHERE {FINISHED}
+                "SELECT vendor_id, count(*) - $1 FROM executions WHERE {FINISHED}
                  GROUP BY vendor_id HAVING count(*) > $1"
             ),
             &[&keep],
         )
         .await?
         .iter()
-        .map(|row| row.try_get(0))
-        .collect::<Result<_, _>>()?;
-    for policy_id in over {
+        .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+        .collect::<Result<_, tokio_postgres::Error>>()?;
+    let total = over
+        .iter()
+        .map(|(_, beyond)| u64::try_from(*beyond).unwrap_or(0))
+        .sum();
+    let mut pace = Pace::new(rules.spread, total);
+    for (policy_id, _) in over {
         // The newest finished execution beyond the kept ones; it and every older finished one go.
         // Executions that finish meanwhile are newer, so they can only make the sweep keep more.
         let cutoff: Option<i64> = client
@@ -234,6 +289,7 @@ async fn sweep(
             policy_id,
             &cutoff,
             rules,
+            &mut pace,
         )
         .await?;
     }
@@ -262,6 +318,7 @@ async fn sweep(
                 policy_id,
                 &cutoff,
                 rules,
+                &mut pace,
             )
             .await?;
         }
@@ -270,13 +327,15 @@ async fn sweep(
 }
 
 /// Runs a `DELETE ... LIMIT $3` for one policy (`$1`) until it deletes fewer than a batch; each
-/// run is its own transaction (autocommit), followed by the rules' pause.
+/// run is its own transaction (autocommit), followed by the rules' pause or the spread's wait,
+/// whichever is longer.
 async fn delete_in_batches(
     client: &deadpool_postgres::Object,
     sql: &str,
     policy_id: i64,
     bound: &(dyn tokio_postgres::types::ToSql + Sync),
     rules: &SweepRules,
+    pace: &mut Pace,
 ) -> Result<u64, StoreError> {
     let batch = i64::try_from(rules.batch.max(1)).unwrap_or(i64::MAX);
     let statement = client.prepare(sql).await?;
@@ -287,10 +346,13 @@ async fn delete_in_batches(
             .execute(&statement, &[&policy_id, bound, &batch])
             .await?;
         deleted += n;
+        pace.deleted += n;
         if n < u64::try_from(batch).unwrap_or(u64::MAX) {
             return Ok(deleted);
         }
-        let pause = rules.pause_after(started.elapsed());
+        let pause = rules
+            .pause_after(started.elapsed())
+            .max(pace.wait(pace.started.elapsed()));
         if !pause.is_zero() {
             tokio::time::sleep(pause).await;
         }
@@ -320,6 +382,37 @@ mod tests {
             (1e9, Duration::from_millis(4000)),
         ] {
             assert_eq!(rules(ratio).pause_after(took), expected, "ratio {ratio}");
+        }
+    }
+
+    #[test]
+    fn a_spread_sweep_waits_until_its_rows_share_of_the_spread_has_passed() {
+        let s = Duration::from_secs;
+        let ms = Duration::from_millis;
+        for (spread, total, deleted, elapsed, expected) in [
+            // Not spread, or nothing counted: no wait.
+            (s(0), 10_000, 1000, ms(10), Duration::ZERO),
+            (s(60), 0, 1000, ms(10), Duration::ZERO),
+            // A tenth deleted is due a tenth into the spread.
+            (s(60), 10_000, 1000, ms(10), ms(5990)),
+            (s(60), 10_000, 5000, s(20), s(10)),
+            // Behind the deadline (a slow database): no wait, the sweep catches up unpaced.
+            (s(60), 10_000, 1000, s(7), Duration::ZERO),
+            (s(60), 10_000, 10_000, s(80), Duration::ZERO),
+            // The age rule's rows, beyond the count, go on at the same rate ...
+            (s(60), 10_000, 11_000, s(60), s(6)),
+            // ... but a miscount never makes one wait longer than the spread.
+            (s(60), 1, 1000, s(0), s(60)),
+        ] {
+            let pace = Pace {
+                deleted,
+                ..Pace::new(spread, total)
+            };
+            assert_eq!(
+                pace.wait(elapsed),
+                expected,
+                "{spread:?} {total} {deleted} {elapsed:?}"
+            );
         }
     }
 }

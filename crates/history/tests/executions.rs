@@ -549,6 +549,38 @@ async fn the_sweep_deletes_finished_executions_by_count_and_age_only() {
 }
 
 #[tokio::test]
+async fn a_spread_sweep_paces_its_deletions_to_its_deadline_and_deletes_them_all() {
+    let store = common::store("history sweep spread").await;
+    let db = &store.db;
+    let (busy, quiet) = (policy(db, "busy").await, policy(db, "quiet").await);
+    let steps = |policy_id, n: usize| -> Vec<_> {
+        (0..n)
+            .map(|_| step(Uuid::new_v4(), policy_id, 1, TaskStatus::Success))
+            .collect()
+    };
+    db.record_deliveries(&steps(busy, 34)).await.unwrap();
+    db.record_deliveries(&steps(quiet, 10)).await.unwrap();
+    // 30 + 6 rows beyond the 4 kept per policy, 6 per batch, spread over 600 ms: the batch that
+    // brings the count to 36 is not due before 600 ms, so the sweep cannot finish sooner (how much
+    // longer it takes is the machine's business, not this test's).
+    let spread = SweepRules {
+        spread: Duration::from_millis(600),
+        ..SweepRules::new(4, Duration::MAX, 6)
+    };
+    let started = std::time::Instant::now();
+    let report = db.sweep_history(&spread).await.unwrap();
+    let took = started.elapsed();
+    assert_eq!(report.deleted_by_count, 36);
+    assert!(took >= Duration::from_millis(500), "not paced: {took:?}");
+    assert_eq!(count(&store, "executions").await, 8);
+    // Nothing left to spread: the next sweep returns at once with nothing deleted.
+    assert_eq!(
+        db.sweep_history(&spread).await.unwrap(),
+        regrelay_history::SweepReport::default()
+    );
+}
+
+#[tokio::test]
 async fn a_sweep_that_deleted_rows_vacuums_the_history_tables_when_asked() {
     let store = common::store("history sweep vacuum").await;
     let db = &store.db;

@@ -167,6 +167,8 @@ pub struct Config {
     pub history_sweep_vacuum: bool,
     /// After each sweep delete batch, pause this many times as long as it took (0: no pauses).
     pub history_sweep_pause_ratio: f64,
+    /// Spread each sweep's deletions over this share of `history_sweep_interval` (0: a burst).
+    pub history_sweep_spread: f64,
     /// How often the consumer reads the dead-letter queue's depth for its gauge.
     #[serde(with = "humantime_serde")]
     pub dead_letter_depth_interval: Duration,
@@ -414,6 +416,12 @@ impl Config {
             return Err(invalid(
                 "history_sweep_pause_ratio",
                 "must be between 0.0 and 10.0",
+            ));
+        }
+        if !(self.history_sweep_spread >= 0.0 && self.history_sweep_spread <= 0.95) {
+            return Err(invalid(
+                "history_sweep_spread",
+                "must be between 0.0 and 0.95",
             ));
         }
         if !(self.retry_multiplier >= 1.0 && self.retry_multiplier <= 100.0) {

@@ -216,6 +216,9 @@ pub async fn serve(config: Config, role: Role) -> anyhow::Result<()> {
                         batch: config.history_sweep_batch.max(1),
                         vacuum: config.history_sweep_vacuum,
                         pause_ratio: config.history_sweep_pause_ratio,
+                        spread: config
+                            .history_sweep_interval
+                            .mul_f64(config.history_sweep_spread),
                     },
                     interval: config.history_sweep_interval,
                 },
