@@ -189,6 +189,9 @@ pub struct RepeatFigures {
     /// timeout (`regrelay_outage_retries_total{call="publish_retry"|"publish_tasks"}`): a
     /// publish whose confirm was late may be in the queue twice.
     pub republished: f64,
+    /// Consumer publishes whose confirms came later than `publish_confirm_timeout` and that
+    /// waited on for them instead of publishing again (`regrelay_publish_confirms_late_total`).
+    pub late_confirms: f64,
 }
 
 impl RepeatFigures {
@@ -214,6 +217,7 @@ impl RepeatFigures {
                 "regrelay_outage_retries_total",
                 "call=\"publish_tasks\"",
             );
+            totals.late_confirms += metric_sum(text, "regrelay_publish_confirms_late_total", "");
         }
         totals
     }
@@ -226,6 +230,7 @@ impl RepeatFigures {
             other_retries: (self.other_retries - before.other_retries).max(0.0),
             redelivered: (self.redelivered - before.redelivered).max(0.0),
             republished: (self.republished - before.republished).max(0.0),
+            late_confirms: (self.late_confirms - before.late_confirms).max(0.0),
         }
     }
 }
@@ -1035,7 +1040,7 @@ fn row_line(row: &WindowReport) -> String {
         .map(|p| format!("{} {:.0} MiB", p.name, p.rss_mib))
         .collect();
     format!(
-        "[{:>6.0}s {}] accepted {:.0}/s delivered {:.0}/s p99 {p99} ms, history {history:.1} MiB, swept {:.0} in {:.2}s, queued {}, {}, iowait {}%, checkpoints {}, duplicates {} (timeout retries {:.0}, redelivered {:.0}, republished {:.0})",
+        "[{:>6.0}s {}] accepted {:.0}/s delivered {:.0}/s p99 {p99} ms, history {history:.1} MiB, swept {:.0} in {:.2}s, queued {}, {}, iowait {}%, checkpoints {}, duplicates {} (timeout retries {:.0}, redelivered {:.0}, republished {:.0}, late confirms {:.0})",
         row.elapsed_s,
         row.phase,
         row.accepted_per_sec,
@@ -1052,6 +1057,7 @@ fn row_line(row: &WindowReport) -> String {
         row.repeats.timeout_retries,
         row.repeats.redelivered,
         row.repeats.republished,
+        row.repeats.late_confirms,
     )
 }
 
@@ -1090,7 +1096,8 @@ mod tests {
                  regrelay_messages_redelivered_total{{stage=\"delivery\"}} {delivery}\n\
                  regrelay_outage_retries_total{{call=\"publish_retry\"}} {status}\n\
                  regrelay_outage_retries_total{{call=\"publish_tasks\"}} 1\n\
-                 regrelay_outage_retries_total{{call=\"project_id\"}} 7\n"
+                 regrelay_outage_retries_total{{call=\"project_id\"}} 7\n\
+                 regrelay_publish_confirms_late_total {matching}\n"
             )
         };
         let before = RepeatFigures::totals(&[consumer(2, 10, 0, 1)]);
@@ -1101,7 +1108,8 @@ mod tests {
                 timeout_retries: 6.0,
                 other_retries: 16.0,
                 redelivered: 4.0,
-                republished: 16.0
+                republished: 16.0,
+                late_confirms: 3.0,
             }
         );
         assert_eq!(
@@ -1110,7 +1118,8 @@ mod tests {
                 timeout_retries: 4.0,
                 other_retries: 5.0,
                 redelivered: 3.0,
-                republished: 5.0
+                republished: 5.0,
+                late_confirms: 3.0,
             }
         );
         // A consumer restarted with fresh counters does not make the window negative.

@@ -478,3 +478,95 @@ async fn a_broker_connection_moves_to_the_next_address_when_one_fails() {
     assert_eq!((in_use(&first), in_use(&second)), (0, 1));
     handle.close().await;
 }
+
+/// Publishes one message to `queue` through `publisher` in a task of its own.
+fn publish_in_background(
+    publisher: regrelay_producer::ConfirmedPublisher,
+    queue: String,
+    body: &'static [u8],
+) -> tokio::task::JoinHandle<Result<Duration, regrelay_producer::PublishError>> {
+    tokio::spawn(async move {
+        publisher
+            .publish(vec![regrelay_producer::OutgoingMessage {
+                exchange: "",
+                routing_key: &queue,
+                body,
+                properties: lapin::BasicProperties::default().with_delivery_mode(2),
+            }])
+            .await
+    })
+}
+
+#[tokio::test]
+async fn a_late_confirm_is_waited_for_instead_of_publishing_a_second_copy() {
+    use regrelay_producer::{Broker, ConfirmedPublisher, ProducerMetrics, PublishError};
+    use regrelay_testkit::{TcpProxy, TestBroker};
+    use std::sync::Arc;
+
+    let broker = TestBroker::new("late-confirm").await;
+    broker.declare().await;
+    let queue = broker.topology.deliveries_queue();
+    let proxy = TcpProxy::start("127.0.0.1:5672".parse().unwrap()).await;
+    let registry = prometheus::Registry::new();
+    let metrics = ProducerMetrics::register(&registry).unwrap();
+    let handle = Arc::new(Broker::new(
+        publish_settings(
+            format!("amqp://guest:guest@{}/%2f", proxy.addr()),
+            "regrelay-test-late-confirm",
+        ),
+        broker.topology.clone(),
+        metrics.clone(),
+    ));
+    let timeout = Duration::from_millis(200);
+    let patient =
+        ConfirmedPublisher::new(handle.clone(), timeout).with_patience(Duration::from_secs(30));
+    // The channel is open before the broker turns slow.
+    publish_in_background(patient.clone(), queue.clone(), b"warm-up")
+        .await
+        .unwrap()
+        .expect("published while the broker answers");
+    assert_eq!(broker.depth(&queue).await, 1);
+
+    // The broker stores the message but its confirm is held for five confirm timeouts.
+    proxy.hold_replies(true);
+    let waiting = publish_in_background(patient, queue.clone(), b"late");
+    tokio::time::sleep(timeout * 5).await;
+    assert!(!waiting.is_finished(), "still waiting for the confirm");
+    assert!(
+        metrics.publish_confirms_late.get() >= 3,
+        "each timeout passed is counted: {}",
+        metrics.publish_confirms_late.get()
+    );
+    assert_eq!(broker.depth(&queue).await, 2, "the broker has stored it");
+    proxy.hold_replies(false);
+    waiting
+        .await
+        .unwrap()
+        .expect("the late confirm is taken as the confirm");
+    assert_eq!(
+        broker.depth(&queue).await,
+        2,
+        "one copy: nothing was published again"
+    );
+    assert_eq!(
+        metrics
+            .publish_failures
+            .with_label_values(&["confirm_timeout"])
+            .get(),
+        0
+    );
+
+    // Without patience the same wait is an error, though the message is stored: a caller that
+    // then publishes again puts a second copy on the queue. That is what the patience prevents.
+    let impatient = ConfirmedPublisher::new(handle.clone(), timeout);
+    proxy.hold_replies(true);
+    let given_up = publish_in_background(impatient, queue.clone(), b"given up");
+    tokio::time::sleep(timeout * 3).await;
+    proxy.hold_replies(false);
+    assert!(matches!(
+        given_up.await.unwrap(),
+        Err(PublishError::ConfirmTimeout(_))
+    ));
+    assert_eq!(broker.depth(&queue).await, 3, "stored all the same");
+    handle.close().await;
+}

@@ -5,6 +5,12 @@
 //! - Anything less is an error the caller sees; nothing is dropped silently. A failed batch may have
 //!   been partly enqueued (AMQP cannot take a confirmed message back): the caller answers "not accepted",
 //!   the sender resends, and downstream delivery is at-least-once anyway.
+//! - A late confirm is not a lost message. A caller that would publish again after a timeout (the
+//!   consumer's tasks, retries and dead letters, whose source message stays unacked meanwhile)
+//!   makes its publisher patient ([`ConfirmedPublisher::with_patience`]): past the confirm timeout
+//!   it counts and logs the wait and keeps waiting on the same channel, up to the patience, since a
+//!   second publish of a message the broker did store is delivered twice. Only a channel that
+//!   fails, a nack, or a wait past the patience ends the call with an error.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -63,16 +69,29 @@ pub struct OutgoingMessage<'a> {
 #[derive(Clone)]
 pub struct ConfirmedPublisher {
     broker: Arc<Broker>,
-    /// How long to wait for the broker's confirms before giving up on a batch.
+    /// How long to wait for the broker's confirms before counting them late (and, for an
+    /// impatient publisher, giving up on the batch).
     confirm_timeout: Duration,
+    /// How long to wait in all before giving up on a batch; at least `confirm_timeout`.
+    patience: Duration,
 }
 
 impl ConfirmedPublisher {
+    /// A publisher that gives up on a batch once `confirm_timeout` passed without every confirm.
     pub fn new(broker: Arc<Broker>, confirm_timeout: Duration) -> Self {
         Self {
             broker,
             confirm_timeout,
+            patience: confirm_timeout,
         }
+    }
+
+    /// Waits for late confirms up to `patience` in all (never less than the confirm timeout)
+    /// instead of giving up after the confirm timeout; each timeout passed is counted in
+    /// `regrelay_publish_confirms_late_total` and logged.
+    pub fn with_patience(mut self, patience: Duration) -> Self {
+        self.patience = patience.max(self.confirm_timeout);
+        self
     }
 
     pub fn broker(&self) -> &Arc<Broker> {
@@ -147,11 +166,28 @@ impl ConfirmedPublisher {
                 .await?;
             confirms.push(confirm);
         }
-        let results = match tokio::time::timeout(self.confirm_timeout, join_all(confirms)).await {
-            Ok(results) => results,
-            Err(_) => {
-                self.broker.replace_channel(&channel).await;
-                return Err(PublishError::ConfirmTimeout(self.confirm_timeout));
+        let mut confirmed = std::pin::pin!(join_all(confirms));
+        let results = loop {
+            let waited = started.elapsed();
+            let wait = self
+                .confirm_timeout
+                .min(self.patience.saturating_sub(waited));
+            match tokio::time::timeout(wait, confirmed.as_mut()).await {
+                Ok(results) => break results,
+                Err(_) if started.elapsed() < self.patience => {
+                    // The broker may still store them: publishing again would put a second copy
+                    // on the queue. Wait on the same channel (its failure ends the wait).
+                    self.broker.metrics().publish_confirms_late.inc();
+                    tracing::warn!(
+                        message = "Publish confirms are late; waiting for them instead of publishing again.",
+                        waited_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+                        patience_ms = u64::try_from(self.patience.as_millis()).unwrap_or(u64::MAX),
+                    );
+                }
+                Err(_) => {
+                    self.broker.replace_channel(&channel).await;
+                    return Err(PublishError::ConfirmTimeout(self.patience));
+                }
             }
         };
         for result in results {

@@ -15,6 +15,10 @@ pub struct ProducerMetrics {
     /// `regrelay_publish_channels_replaced_total`: publishing channels replaced after a nack or
     /// a confirm timeout.
     pub publish_channels_replaced: prometheus::IntCounter,
+    /// `regrelay_publish_confirms_late_total`: publish calls still waiting for their confirms
+    /// when `publish_confirm_timeout` passed, and waiting on (a patient publisher) instead of
+    /// failing, so nothing is published twice.
+    pub publish_confirms_late: prometheus::IntCounter,
     /// `regrelay_publish_confirm_duration_seconds`: from the first publish of a batch to its last confirm.
     pub publish_confirm_seconds: Histogram,
     /// `regrelay_broker_connects_total{role,outcome}`: connect attempts.
@@ -105,6 +109,11 @@ impl ProducerMetrics {
             "Publishing channels replaced by a fresh one after a nack or a confirm timeout.",
         )?;
         registry.register(Box::new(publish_channels_replaced.clone()))?;
+        let publish_confirms_late = prometheus::IntCounter::new(
+            "regrelay_publish_confirms_late_total",
+            "Publish calls whose confirms were later than publish_confirm_timeout and that waited on for them instead of publishing again.",
+        )?;
+        registry.register(Box::new(publish_confirms_late.clone()))?;
         registry.register(Box::new(publish_confirm_seconds.clone()))?;
         registry.register(Box::new(broker_connects.clone()))?;
         let broker_address = IntGaugeVec::new(
@@ -132,6 +141,7 @@ impl ProducerMetrics {
             events_published,
             publish_failures,
             publish_channels_replaced,
+            publish_confirms_late,
             publish_confirm_seconds,
             broker_connects,
             broker_connected,

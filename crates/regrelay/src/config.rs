@@ -68,6 +68,9 @@ pub struct Config {
     /// How long ingest waits for confirms.
     #[serde(with = "humantime_serde")]
     pub publish_confirm_timeout: Duration,
+    /// How long the consumer waits in all for late confirms before publishing again.
+    #[serde(with = "humantime_serde")]
+    pub publish_confirm_patience: Duration,
     /// Upper bound of one broker connect attempt.
     #[serde(with = "humantime_serde")]
     pub broker_connect_timeout: Duration,
@@ -487,6 +490,7 @@ impl Config {
         for (key, value) in [
             ("otlp_timeout", self.otlp_timeout),
             ("publish_confirm_timeout", self.publish_confirm_timeout),
+            ("publish_confirm_patience", self.publish_confirm_patience),
             ("broker_connect_timeout", self.broker_connect_timeout),
             ("request_timeout", self.request_timeout),
             ("http_header_read_timeout", self.http_header_read_timeout),

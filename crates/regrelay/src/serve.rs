@@ -166,7 +166,8 @@ pub async fn serve(config: Config, role: Role) -> anyhow::Result<()> {
             publisher: ConfirmedPublisher::new(
                 publish_broker.clone(),
                 config.publish_confirm_timeout,
-            ),
+            )
+            .with_patience(config.publish_confirm_patience),
             db: db.clone(),
             clients: clients.clone(),
             schedule: RetrySchedule::new(

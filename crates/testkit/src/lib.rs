@@ -2,8 +2,9 @@
 //!
 //! - [`TestBroker`]: a unique queue prefix on the machine's real RabbitMQ, read back with `basic_get`,
 //!   and deleted when the test ends (also when it fails).
-//! - [`TcpProxy`]: a TCP forwarder a test controls, to cut a live connection or refuse new ones, so a
-//!   broker outage is simulated without touching the shared RabbitMQ.
+//! - [`TcpProxy`]: a TCP forwarder a test controls, to cut a live connection, refuse new ones or
+//!   hold the server's replies (a slow broker), so a broker outage is simulated without touching
+//!   the shared RabbitMQ.
 //! - [`unused_port`]: a local port nothing listens on, for "unreachable" cases.
 //! - [`TestReceiver`]: a real HTTP receiver on 127.0.0.1 with scripted answers.
 //! - [`TestDatabase`]: a fresh database on the machine's real PostgreSQL, dropped when the test ends.
@@ -212,6 +213,8 @@ impl Drop for TestBroker {
 pub struct TcpProxy {
     addr: SocketAddr,
     state: Arc<Mutex<ProxyState>>,
+    /// While true, what the target sends is read but not passed on (see [`TcpProxy::hold_replies`]).
+    holding: tokio::sync::watch::Sender<bool>,
     accept_task: JoinHandle<()>,
 }
 
@@ -226,17 +229,19 @@ impl TcpProxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let addr = listener.local_addr().expect("proxy address");
         let state = Arc::new(Mutex::new(ProxyState::default()));
+        let (holding, held) = tokio::sync::watch::channel(false);
         let accept_state = state.clone();
         let accept_task = tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
+            while let Ok((inbound, _)) = listener.accept().await {
                 let mut guard = accept_state.lock().expect("proxy state");
                 if guard.refusing {
                     drop(inbound);
                     continue;
                 }
+                let held = held.clone();
                 guard.connections.push(tokio::spawn(async move {
-                    if let Ok(mut outbound) = TcpStream::connect(target).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    if let Ok(outbound) = TcpStream::connect(target).await {
+                        forward(inbound, outbound, held).await;
                     }
                 }));
             }
@@ -244,8 +249,15 @@ impl TcpProxy {
         Self {
             addr,
             state,
+            holding,
             accept_task,
         }
+    }
+
+    /// While `hold` is true, the target's bytes are kept back (in order) and passed on once it is
+    /// false again: a broker that stores but confirms late, without a closed connection.
+    pub fn hold_replies(&self, hold: bool) {
+        self.holding.send_replace(hold);
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -263,6 +275,37 @@ impl TcpProxy {
     /// While refusing, new connections are closed at once (the broker is "down").
     pub fn set_refusing(&self, refusing: bool) {
         self.state.lock().expect("proxy state").refusing = refusing;
+    }
+}
+
+/// Copies client → target as it comes, and target → client except while `held` says true.
+async fn forward(
+    inbound: TcpStream,
+    outbound: TcpStream,
+    mut held: tokio::sync::watch::Receiver<bool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut client_read, mut client_write) = inbound.into_split();
+    let (mut target_read, mut target_write) = outbound.into_split();
+    let upstream = tokio::io::copy(&mut client_read, &mut target_write);
+    let downstream = async {
+        let mut buffer = vec![0u8; 64 * 1024];
+        loop {
+            let n = match target_read.read(&mut buffer).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            if held.wait_for(|holding| !holding).await.is_err() {
+                return;
+            }
+            if client_write.write_all(&buffer[..n]).await.is_err() {
+                return;
+            }
+        }
+    };
+    tokio::select! {
+        _ = upstream => {}
+        _ = downstream => {}
     }
 }
 
