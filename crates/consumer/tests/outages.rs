@@ -570,3 +570,64 @@ async fn a_late_confirm_is_waited_for_instead_of_publishing_a_second_copy() {
     assert_eq!(broker.depth(&queue).await, 3, "stored all the same");
     handle.close().await;
 }
+
+#[tokio::test]
+async fn a_retry_whose_confirm_is_late_is_delivered_once() {
+    let timeout = Duration::from_millis(200);
+    let env = Env::start(
+        "late-retry-confirm",
+        Options {
+            publish_proxy: Some((timeout, Duration::from_secs(20))),
+            ..Options::default()
+        },
+    )
+    .await;
+    let receiver = TestReceiver::start().await;
+    receiver.script(&[500]);
+    env.policy(
+        Some("lib"),
+        spec(
+            "late",
+            vec![http_target(receiver.url("/late"))],
+            &[EventType::PushArtifact],
+        ),
+    )
+    .await;
+    let (proxy, consumer_publish) = env.publish_proxy.as_ref().expect("publish proxy");
+    // The consumer's publishing connection is up before the broker turns slow.
+    consumer_publish.check().await.expect("connected");
+
+    // The first attempt fails; the broker stores its retry but confirms it only after many
+    // confirm timeouts.
+    proxy.hold_replies(true);
+    env.publish(&[event("PUSH_ARTIFACT", "lib", "app", "late")])
+        .await;
+    receiver.wait_for(1, Duration::from_secs(10)).await;
+    let late = env
+        .metric_when(
+            "regrelay_publish_confirms_late_total",
+            3.0,
+            Duration::from_secs(10),
+        )
+        .await;
+    assert!(late >= 3.0, "the retry's confirm is waited for: {late}");
+    proxy.hold_replies(false);
+
+    let requests = receiver.wait_for(2, Duration::from_secs(10)).await;
+    assert_eq!(requests.len(), 2);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        receiver.count(),
+        2,
+        "one retry: the late-confirmed publish was not published again"
+    );
+    assert_eq!(
+        requests[0].header("webhook-id"),
+        requests[1].header("webhook-id"),
+        "the retry is the same message"
+    );
+    assert_eq!(
+        env.metric(r#"regrelay_deliveries_total{outcome="delivered",target_type="http"}"#),
+        1.0
+    );
+}

@@ -35,6 +35,10 @@ pub struct Options {
     /// The consumer reaches PostgreSQL through a [`TcpProxy`] the test controls (`Env::db_proxy`);
     /// the test's own `Env::db` stays direct.
     pub database_proxy: bool,
+    /// The consumer publishes (tasks, retries, dead letters) through a [`TcpProxy`]
+    /// (`Env::publish_proxy`), with this confirm timeout and patience; the test's own publisher
+    /// stays direct.
+    pub publish_proxy: Option<(Duration, Duration)>,
     /// The matching stage attempts fast targets itself (`direct_first_attempt`, on in `serve`).
     pub direct_first_attempt: bool,
     /// How long a task waits for a busy target's slot before it is deferred.
@@ -61,6 +65,7 @@ impl Default for Options {
             matching_prefetch: 16,
             history: true,
             database_proxy: false,
+            publish_proxy: None,
             direct_first_attempt: true,
             deferral_delay: Duration::from_millis(100),
             outage_hold: Duration::from_secs(30),
@@ -79,6 +84,9 @@ pub struct Env {
     pub publisher: EventPublisher,
     /// Between the consumer and PostgreSQL, when `Options::database_proxy`.
     pub db_proxy: Option<TcpProxy>,
+    /// Between the consumer's publishing connection and RabbitMQ, with that connection, when
+    /// `Options::publish_proxy`.
+    pub publish_proxy: Option<(TcpProxy, Arc<Broker>)>,
     shutdown: CancellationToken,
     consumer: Option<tokio::task::JoinHandle<()>>,
     /// Built but not started (`Options::start_consumer` false).
@@ -111,10 +119,10 @@ impl Env {
         };
         let registry = Registry::new();
         let producer_metrics = ProducerMetrics::register(&registry).unwrap();
-        let make_broker = |role| {
+        let make_broker = |role, url| {
             Arc::new(Broker::new(
                 BrokerSettings {
-                    url: amqp_url(),
+                    url,
                     connection_name: format!("regrelay-test-{role}"),
                     role,
                     publish_channels: 2,
@@ -127,11 +135,28 @@ impl Env {
                 producer_metrics.clone(),
             ))
         };
-        let publish = make_broker("publish");
-        let consume = make_broker("consume");
+        let publish = make_broker("publish", amqp_url());
+        let consume = make_broker("consume", amqp_url());
+        let (consumer_publisher, publish_proxy) = match options.publish_proxy {
+            Some((timeout, patience)) => {
+                let proxy = TcpProxy::start("127.0.0.1:5672".parse().unwrap()).await;
+                let proxied = make_broker(
+                    "publish",
+                    format!("amqp://guest:guest@{}/%2f", proxy.addr()),
+                );
+                (
+                    ConfirmedPublisher::new(proxied.clone(), timeout).with_patience(patience),
+                    Some((proxy, proxied)),
+                )
+            }
+            None => (
+                ConfirmedPublisher::new(publish.clone(), Duration::from_secs(5)),
+                None,
+            ),
+        };
         let consumer = Consumer {
             consume_broker: consume,
-            publisher: ConfirmedPublisher::new(publish.clone(), Duration::from_secs(5)),
+            publisher: consumer_publisher,
             db: consumer_db.clone(),
             clients: HttpClients::new(&HttpSettings {
                 timeout: options.http_timeout,
@@ -191,6 +216,7 @@ impl Env {
             registry,
             publisher: EventPublisher::new(publish, Duration::from_secs(5)),
             db_proxy,
+            publish_proxy,
             shutdown,
             consumer: handle,
             idle,
