@@ -163,7 +163,10 @@ fn connect(config: &Config) -> anyhow::Result<(Arc<Broker>, DeadLetterQueue)> {
         ProducerMetrics::register(&registry).context("cannot register metrics")?,
     ));
     let queue = DeadLetterQueue::new(
-        ConfirmedPublisher::new(broker.clone(), config.publish_confirm_timeout),
+        // Patient like the consumer's: a replay whose confirm is late is waited for, not left in
+        // the dead-letter queue to be replayed (and delivered) a second time.
+        ConfirmedPublisher::new(broker.clone(), config.publish_confirm_timeout)
+            .with_patience(config.publish_confirm_patience),
         DeadLetterMetrics::register(&registry).context("cannot register metrics")?,
     );
     Ok((broker, queue))
