@@ -493,6 +493,7 @@ pub(crate) async fn sweep_until(
                     deleted_by_count = report.deleted_by_count,
                     deleted_by_age = report.deleted_by_age,
                     vacuumed = report.vacuumed,
+                    compacted = report.compacted,
                     elapsed_ms = elapsed.as_millis() as u64
                 );
             }

@@ -30,10 +30,28 @@
 //!   is slow and so is every pause, and a sweep of a backlog's rows never finished (issue 16).
 //!   `spread` paces to a deadline instead: the count rule's deletions are counted first (the same
 //!   `GROUP BY`), and each batch waits until the share of `spread` its rows stand for has passed.
-//!   The sweep then deletes at a steady rate (rows / spread) rather than in a burst, which keeps
-//!   the delivery rate flat while it runs, and it never takes longer than it would unpaced: a
-//!   batch that is behind the deadline does not wait. The age rule's rows, not counted up front,
-//!   go at the same rate. Both paces may be set; each batch waits for the longer of the two.
+//!   The sweep then deletes at a steady rate (rows / spread) rather than in a burst; a batch that
+//!   is behind the deadline does not wait. The age rule's rows, not counted up front, go at the
+//!   same rate. Both paces may be set; each batch waits for the longer of the two. Measured, a
+//!   spread sweep did not make a drain flatter and its throttled vacuum left the tables larger,
+//!   so it is off by default (issue 16).
+//! - Deleting costs per deleted row (the cascade, the index entries, then the vacuum), and on a
+//!   busy machine that is CPU the recorder does not get: a backlog drain dipped in every window a
+//!   sweep ran in, paced or not (issue 16). When the rows a sweep keeps (each policy's newest
+//!   `keep_per_policy` finished executions not past the age limit, every unfinished one, and their
+//!   tasks and log lines) are at most `compact_share` of the executions, the sweep *compacts*
+//!   instead: in one transaction it locks the three tables (ACCESS EXCLUSIVE), copies the kept
+//!   rows into temporary tables, `TRUNCATE`s the three and puts the kept rows back with their ids
+//!   (`OVERRIDING SYSTEM VALUE`; the identity sequences are not reset). Its cost follows what is
+//!   kept, it leaves no dead tuples (no vacuum follows), and the recorder's commits wait for the
+//!   transaction (about a second for 250 000 executions, measured in docs/benchmarks.md). It does
+//!   not `ANALYZE` the compacted tables: statistics taken of a near-empty table, with autovacuum
+//!   off to refresh them, made the recorder's statements slower and slower as the table refilled
+//!   (a drain fell from 4000 to 700 deliveries/s until the next sweep); without, a truncated
+//!   table's statistics are unknown and the planner estimates from its current size. The locks are taken with a `lock_timeout`
+//!   ([`COMPACT_LOCK_TIMEOUT`]) far below PostgreSQL's `deadlock_timeout` (1 s): a sweep that
+//!   cannot have them at once gives up and retries, then falls back to deleting, so a recorder
+//!   transaction is never chosen as a deadlock's victim.
 //! - Deletes go per policy, along `executions_vendor_id_idx` and `executions_vendor_end_time_idx`,
 //!   in batches. Finding the policies over their count limit does read every finished execution's
 //!   policy id once per sweep (a `GROUP BY` over the end-time index); at millions of rows that is
@@ -50,6 +68,11 @@ const SWEEP_LOCK: i64 = 0x7272_7377_6565_7021;
 
 /// The statuses a sweep may delete, as SQL.
 const FINISHED: &str = "status IN ('Stopped', 'Error', 'Success')";
+
+/// How long a compacting sweep waits for each table lock before it gives up and tries again
+/// ([`COMPACT_LOCK_TRIES`] times, then deletes instead): below `deadlock_timeout` (1 s by default).
+pub const COMPACT_LOCK_TIMEOUT: &str = "200ms";
+const COMPACT_LOCK_TRIES: u32 = 5;
 
 /// `vacuum_cost_delay` of a paced sweep's vacuum: autovacuum's default throttle since
 /// PostgreSQL 12 (a manual VACUUM has none).
@@ -73,6 +96,10 @@ pub struct SweepRules {
     /// Spread the count rule's deletions evenly over this long (a steady rate instead of a
     /// burst); zero deletes as fast as it can. Non-zero throttles the vacuum too.
     pub spread: Duration,
+    /// Compact instead of deleting when what the rules keep is at most this share of the
+    /// executions (0 never compacts): the kept rows are copied aside, the three tables truncated
+    /// and the kept rows put back, in one transaction (see the module's design constraints).
+    pub compact_share: f64,
 }
 
 impl SweepRules {
@@ -85,6 +112,7 @@ impl SweepRules {
             vacuum: false,
             pause_ratio: 0.0,
             spread: Duration::ZERO,
+            compact_share: 0.0,
         }
     }
 
@@ -149,6 +177,9 @@ pub struct SweepReport {
     pub deleted_by_age: u64,
     /// Whether the sweep vacuumed the history tables afterwards.
     pub vacuumed: bool,
+    /// Whether the sweep compacted the tables (kept rows copied aside, tables truncated) instead
+    /// of deleting.
+    pub compacted: bool,
 }
 
 /// The pooled connection holding the sweep lock. Dropped without [`SweepLock::release`] (an error or
@@ -210,8 +241,17 @@ impl Database {
         let lock = SweepLock {
             client: Some(client),
         };
-        let mut report = sweep(lock.client()?, rules).await?;
-        if rules.vacuum && report.deleted_by_count + report.deleted_by_age > 0 {
+        let compacted = if rules.compact_share > 0.0 {
+            compact(lock.client()?, rules).await?
+        } else {
+            None
+        };
+        let mut report = match compacted {
+            Some(report) => report,
+            None => sweep(lock.client()?, rules).await?,
+        };
+        if !report.compacted && rules.vacuum && report.deleted_by_count + report.deleted_by_age > 0
+        {
             let throttle = if rules.paced() {
                 PACED_VACUUM_COST_DELAY
             } else {
@@ -295,10 +335,7 @@ async fn sweep(
     }
 
     // By age. An age that does not fit a date means "no age limit".
-    let cutoff = chrono::Duration::from_std(rules.max_age)
-        .ok()
-        .and_then(|age| Utc::now().checked_sub_signed(age));
-    if let Some(cutoff) = cutoff {
+    if let Some(cutoff) = age_cutoff(rules) {
         let policies: Vec<i64> = client
             .query("SELECT id FROM notification_policies ORDER BY id", &[])
             .await?
@@ -324,6 +361,135 @@ async fn sweep(
         }
     }
     Ok(report)
+}
+
+/// The age limit's cutoff; `None` when `max_age` does not fit a date ("no age limit").
+fn age_cutoff(rules: &SweepRules) -> Option<chrono::DateTime<Utc>> {
+    chrono::Duration::from_std(rules.max_age)
+        .ok()
+        .and_then(|age| Utc::now().checked_sub_signed(age))
+}
+
+/// Compacts the history tables when what the rules keep is at most `compact_share` of the
+/// executions; `None` when it is more, or when the table locks could not be had (the caller then
+/// deletes). See the module's design constraints.
+async fn compact(
+    client: &deadpool_postgres::Object,
+    rules: &SweepRules,
+) -> Result<Option<SweepReport>, StoreError> {
+    let keep = i64::try_from(rules.keep_per_policy).unwrap_or(i64::MAX);
+    let cutoff = age_cutoff(rules);
+    // An estimate outside the transaction (rows change meanwhile): is compacting worth it?
+    let row = client
+        .query_one(
+            &format!(
+                "SELECT (SELECT count(*) FROM executions),
+                        (SELECT count(*) FROM executions WHERE NOT ({FINISHED}))
+                      + (SELECT coalesce(sum(least(n, $1)), 0)::bigint FROM (
+                           SELECT count(*) AS n FROM executions WHERE {FINISHED} GROUP BY vendor_id
+                         ) per_policy)"
+            ),
+            &[&keep],
+        )
+        .await?;
+    let (rows, kept): (i64, i64) = (row.try_get(0)?, row.try_get(1)?);
+    if rows == 0 || rows == kept || kept as f64 > rules.compact_share * rows as f64 {
+        return Ok(None);
+    }
+    for attempt in 1..=COMPACT_LOCK_TRIES {
+        client
+            .batch_execute(&format!(
+                "BEGIN; SET LOCAL lock_timeout = '{COMPACT_LOCK_TIMEOUT}'"
+            ))
+            .await?;
+        // The recorder's order: executions, then tasks, then their log lines.
+        match client
+            .batch_execute("LOCK TABLE executions, tasks, task_logs IN ACCESS EXCLUSIVE MODE")
+            .await
+        {
+            Ok(()) => {}
+            Err(error)
+                if error.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) =>
+            {
+                client.batch_execute("ROLLBACK").await?;
+                tracing::debug!(
+                    message = "History compaction could not lock the tables; trying again.",
+                    attempt
+                );
+                tokio::time::sleep(Duration::from_millis(50) * attempt).await;
+                continue;
+            }
+            Err(error) => return Err(error.into()),
+        }
+        let report = compact_locked(client, keep, cutoff).await?;
+        client.batch_execute("COMMIT").await?;
+        return Ok(Some(report));
+    }
+    tracing::info!(message = "History compaction could not lock the tables; deleting instead.");
+    Ok(None)
+}
+
+/// The compaction proper, inside the transaction holding the three table locks.
+async fn compact_locked(
+    client: &deadpool_postgres::Object,
+    keep: i64,
+    cutoff: Option<chrono::DateTime<Utc>>,
+) -> Result<SweepReport, StoreError> {
+    // Each kept or age-expired execution among the newest per policy, and every unfinished one.
+    client
+        .execute(
+            &format!(
+                "CREATE TEMPORARY TABLE sweep_newest ON COMMIT DROP AS
+                 SELECT id, false AS aged FROM executions WHERE NOT ({FINISHED})
+                 UNION ALL
+                 SELECT newest.id,
+                        coalesce($2::timestamptz IS NOT NULL AND newest.end_time < $2, false)
+                 FROM notification_policies p CROSS JOIN LATERAL (
+                     SELECT id, end_time FROM executions
+                     WHERE vendor_id = p.id AND {FINISHED}
+                     ORDER BY id DESC LIMIT $1
+                 ) newest"
+            ),
+            &[&keep, &cutoff],
+        )
+        .await?;
+    let finished: i64 = client
+        .query_one(
+            &format!("SELECT count(*) FROM executions WHERE {FINISHED}"),
+            &[],
+        )
+        .await?
+        .try_get(0)?;
+    let counts = client
+        .query_one(
+            &format!(
+                "SELECT count(*) FILTER (WHERE e.{FINISHED}), count(*) FILTER (WHERE n.aged)
+                 FROM sweep_newest n JOIN executions e ON e.id = n.id"
+            ),
+            &[],
+        )
+        .await?;
+    let (newest_finished, aged): (i64, i64) = (counts.try_get(0)?, counts.try_get(1)?);
+    client
+        .batch_execute(
+            "CREATE TEMPORARY TABLE sweep_executions ON COMMIT DROP AS
+                 SELECT e.* FROM executions e JOIN sweep_newest n ON n.id = e.id WHERE NOT n.aged;
+             CREATE TEMPORARY TABLE sweep_tasks ON COMMIT DROP AS
+                 SELECT t.* FROM tasks t JOIN sweep_executions e ON e.id = t.execution_id;
+             CREATE TEMPORARY TABLE sweep_task_logs ON COMMIT DROP AS
+                 SELECT l.* FROM task_logs l JOIN sweep_tasks t ON t.id = l.task_id;
+             TRUNCATE task_logs, tasks, executions;
+             INSERT INTO executions OVERRIDING SYSTEM VALUE SELECT * FROM sweep_executions;
+             INSERT INTO tasks OVERRIDING SYSTEM VALUE SELECT * FROM sweep_tasks;
+             INSERT INTO task_logs OVERRIDING SYSTEM VALUE SELECT * FROM sweep_task_logs",
+        )
+        .await?;
+    Ok(SweepReport {
+        deleted_by_count: u64::try_from(finished - newest_finished).unwrap_or(0),
+        deleted_by_age: u64::try_from(aged).unwrap_or(0),
+        vacuumed: false,
+        compacted: true,
+    })
 }
 
 /// Runs a `DELETE ... LIMIT $3` for one policy (`$1`) until it deletes fewer than a batch; each

@@ -460,7 +460,22 @@ async fn a_failed_batch_fails_its_records_and_the_recorder_goes_on() {
 
 #[tokio::test]
 async fn the_sweep_deletes_finished_executions_by_count_and_age_only() {
-    let store = common::store("history sweep").await;
+    sweeps_by_count_and_age_only("history sweep", 0.0).await;
+}
+
+#[tokio::test]
+async fn a_compacting_sweep_keeps_exactly_what_a_deleting_one_keeps() {
+    sweeps_by_count_and_age_only("history compact", 1.0).await;
+}
+
+/// The rules' outcome, by deleting (`compact_share` 0) or by compacting (1: whenever anything
+/// goes).
+async fn sweeps_by_count_and_age_only(name: &str, compact_share: f64) {
+    let rules = |keep, max_age, batch| SweepRules {
+        compact_share,
+        ..SweepRules::new(keep, max_age, batch)
+    };
+    let store = common::store(name).await;
     let db = &store.db;
     let busy = policy(db, "busy").await;
     let old = policy(db, "old").await;
@@ -493,11 +508,12 @@ async fn the_sweep_deletes_finished_executions_by_count_and_age_only() {
         .unwrap();
 
     let report = db
-        .sweep_history(&SweepRules::new(3, Duration::from_secs(7 * 24 * 3600), 2))
+        .sweep_history(&rules(3, Duration::from_secs(7 * 24 * 3600), 2))
         .await
         .unwrap();
     assert_eq!(report.deleted_by_count, 3, "{report:?}");
     assert_eq!(report.deleted_by_age, 2, "{report:?}");
+    assert_eq!(report.compacted, compact_share > 0.0, "{report:?}");
 
     let (busy_after, _) = db
         .list_executions(
@@ -534,18 +550,80 @@ async fn the_sweep_deletes_finished_executions_by_count_and_age_only() {
 
     // Nothing more to do.
     assert_eq!(
-        db.sweep_history(&SweepRules::new(3, Duration::from_secs(7 * 24 * 3600), 2))
+        db.sweep_history(&rules(3, Duration::from_secs(7 * 24 * 3600), 2))
             .await
             .unwrap(),
         regrelay_history::SweepReport::default()
     );
     // Duration::MAX: no age limit.
     assert_eq!(
-        db.sweep_history(&SweepRules::new(100, Duration::MAX, 10))
+        db.sweep_history(&rules(100, Duration::MAX, 10))
             .await
             .unwrap(),
         regrelay_history::SweepReport::default()
     );
+    // The kept rows keep their ids, and new ones continue the sequence.
+    let more = step(Uuid::new_v4(), busy, 1, TaskStatus::Success);
+    db.record_deliveries(&[more]).await.unwrap();
+    let (newest, _) = db
+        .list_executions(busy, &ExecutionQuery::default())
+        .await
+        .unwrap();
+    assert!(
+        newest[0].id > busy_before.iter().map(|e| e.id).max().unwrap(),
+        "{:?}",
+        newest.iter().map(|e| e.id).collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test]
+async fn a_compaction_while_the_recorder_writes_loses_none_of_its_rows() {
+    let store = common::store("history compact concurrent").await;
+    let db = &store.db;
+    let busy = policy(db, "busy").await;
+    let finished: Vec<_> = (0..400)
+        .map(|_| step(Uuid::new_v4(), busy, 1, TaskStatus::Success))
+        .collect();
+    db.record_deliveries(&finished).await.unwrap();
+    let compacting = SweepRules {
+        compact_share: 0.5,
+        ..SweepRules::new(10, Duration::MAX, 100)
+    };
+    // Unfinished deliveries recorded while the sweep runs: whether they commit before the sweep
+    // locks the tables or after, every one of them is there at the end.
+    let writer = {
+        let db = db.clone();
+        tokio::spawn(async move {
+            let mut keys = Vec::new();
+            for _ in 0..40 {
+                let record = step(Uuid::new_v4(), busy, 1, TaskStatus::Scheduled);
+                keys.push(record.history_key);
+                db.record_deliveries(&[record]).await.unwrap();
+            }
+            keys
+        })
+    };
+    let report = db.sweep_history(&compacting).await.unwrap();
+    let written = writer.await.unwrap();
+    assert!(report.compacted, "{report:?}");
+    assert_eq!(report.deleted_by_count, 390, "{report:?}");
+    let (left, total) = db
+        .list_executions(
+            busy,
+            &ExecutionQuery {
+                page_size: 0,
+                ..ExecutionQuery::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(total, 10 + written.len() as i64, "{total}");
+    assert_eq!(
+        left.iter().filter(|e| !e.status.is_final()).count(),
+        written.len()
+    );
+    assert_eq!(count(&store, "tasks").await, 10 + written.len() as i64);
+    assert_eq!(count(&store, "task_logs").await, 10 + written.len() as i64);
 }
 
 #[tokio::test]

@@ -172,6 +172,9 @@ pub struct Config {
     pub history_sweep_pause_ratio: f64,
     /// Spread each sweep's deletions over this share of `history_sweep_interval` (0: a burst).
     pub history_sweep_spread: f64,
+    /// Compact (copy the kept rows aside, truncate, put them back) when what a sweep keeps is at
+    /// most this share of the executions; 0 never compacts.
+    pub history_sweep_compact_share: f64,
     /// How often the consumer reads the dead-letter queue's depth for its gauge.
     #[serde(with = "humantime_serde")]
     pub dead_letter_depth_interval: Duration,
@@ -425,6 +428,12 @@ impl Config {
             return Err(invalid(
                 "history_sweep_spread",
                 "must be between 0.0 and 0.95",
+            ));
+        }
+        if !(self.history_sweep_compact_share >= 0.0 && self.history_sweep_compact_share <= 1.0) {
+            return Err(invalid(
+                "history_sweep_compact_share",
+                "must be between 0.0 and 1.0",
             ));
         }
         if !(self.retry_multiplier >= 1.0 && self.retry_multiplier <= 100.0) {

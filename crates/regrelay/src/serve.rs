@@ -212,6 +212,7 @@ pub async fn serve(config: Config, role: Role) -> anyhow::Result<()> {
             retention: (config.history_enabled && !config.history_sweep_interval.is_zero()).then(
                 || RetentionSettings {
                     rules: SweepRules {
+                        compact_share: config.history_sweep_compact_share,
                         keep_per_policy: config.history_keep_per_policy,
                         max_age: config.history_max_age,
                         batch: config.history_sweep_batch.max(1),
