@@ -355,6 +355,22 @@ async fn deleting_a_policy_deletes_its_history() {
     assert_eq!(count(&store, "executions").await, 1);
 }
 
+/// Every execution of a policy (no page limit), and their total.
+async fn all_executions(
+    db: &Database,
+    policy_id: i64,
+) -> (Vec<regrelay_history::executions::Execution>, i64) {
+    db.list_executions(
+        policy_id,
+        &ExecutionQuery {
+            page_size: 0,
+            ..ExecutionQuery::default()
+        },
+    )
+    .await
+    .unwrap()
+}
+
 async fn count(store: &common::Store, table: &str) -> i64 {
     let (client, connection) = tokio_postgres::connect(&store.database.url, tokio_postgres::NoTls)
         .await
@@ -515,16 +531,7 @@ async fn sweeps_by_count_and_age_only(name: &str, compact_share: f64) {
     assert_eq!(report.deleted_by_age, 2, "{report:?}");
     assert_eq!(report.compacted, compact_share > 0.0, "{report:?}");
 
-    let (busy_after, _) = db
-        .list_executions(
-            busy,
-            &ExecutionQuery {
-                page_size: 0,
-                ..ExecutionQuery::default()
-            },
-        )
-        .await
-        .unwrap();
+    let (busy_after, _) = all_executions(db, busy).await;
     // The 2 unfinished and the newest 3 finished remain.
     let kept: Vec<i64> = busy_before
         .iter()
@@ -607,16 +614,7 @@ async fn a_compaction_while_the_recorder_writes_loses_none_of_its_rows() {
     let written = writer.await.unwrap();
     assert!(report.compacted, "{report:?}");
     assert_eq!(report.deleted_by_count, 390, "{report:?}");
-    let (left, total) = db
-        .list_executions(
-            busy,
-            &ExecutionQuery {
-                page_size: 0,
-                ..ExecutionQuery::default()
-            },
-        )
-        .await
-        .unwrap();
+    let (left, total) = all_executions(db, busy).await;
     assert_eq!(total, 10 + written.len() as i64, "{total}");
     assert_eq!(
         left.iter().filter(|e| !e.status.is_final()).count(),
