@@ -48,14 +48,17 @@
 //!   not `ANALYZE` the compacted tables: statistics taken of a near-empty table, with autovacuum
 //!   off to refresh them, made the recorder's statements slower and slower as the table refilled
 //!   (a drain fell from 4000 to 700 deliveries/s until the next sweep); without, a truncated
-//!   table's statistics are unknown and the planner estimates from its current size. The locks are taken with a `lock_timeout`
-//!   ([`COMPACT_LOCK_TIMEOUT`]) far below PostgreSQL's `deadlock_timeout` (1 s): a sweep that
+//!   table's statistics are unknown and the planner estimates from its current size. The locks
+//!   are taken with a `lock_timeout` ([`COMPACT_LOCK_TIMEOUT`]) far below PostgreSQL's `deadlock_timeout` (1 s): a sweep that
 //!   cannot have them at once gives up and retries, then falls back to deleting, so a recorder
 //!   transaction is never chosen as a deadlock's victim.
+//! - One `GROUP BY` per sweep counts each policy's finished and unfinished executions
+//!   (`PolicyCounts`); both the choice to compact (`worth_compacting`, pure) and the count
+//!   rule's deletions start from it.
 //! - Deletes go per policy, along `executions_vendor_id_idx` and `executions_vendor_end_time_idx`,
-//!   in batches. Finding the policies over their count limit does read every finished execution's
-//!   policy id once per sweep (a `GROUP BY` over the end-time index); at millions of rows that is
-//!   the sweep's main cost, and a per-policy counter would be the next step.
+//!   in batches. Finding the policies over their count limit does read every execution's policy
+//!   id and status once per sweep (the `GROUP BY` of `PolicyCounts`); at millions of rows that
+//!   is a deleting sweep's main cost, and a per-policy counter would be the next step.
 
 use std::time::Duration;
 
@@ -70,7 +73,7 @@ const SWEEP_LOCK: i64 = 0x7272_7377_6565_7021;
 const FINISHED: &str = "status IN ('Stopped', 'Error', 'Success')";
 
 /// How long a compacting sweep waits for each table lock before it gives up and tries again
-/// ([`COMPACT_LOCK_TRIES`] times, then deletes instead): below `deadlock_timeout` (1 s by default).
+/// (`COMPACT_LOCK_TRIES` times, then deletes instead): below `deadlock_timeout` (1 s by default).
 pub const COMPACT_LOCK_TIMEOUT: &str = "200ms";
 const COMPACT_LOCK_TRIES: u32 = 5;
 
@@ -241,14 +244,15 @@ impl Database {
         let lock = SweepLock {
             client: Some(client),
         };
-        let compacted = if rules.compact_share > 0.0 {
+        let counts = policy_counts(lock.client()?).await?;
+        let compacted = if worth_compacting(&counts, rules) {
             compact(lock.client()?, rules).await?
         } else {
             None
         };
         let mut report = match compacted {
             Some(report) => report,
-            None => sweep(lock.client()?, rules).await?,
+            None => sweep(lock.client()?, rules, &counts).await?,
         };
         if !report.compacted && rules.vacuum && report.deleted_by_count + report.deleted_by_age > 0
         {
@@ -280,30 +284,20 @@ impl Database {
 async fn sweep(
     client: &deadpool_postgres::Object,
     rules: &SweepRules,
+    counts: &[PolicyCounts],
 ) -> Result<SweepReport, StoreError> {
     let keep = i64::try_from(rules.keep_per_policy).unwrap_or(i64::MAX);
     let mut report = SweepReport::default();
 
     // By count: only policies with more finished executions than they keep, and how many more
     // (what a spread sweep paces).
-    let over: Vec<(i64, i64)> = client
-        .query(
-            &format!(
-                "SELECT vendor_id, count(*) - $1 FROM executions WHERE {FINISHED}
-                 GROUP BY vendor_id HAVING count(*) > $1"
-            ),
-            &[&keep],
-        )
-        .await?
-        .iter()
-        .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
-        .collect::<Result<_, tokio_postgres::Error>>()?;
-    let total = over
-        .iter()
-        .map(|(_, beyond)| u64::try_from(*beyond).unwrap_or(0))
-        .sum();
+    let total = counts.iter().map(|c| c.beyond(rules.keep_per_policy)).sum();
     let mut pace = Pace::new(rules.spread, total);
-    for (policy_id, _) in over {
+    let over = counts
+        .iter()
+        .filter(|c| c.beyond(rules.keep_per_policy) > 0)
+        .map(|c| c.policy_id);
+    for policy_id in over {
         // The newest finished execution beyond the kept ones; it and every older finished one go.
         // Executions that finish meanwhile are newer, so they can only make the sweep keep more.
         let cutoff: Option<i64> = client
@@ -370,8 +364,67 @@ fn age_cutoff(rules: &SweepRules) -> Option<chrono::DateTime<Utc>> {
         .and_then(|age| Utc::now().checked_sub_signed(age))
 }
 
-/// Compacts the history tables when what the rules keep is at most `compact_share` of the
-/// executions; `None` when it is more, or when the table locks could not be had (the caller then
+/// One policy's executions, as a sweep finds them before it starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct PolicyCounts {
+    policy_id: i64,
+    finished: u64,
+    unfinished: u64,
+}
+
+impl PolicyCounts {
+    /// Finished executions beyond the newest `keep` (what the count rule deletes).
+    fn beyond(&self, keep: usize) -> u64 {
+        self.finished
+            .saturating_sub(u64::try_from(keep).unwrap_or(u64::MAX))
+    }
+}
+
+/// Every policy's finished and unfinished executions: one `GROUP BY` over `executions`.
+async fn policy_counts(
+    client: &deadpool_postgres::Object,
+) -> Result<Vec<PolicyCounts>, StoreError> {
+    let rows = client
+        .query(
+            &format!(
+                "SELECT vendor_id, count(*) FILTER (WHERE {FINISHED}),
+                        count(*) FILTER (WHERE NOT ({FINISHED}))
+                 FROM executions GROUP BY vendor_id"
+            ),
+            &[],
+        )
+        .await?;
+    rows.iter()
+        .map(|row| {
+            let count = |i| {
+                row.try_get::<_, i64>(i)
+                    .map(|n| u64::try_from(n).unwrap_or(0))
+            };
+            Ok(PolicyCounts {
+                policy_id: row.try_get(0)?,
+                finished: count(1)?,
+                unfinished: count(2)?,
+            })
+        })
+        .collect::<Result<_, tokio_postgres::Error>>()
+        .map_err(StoreError::from)
+}
+
+/// Whether a sweep should compact: the count rule deletes something, and what it keeps (each
+/// policy's newest `keep_per_policy` finished executions and every unfinished one) is at most
+/// `compact_share` of the executions. An estimate taken before the transaction (rows change
+/// meanwhile); the age rule can only make the kept share smaller.
+fn worth_compacting(counts: &[PolicyCounts], rules: &SweepRules) -> bool {
+    if rules.compact_share <= 0.0 {
+        return false;
+    }
+    let rows: u64 = counts.iter().map(|c| c.finished + c.unfinished).sum();
+    let beyond: u64 = counts.iter().map(|c| c.beyond(rules.keep_per_policy)).sum();
+    let kept = rows - beyond;
+    beyond > 0 && kept as f64 <= rules.compact_share * rows as f64
+}
+
+/// Compacts the history tables; `None` when the table locks could not be had (the caller then
 /// deletes). See the module's design constraints.
 async fn compact(
     client: &deadpool_postgres::Object,
@@ -379,23 +432,6 @@ async fn compact(
 ) -> Result<Option<SweepReport>, StoreError> {
     let keep = i64::try_from(rules.keep_per_policy).unwrap_or(i64::MAX);
     let cutoff = age_cutoff(rules);
-    // An estimate outside the transaction (rows change meanwhile): is compacting worth it?
-    let row = client
-        .query_one(
-            &format!(
-                "SELECT (SELECT count(*) FROM executions),
-                        (SELECT count(*) FROM executions WHERE NOT ({FINISHED}))
-                      + (SELECT coalesce(sum(least(n, $1)), 0)::bigint FROM (
-                           SELECT count(*) AS n FROM executions WHERE {FINISHED} GROUP BY vendor_id
-                         ) per_policy)"
-            ),
-            &[&keep],
-        )
-        .await?;
-    let (rows, kept): (i64, i64) = (row.try_get(0)?, row.try_get(1)?);
-    if rows == 0 || rows == kept || kept as f64 > rules.compact_share * rows as f64 {
-        return Ok(None);
-    }
     for attempt in 1..=COMPACT_LOCK_TRIES {
         client
             .batch_execute(&format!(
@@ -453,23 +489,18 @@ async fn compact_locked(
             &[&keep, &cutoff],
         )
         .await?;
-    let finished: i64 = client
-        .query_one(
-            &format!("SELECT count(*) FROM executions WHERE {FINISHED}"),
-            &[],
-        )
-        .await?
-        .try_get(0)?;
     let counts = client
         .query_one(
             &format!(
-                "SELECT count(*) FILTER (WHERE e.{FINISHED}), count(*) FILTER (WHERE n.aged)
+                "SELECT (SELECT count(*) FROM executions WHERE {FINISHED}),
+                        count(*) FILTER (WHERE e.{FINISHED}), count(*) FILTER (WHERE n.aged)
                  FROM sweep_newest n JOIN executions e ON e.id = n.id"
             ),
             &[],
         )
         .await?;
-    let (newest_finished, aged): (i64, i64) = (counts.try_get(0)?, counts.try_get(1)?);
+    let (finished, newest_finished, aged): (i64, i64, i64) =
+        (counts.try_get(0)?, counts.try_get(1)?, counts.try_get(2)?);
     client
         .batch_execute(
             "CREATE TEMPORARY TABLE sweep_executions ON COMMIT DROP AS
@@ -548,6 +579,44 @@ mod tests {
             (1e9, Duration::from_millis(4000)),
         ] {
             assert_eq!(rules(ratio).pause_after(took), expected, "ratio {ratio}");
+        }
+    }
+
+    #[test]
+    fn a_sweep_compacts_only_when_what_it_keeps_is_a_small_share() {
+        let policy = |finished, unfinished| PolicyCounts {
+            policy_id: 1,
+            finished,
+            unfinished,
+        };
+        let rules = |keep, share| SweepRules {
+            compact_share: share,
+            ..SweepRules::new(keep, Duration::MAX, 100)
+        };
+        for (counts, keep, share, expected) in [
+            // Off, or nothing to delete: no.
+            (vec![policy(1000, 0)], 50, 0.0, false),
+            (vec![], 50, 0.1, false),
+            (vec![policy(50, 10)], 50, 1.0, false),
+            // A drain's history: 50 + 20 kept of 1020 (6.9 %).
+            (vec![policy(1000, 20)], 50, 0.1, true),
+            // The same with 200 in flight: 250 of 1200 (20.8 %).
+            (vec![policy(1000, 200)], 50, 0.1, false),
+            // Many quiet policies keep most of their rows: 10 × 40 + 50 kept of 1400.
+            (
+                [vec![policy(1000, 0)], vec![policy(40, 0); 10]].concat(),
+                50,
+                0.1,
+                false,
+            ),
+            // At the threshold: 100 kept of 1000 is 10 %.
+            (vec![policy(1000, 0)], 100, 0.1, true),
+        ] {
+            assert_eq!(
+                worth_compacting(&counts, &rules(keep, share)),
+                expected,
+                "{counts:?} keep {keep} share {share}"
+            );
         }
     }
 
