@@ -32,6 +32,7 @@
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 #![warn(unreachable_pub)]
 
+mod ack_window;
 mod attempt;
 mod byte_budget;
 mod circuit;

@@ -8,6 +8,8 @@
 //!   their ack or nack before closing the channel. Anything unacked when a process dies is redelivered
 //!   by RabbitMQ, so a kill -9 loses nothing (it may duplicate).
 //! - A lost connection ends the loop's inner part; it reconnects through the broker's backoff gate.
+//! - Acks travel through the channel's `AckWindow` (`multiple` acks where the tags allow), which
+//!   is closed, sending what it holds, before the channel is.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -15,14 +17,13 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use lapin::message::Delivery;
-use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
-};
+use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::ack_window::AckWindow;
 use crate::byte_budget::ByteBudget;
 use crate::context::DeliveryContext;
 pub(crate) use crate::settlement::Stage;
@@ -101,6 +102,7 @@ pub(crate) async fn consume_until<F, Fut>(
             }
         };
         tracing::info!(message = "Consuming.", stage = name, queue = %queue, prefetch = subscribed);
+        let acks = AckWindow::start(name, ctx.metrics.clone());
         let handlers = TaskTracker::new();
         let mut resubscribe = false;
         // The channel or connection failed: its unacked messages go back to the queue anyway.
@@ -119,6 +121,9 @@ pub(crate) async fn consume_until<F, Fut>(
                 () = paused => break,
                 next = consumer.next() => match next {
                     Some(Ok(delivery)) => {
+                        // Open from now on, whatever happens next, so no `multiple` ack covers it
+                        // before it is settled.
+                        acks.taken(delivery.delivery_tag);
                         if delivery.redelivered {
                             ctx.metrics.redelivered.with_label_values(&[name]).inc();
                         }
@@ -128,7 +133,7 @@ pub(crate) async fn consume_until<F, Fut>(
                             held = budget.admit(size) => held,
                             () = shutdown.cancelled() => break,
                         };
-                        let handle = handler(ctx.clone(), Received(delivery));
+                        let handle = handler(ctx.clone(), Received { delivery, acks: acks.clone() });
                         handlers.spawn(async move {
                             handle.await;
                             drop(held);
@@ -172,6 +177,7 @@ pub(crate) async fn consume_until<F, Fut>(
                 .inc();
             tokio::spawn(async move {
                 handlers.wait().await;
+                acks.close().await;
                 let _ = channel.close(200, "resubscribed".into()).await;
             });
             continue;
@@ -185,26 +191,47 @@ pub(crate) async fn consume_until<F, Fut>(
             // delivery ids).
             tokio::spawn(async move {
                 handlers.wait().await;
+                acks.close().await;
                 let _ = channel.close(200, "connection lost".into()).await;
             });
             continue;
         }
         handlers.wait().await;
+        acks.close().await;
         let _ = channel.close(200, "stage stopped".into()).await;
     }
 }
 
 /// A message a stage took from its queue, held until [`settle`] acks or nacks it. Only this module
 /// speaks AMQP to the consume side; handlers read the message through this.
-pub(crate) struct Received(Delivery);
+pub(crate) struct Received {
+    delivery: Delivery,
+    acks: Arc<AckWindow>,
+}
 
 impl Received {
     pub(crate) fn body(&self) -> &[u8] {
-        &self.0.data
+        &self.delivery.data
     }
 
     pub(crate) fn properties(&self) -> &lapin::BasicProperties {
-        &self.0.properties
+        &self.delivery.properties
+    }
+
+    /// Hands the ack to the channel's window, which sends it with its neighbours'.
+    fn ack(&self) {
+        self.acks
+            .ack(self.delivery.delivery_tag, self.delivery.acker.clone());
+    }
+
+    /// Puts the message back now; only then may acks above it go as one frame.
+    async fn nack_requeue(&self) {
+        let requeue = BasicNackOptions {
+            requeue: true,
+            ..BasicNackOptions::default()
+        };
+        let _ = self.delivery.nack(requeue).await;
+        self.acks.settled_otherwise(self.delivery.delivery_tag);
     }
 }
 
@@ -218,19 +245,18 @@ impl Received {
 ///   in trouble) is it put back after a pause, which the queue's `x-delivery-limit` bounds: past
 ///   it RabbitMQ dead-letters the message into `<prefix>.dead-letter` (reason `delivery_limit`).
 ///
-/// If the ack or nack itself fails, the channel is gone and RabbitMQ redelivers the message.
+/// Acks go through the channel's `AckWindow`, within milliseconds. If an ack or nack fails, the
+/// channel is gone and RabbitMQ redelivers the message.
 pub(crate) async fn settle(
     ctx: &DeliveryContext,
     stage: Stage,
     received: &Received,
     settlement: Settlement,
 ) {
-    let delivery = &received.0;
+    let delivery = &received.delivery;
     let error = match settlement {
         Settlement::Ack => {
-            if let Err(error) = delivery.ack(BasicAckOptions::default()).await {
-                tracing::warn!(message = "Cannot ack a message; it will be redelivered.", stage = stage.as_str(), error = %error);
-            }
+            received.ack();
             return;
         }
         Settlement::Requeue(error) => error,
@@ -239,16 +265,12 @@ pub(crate) async fn settle(
         .stage_errors
         .with_label_values(&[stage.as_str(), error.error_type()])
         .inc();
-    let requeue = BasicNackOptions {
-        requeue: true,
-        ..BasicNackOptions::default()
-    };
     if matches!(error, StageError::ShuttingDown) {
         tracing::info!(
             message = "Stopping: message put back for redelivery.",
             stage = stage.as_str()
         );
-        let _ = delivery.nack(requeue).await;
+        received.nack_requeue().await;
         return;
     }
     match park(ctx, stage, delivery).await {
@@ -263,10 +285,9 @@ pub(crate) async fn settle(
                 error = %cause_chain(&error),
                 queue = %queue,
             );
-            if let Err(ack_error) = delivery.ack(BasicAckOptions::default()).await {
-                // The parked copy and the redelivered original may both come back: at-least-once.
-                tracing::warn!(message = "Cannot ack a parked message; it will be redelivered too.", stage = stage.as_str(), error = %ack_error);
-            }
+            // If this ack fails, the parked copy and the redelivered original may both come back:
+            // at-least-once.
+            received.ack();
         }
         Err(park_error) => {
             tracing::warn!(
@@ -276,7 +297,7 @@ pub(crate) async fn settle(
                 park_error = %cause_chain(&park_error),
             );
             tokio::time::sleep(Duration::from_millis(500)).await;
-            let _ = delivery.nack(requeue).await;
+            received.nack_requeue().await;
         }
     }
 }

@@ -61,6 +61,14 @@ pub struct ConsumerMetrics {
     /// `redelivered` flag: put back by a nack, a closed channel or a consumer that died. A steady
     /// rate without restarts means channels are being lost (each may repeat a delivery).
     pub redelivered: IntCounterVec,
+    /// `regrelay_ack_frames_total{stage}`: ack frames sent (one `multiple` ack may carry many
+    /// messages; see `ack_window`).
+    pub ack_frames: IntCounterVec,
+    /// `regrelay_messages_acked_total{stage}`: messages those frames acked.
+    pub messages_acked: IntCounterVec,
+    /// `regrelay_ack_failures_total{stage}`: messages whose ack could not be sent (the channel
+    /// was gone); the broker redelivers them.
+    pub ack_failures: IntCounterVec,
     /// `regrelay_messages_parked_total{stage}`: messages parked in a delay queue after an outage
     /// outlasted `outage_hold`.
     pub messages_parked: IntCounterVec,
@@ -219,6 +227,27 @@ impl ConsumerMetrics {
             ),
             &["stage"],
         )?;
+        let ack_frames = IntCounterVec::new(
+            Opts::new(
+                "regrelay_ack_frames_total",
+                "Ack frames a consumer stage sent (a multiple ack carries several messages), by stage.",
+            ),
+            &["stage"],
+        )?;
+        let messages_acked = IntCounterVec::new(
+            Opts::new(
+                "regrelay_messages_acked_total",
+                "Messages a consumer stage acked, by stage.",
+            ),
+            &["stage"],
+        )?;
+        let ack_failures = IntCounterVec::new(
+            Opts::new(
+                "regrelay_ack_failures_total",
+                "Messages whose ack could not be sent because the channel was gone (they are redelivered), by stage.",
+            ),
+            &["stage"],
+        )?;
         let prefetch_changes = IntCounterVec::new(
             Opts::new(
                 "regrelay_consumer_prefetch_changes_total",
@@ -331,6 +360,9 @@ impl ConsumerMetrics {
         registry.register(Box::new(messages_parked.clone()))?;
         registry.register(Box::new(prefetch_changes.clone()))?;
         registry.register(Box::new(redelivered.clone()))?;
+        registry.register(Box::new(ack_frames.clone()))?;
+        registry.register(Box::new(messages_acked.clone()))?;
+        registry.register(Box::new(ack_failures.clone()))?;
         registry.register(Box::new(outage_retries.clone()))?;
         for call in OUTAGE_CALLS {
             outage_retries.with_label_values(&[call]);
@@ -359,6 +391,9 @@ impl ConsumerMetrics {
             messages_parked.with_label_values(&[stage.as_str()]);
             prefetch_changes.with_label_values(&[stage.as_str()]);
             redelivered.with_label_values(&[stage.as_str()]);
+            ack_frames.with_label_values(&[stage.as_str()]);
+            messages_acked.with_label_values(&[stage.as_str()]);
+            ack_failures.with_label_values(&[stage.as_str()]);
             for error_type in crate::settlement::StageError::TYPES {
                 stage_errors.with_label_values(&[stage.as_str(), error_type]);
             }
@@ -384,6 +419,9 @@ impl ConsumerMetrics {
             messages_parked,
             prefetch_changes,
             redelivered,
+            ack_frames,
+            messages_acked,
+            ack_failures,
             outage_retries,
             history_swept,
             history_sweeps,
