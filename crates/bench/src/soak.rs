@@ -176,7 +176,8 @@ impl SweepFigures {
 
 /// What can make the receiver see an event twice, counted in one window. A retry after a
 /// timeout repeats a request the receiver may have answered; a redelivered message was put back
-/// by a nack, a closed channel or a dead consumer (its attempt may have been made).
+/// by a nack, a closed channel or a dead consumer (its attempt may have been made). And how the
+/// consumers' acks travelled (messages per ack frame: the `multiple` acks of `ack_window`).
 #[derive(Debug, Clone, Copy, Default, Serialize, PartialEq)]
 pub struct RepeatFigures {
     /// Retries scheduled because an attempt timed out (`reason="timeout"`).
@@ -192,6 +193,12 @@ pub struct RepeatFigures {
     /// Consumer publishes whose confirms came later than `publish_confirm_timeout` and that
     /// waited on for them instead of publishing again (`regrelay_publish_confirms_late_total`).
     pub late_confirms: f64,
+    /// Ack frames the consumers sent, both stages (`regrelay_ack_frames_total`).
+    pub ack_frames: f64,
+    /// Messages those frames acked (`regrelay_messages_acked_total`).
+    pub messages_acked: f64,
+    /// Messages whose ack could not be sent (`regrelay_ack_failures_total`): redelivered.
+    pub ack_failures: f64,
 }
 
 impl RepeatFigures {
@@ -218,6 +225,9 @@ impl RepeatFigures {
                 "call=\"publish_tasks\"",
             );
             totals.late_confirms += metric_sum(text, "regrelay_publish_confirms_late_total", "");
+            totals.ack_frames += metric_sum(text, "regrelay_ack_frames_total", "");
+            totals.messages_acked += metric_sum(text, "regrelay_messages_acked_total", "");
+            totals.ack_failures += metric_sum(text, "regrelay_ack_failures_total", "");
         }
         totals
     }
@@ -231,6 +241,9 @@ impl RepeatFigures {
             redelivered: (self.redelivered - before.redelivered).max(0.0),
             republished: (self.republished - before.republished).max(0.0),
             late_confirms: (self.late_confirms - before.late_confirms).max(0.0),
+            ack_frames: (self.ack_frames - before.ack_frames).max(0.0),
+            messages_acked: (self.messages_acked - before.messages_acked).max(0.0),
+            ack_failures: (self.ack_failures - before.ack_failures).max(0.0),
         }
     }
 }
@@ -1040,7 +1053,7 @@ fn row_line(row: &WindowReport) -> String {
         .map(|p| format!("{} {:.0} MiB", p.name, p.rss_mib))
         .collect();
     format!(
-        "[{:>6.0}s {}] accepted {:.0}/s delivered {:.0}/s p99 {p99} ms, history {history:.1} MiB, swept {:.0} in {:.2}s, queued {}, {}, iowait {}%, checkpoints {}, duplicates {} (timeout retries {:.0}, redelivered {:.0}, republished {:.0}, late confirms {:.0})",
+        "[{:>6.0}s {}] accepted {:.0}/s delivered {:.0}/s p99 {p99} ms, history {history:.1} MiB, swept {:.0} in {:.2}s, queued {}, {}, iowait {}%, checkpoints {}, duplicates {} (timeout retries {:.0}, redelivered {:.0}, republished {:.0}, late confirms {:.0}), {:.1} acks per frame",
         row.elapsed_s,
         row.phase,
         row.accepted_per_sec,
@@ -1058,6 +1071,7 @@ fn row_line(row: &WindowReport) -> String {
         row.repeats.redelivered,
         row.repeats.republished,
         row.repeats.late_confirms,
+        row.repeats.messages_acked / row.repeats.ack_frames.max(1.0),
     )
 }
 
@@ -1097,7 +1111,10 @@ mod tests {
                  regrelay_outage_retries_total{{call=\"publish_retry\"}} {status}\n\
                  regrelay_outage_retries_total{{call=\"publish_tasks\"}} 1\n\
                  regrelay_outage_retries_total{{call=\"project_id\"}} 7\n\
-                 regrelay_publish_confirms_late_total {matching}\n"
+                 regrelay_publish_confirms_late_total {matching}\n\
+                 regrelay_ack_frames_total{{stage=\"matching\"}} {delivery}\n\
+                 regrelay_messages_acked_total{{stage=\"matching\"}} {status}\n\
+                 regrelay_ack_failures_total{{stage=\"delivery\"}} {timeouts}\n"
             )
         };
         let before = RepeatFigures::totals(&[consumer(2, 10, 0, 1)]);
@@ -1110,6 +1127,9 @@ mod tests {
                 redelivered: 4.0,
                 republished: 16.0,
                 late_confirms: 3.0,
+                ack_frames: 1.0,
+                messages_acked: 14.0,
+                ack_failures: 6.0,
             }
         );
         assert_eq!(
@@ -1120,6 +1140,9 @@ mod tests {
                 redelivered: 3.0,
                 republished: 5.0,
                 late_confirms: 3.0,
+                ack_frames: 0.0,
+                messages_acked: 4.0,
+                ack_failures: 4.0,
             }
         );
         // A consumer restarted with fresh counters does not make the window negative.
