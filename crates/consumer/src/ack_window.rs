@@ -120,37 +120,38 @@ impl AckWindow {
     }
 
     async fn flush(&self, all: bool) {
-        let due = lock(&self.window).take_due(Instant::now(), all);
-        for frame in due {
+        let stage = [self.stage];
+        let mut due = lock(&self.window).take_due(Instant::now(), all).into_iter();
+        while let Some(frame) = due.next() {
             let options = BasicAckOptions {
                 multiple: frame.multiple,
             };
-            let stage = [self.stage];
-            match frame.handle.ack(options).await {
+            let error = match frame.handle.ack(options).await {
                 Ok(true) => {
                     self.metrics.ack_frames.with_label_values(&stage).inc();
                     self.metrics
                         .messages_acked
                         .with_label_values(&stage)
                         .inc_by(frame.count);
+                    continue;
                 }
-                outcome => {
-                    self.metrics
-                        .ack_failures
-                        .with_label_values(&stage)
-                        .inc_by(frame.count);
-                    let error = match outcome {
-                        Err(error) => error.to_string(),
-                        Ok(_) => "the channel is closed".to_owned(),
-                    };
-                    tracing::warn!(
-                        message = "Cannot ack messages; they will be redelivered.",
-                        stage = self.stage,
-                        messages = frame.count,
-                        error = %error,
-                    );
-                }
-            }
+                Ok(false) => "the channel is closed".to_owned(),
+                Err(error) => error.to_string(),
+            };
+            // The channel is gone: the rest of the frames would fail the same way, and the broker
+            // redelivers all of them. One count and one line for the lot.
+            let messages = frame.count + due.map(|frame| frame.count).sum::<u64>();
+            self.metrics
+                .ack_failures
+                .with_label_values(&stage)
+                .inc_by(messages);
+            tracing::warn!(
+                message = "Cannot ack messages; they will be redelivered.",
+                stage = self.stage,
+                messages,
+                error = %error,
+            );
+            return;
         }
     }
 }
