@@ -4,15 +4,22 @@
 //! - A caller learns its record is durable: [`HistoryRecorder::record`] resolves only after the
 //!   batch holding it committed, so the consumer can ack its delivery after (SPEC: a delivery is
 //!   acked only after its task row is written).
-//! - Batching without waiting: a batch is written as soon as a writer slot is free, with whatever
-//!   is queued (up to `max_batch`). While `concurrency` transactions are in flight, records pile
-//!   up and the next batch takes them all. So under light load a record is written at once (no
+//! - Batching without waiting: with no batch being written, a record is written at once, with
+//!   whatever is queued (up to `max_batch`). While transactions are in flight, records pile up
+//!   and the next batch takes them all. So under light load a record is written at once (no
 //!   linger), and under heavy load batches grow by themselves: the batch size follows the load.
 //!   `linger` (0 by default) can still hold a batch open for more records, trading latency for
 //!   fewer transactions.
 //! - A few transactions in flight at once (`concurrency`), not one: a single writer puts every
 //!   delivery behind the previous batch's round trips, which is what limited throughput when history
-//!   was first measured (docs/benchmarks.md).
+//!   was first measured (docs/benchmarks.md). But a further writer only for a batch worth it
+//!   ([`starts_now`]: a quarter of `max_batch`): while a batch is being written, the next one keeps
+//!   gathering until it is that large or the writer is done. Two small transactions at once cost
+//!   PostgreSQL more per record than one twice their size (each has its parse, plan, locks and
+//!   commit), and on a saturated machine that is what bounds the rate: at fan-out 1 the two
+//!   writers wrote batches of 34 records, and waiting for a quarter batch delivered 5–9 % more at
+//!   fan-out 1, 10 and 100 (docs/benchmarks.md, "History batches"). One writer alone did better at
+//!   fan-out 1 but 13 % worse at fan-out 100, where the delivery stage's records need two.
 //! - No retry inside: a failed batch fails every record in it (with a shared cause), and each caller
 //!   retries in its own way (the consumer requeues its delivery). Records are idempotent, so a
 //!   retried record that had in fact been written changes nothing.
@@ -25,9 +32,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus::{Histogram, HistogramOpts, IntCounter, Registry};
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinSet;
 use tokio::time::Instant;
-use tokio_util::task::TaskTracker;
 
 use crate::executions::DeliveryRecord;
 use crate::store::{Database, StoreError};
@@ -143,6 +150,13 @@ impl HistoryRecorder {
     }
 }
 
+/// Whether a batch of `batch_len` records goes to a writer now, with `busy` of `concurrency`
+/// writers in flight: at once when none is writing (light load keeps its latency), and beside
+/// the writing ones only when a writer is free and the batch holds a quarter of `max_batch`.
+fn starts_now(batch_len: usize, max_batch: usize, busy: usize, concurrency: usize) -> bool {
+    busy == 0 || (busy < concurrency && batch_len >= (max_batch / 4).max(1))
+}
+
 async fn write_loop(
     db: Database,
     mut receiver: mpsc::Receiver<Pending>,
@@ -151,8 +165,7 @@ async fn write_loop(
     concurrency: usize,
     metrics: RecorderMetrics,
 ) {
-    let slots = Arc::new(Semaphore::new(concurrency));
-    let writers = TaskTracker::new();
+    let mut writers: JoinSet<()> = JoinSet::new();
     while let Some(first) = receiver.recv().await {
         let mut batch = Vec::with_capacity(max_batch);
         batch.push(first);
@@ -166,19 +179,30 @@ async fn write_loop(
                 }
             }
         }
-        // Wait for a free writer, gathering what arrives meanwhile: this is where batches grow
-        // under load.
-        let permit = loop {
+        // Wait until the batch may start (see `starts_now`), gathering what arrives meanwhile:
+        // this is where batches grow under load.
+        let mut closed = false;
+        loop {
+            while writers.try_join_next().is_some() {}
+            let ready = if closed {
+                writers.len() < concurrency
+            } else {
+                starts_now(batch.len(), max_batch, writers.len(), concurrency)
+            };
+            if ready {
+                break;
+            }
             tokio::select! {
                 biased;
-                permit = slots.clone().acquire_owned() => break permit,
-                more = receiver.recv(), if batch.len() < max_batch => match more {
+                // A writer finished (a panicked one has dropped its callers' answers already).
+                _ = writers.join_next(), if !writers.is_empty() => {}
+                more = receiver.recv(), if !closed && batch.len() < max_batch => match more {
                     Some(pending) => batch.push(pending),
-                    // Every handle is gone: write what we have once a slot frees up.
-                    None => break slots.clone().acquire_owned().await,
+                    // Every handle is gone: write what we have once a writer is free.
+                    None => closed = true,
                 },
             }
-        };
+        }
         // Whatever else is already queued goes along.
         while batch.len() < max_batch {
             match receiver.try_recv() {
@@ -186,30 +210,12 @@ async fn write_loop(
                 Err(_) => break,
             }
         }
-        let Ok(permit) = permit else {
-            // The semaphore is never closed; answer rather than drop the callers.
-            fail_all(batch, StoreError::RecorderClosed);
-            continue;
-        };
         let db = db.clone();
         let metrics = metrics.clone();
-        writers.spawn(async move {
-            write(&db, batch, &metrics).await;
-            drop(permit);
-        });
+        writers.spawn(async move { write(&db, batch, &metrics).await });
     }
-    writers.close();
-    writers.wait().await;
+    while writers.join_next().await.is_some() {}
     tracing::debug!(message = "History recorder stopped.");
-}
-
-fn fail_all(batch: Vec<Pending>, error: StoreError) {
-    let cause = Arc::new(error);
-    for pending in batch {
-        let _ = pending
-            .answer
-            .send(Err(StoreError::BatchFailed(cause.clone())));
-    }
 }
 
 /// Writes one batch and answers every caller in it.
@@ -240,6 +246,35 @@ async fn write(db: &Database, batch: Vec<Pending>, metrics: &RecorderMetrics) {
             for answer in answers {
                 let _ = answer.send(Err(StoreError::BatchFailed(cause.clone())));
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::starts_now;
+
+    #[test]
+    fn a_second_writer_starts_only_for_a_full_batch() {
+        // (records gathered, max_batch, writers busy, concurrency) -> starts now
+        let cases = [
+            ((1, 256, 0, 2), true),   // idle: a lone record is written at once
+            ((255, 256, 0, 2), true), // idle: whatever is gathered
+            ((1, 256, 1, 2), false),  // one writing: keep gathering
+            ((63, 256, 1, 2), false),
+            ((64, 256, 1, 2), true), // a quarter batch: the second writer joins in
+            ((256, 256, 2, 2), false), // full, but no writer free
+            ((64, 256, 2, 3), true),
+            ((1, 3, 1, 2), true), // a quarter of less than 4 is one record
+            ((1, 256, 0, 1), true),
+            ((256, 256, 1, 1), false), // one writer: wait for it
+        ];
+        for ((len, max, busy, concurrency), expected) in cases {
+            assert_eq!(
+                starts_now(len, max, busy, concurrency),
+                expected,
+                "{len} records, max {max}, {busy} of {concurrency} busy"
+            );
         }
     }
 }
