@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Makes sure RabbitMQ (127.0.0.1:5672, guest/guest) and PostgreSQL (127.0.0.1:5432, trust auth for
-# local development) are installed and running. Idempotent: leaves running services alone.
+# local development) are installed and running, and that the build's make and C compiler are there. Idempotent: leaves running services alone.
 # Used by scripts/dev-up.sh and scripts/test.sh; safe to run by hand.
 set -euo pipefail
 
@@ -60,6 +60,18 @@ ensure_postgres() {
   log "PostgreSQL is not accepting connections"; return 1
 }
 
+# The build's C parts (jemalloc, the binary's allocator, is built with make and a C compiler).
+ensure_build_tools() {
+  local missing=()
+  command -v make >/dev/null 2>&1 || missing+=(make)
+  command -v cc >/dev/null 2>&1 || missing+=(gcc)
+  if [ "${#missing[@]}" -gt 0 ]; then
+    log "installing ${missing[*]}"
+    apt_install "${missing[@]}"
+  fi
+}
+
+ensure_build_tools
 ensure_rabbitmq
 ensure_postgres
 log "RabbitMQ on 127.0.0.1:5672 and PostgreSQL on 127.0.0.1:5432 are up"
