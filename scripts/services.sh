@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Makes sure RabbitMQ (127.0.0.1:5672, guest/guest) and PostgreSQL (127.0.0.1:5432, trust auth for
-# local development) are installed and running, and that the build's make and C compiler are there. Idempotent: leaves running services alone.
+# local development) are installed and running, and that the build's make and C compiler are there.
+# Idempotent: leaves running services alone.
 # Used by scripts/dev-up.sh and scripts/test.sh; safe to run by hand.
 set -euo pipefail
 

@@ -13,7 +13,7 @@
 //! - A few transactions in flight at once (`concurrency`), not one: a single writer puts every
 //!   delivery behind the previous batch's round trips, which is what limited throughput when history
 //!   was first measured (docs/benchmarks.md). But a further writer only for a batch worth it
-//!   ([`starts_now`]: a quarter of `max_batch`): while a batch is being written, the next one keeps
+//!   (`starts_now`: a quarter of `max_batch`): while a batch is being written, the next one keeps
 //!   gathering until it is that large or the writer is done. Two small transactions at once cost
 //!   PostgreSQL more per record than one twice their size (each has its parse, plan, locks and
 //!   commit), and on a saturated machine that is what bounds the rate: at fan-out 1 the two
@@ -49,7 +49,8 @@ pub struct RecorderSettings {
     pub max_batch: usize,
     /// How long the writer waits for more records after the first of a batch (0: not at all).
     pub linger: Duration,
-    /// Batches written at once, each in its own transaction (0 is read as 1).
+    /// Most batches written at once, each in its own transaction (0 is read as 1); a further one
+    /// starts only for a quarter-full batch (`starts_now`).
     pub concurrency: usize,
 }
 
@@ -255,7 +256,7 @@ mod tests {
     use super::starts_now;
 
     #[test]
-    fn a_second_writer_starts_only_for_a_full_batch() {
+    fn a_further_writer_starts_only_for_a_quarter_full_batch() {
         // (records gathered, max_batch, writers busy, concurrency) -> starts now
         let cases = [
             ((1, 256, 0, 2), true),   // idle: a lone record is written at once
