@@ -17,7 +17,7 @@ use regrelay_testkit::{unused_port, TestDatabase, TestReceiver};
 use serde_json::{json, Value};
 
 use super::delivery::ADMIN;
-use super::{Service, TOKEN};
+use super::{last_lines, Service, TOKEN};
 
 /// One extra RabbitMQ node.
 struct Node {
@@ -121,17 +121,13 @@ impl Node {
         let Ok(entries) = std::fs::read_dir(self.dir.join("log")) else {
             return "(no log folder)".to_owned();
         };
-        let mut tail = String::new();
-        for entry in entries.flatten() {
-            let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
-            let lines: Vec<&str> = text.lines().collect();
-            tail.push_str(&format!("== {}\n", entry.path().display()));
-            for line in &lines[lines.len().saturating_sub(30)..] {
-                tail.push_str(line);
-                tail.push('\n');
-            }
-        }
-        tail
+        entries
+            .flatten()
+            .map(|entry| {
+                let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+                format!("== {}\n{}\n", entry.path().display(), last_lines(&text, 30))
+            })
+            .collect()
     }
 
     fn ctl(&self, args: &[&str]) -> Output {

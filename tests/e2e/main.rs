@@ -155,14 +155,10 @@ impl Service {
 
     /// The last `lines` lines of the service's stdout and stderr, for a failure message.
     fn log_tail(&self, lines: usize) -> String {
-        let tail = |text: String| {
-            let all: Vec<&str> = text.lines().collect();
-            all[all.len().saturating_sub(lines)..].join("\n")
-        };
         format!(
             "stdout:\n{}\nstderr:\n{}",
-            tail(self.stdout.text()),
-            tail(self.stderr.text())
+            last_lines(&self.stdout.text(), lines),
+            last_lines(&self.stderr.text(), lines)
         )
     }
 
@@ -355,4 +351,10 @@ async fn serve_starts_while_the_broker_is_down_and_reports_not_ready() {
     assert_eq!(ready.status(), 503);
     let output = service.terminate();
     assert!(output.status.success());
+}
+
+/// The last `lines` lines of `text` (for a failure message).
+fn last_lines(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
 }
